@@ -1,0 +1,90 @@
+"""Frozen-backbone feature cache.
+
+With a frozen backbone (in eval mode) and no augmentation, the trunk maps each training
+image to the same feature vector in every epoch, CV fold and grid point; only the head
+learns. So the features are computed once and the head is trained on them. Nothing in
+skorch or sklearn shares such work across fits, hence this module.
+
+Keys are (backbone, weights, a digest of the input bytes and shape); values are float32
+feature arrays. ``memory=True`` keeps them in a small in-process LRU; a directory path
+stores them with :class:`joblib.Memory`, which survives processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+__all__ = ["trunk_features", "clear_cache", "cache_info"]
+
+_MAX_ENTRIES = 8
+_memory_cache: OrderedDict = OrderedDict()
+_stats = {"hits": 0, "misses": 0}
+
+
+def _digest(X):
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((X.shape, X.dtype.str)).encode())
+    h.update(memoryview(np.ascontiguousarray(X)).cast("B"))
+    return h.hexdigest()
+
+
+def compute_features(trunk_forward, X, device, batch_size):
+    """Run ``trunk_forward`` over ``X`` in batches without gradients; float32 (n, d)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            xb = torch.as_tensor(X[start:start + batch_size]).to(device)
+            out.append(trunk_forward(xb).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def _compute(module, X, device, batch_size):
+    module = module.to(device)
+    was_training = module.training
+    module.eval()
+    try:
+        return compute_features(module.forward_features, X, device, batch_size)
+    finally:
+        module.train(was_training)
+
+
+def trunk_features(module, X, backbone, weights, device, batch_size, memory=True):
+    """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above."""
+    key = (backbone, os.fspath(weights) if weights is not None else None, _digest(X))
+    if memory is True:
+        if key in _memory_cache:
+            _stats["hits"] += 1
+            _memory_cache.move_to_end(key)
+            return _memory_cache[key]
+        _stats["misses"] += 1
+        feats = _compute(module, X, device, batch_size)
+        feats.setflags(write=False)
+        _memory_cache[key] = feats
+        while len(_memory_cache) > _MAX_ENTRIES:
+            _memory_cache.popitem(last=False)
+        return feats
+    import joblib
+
+    store = joblib.Memory(os.fspath(memory), verbose=0)
+
+    @store.cache(ignore=["module", "X", "device", "batch_size"])
+    def _cached(key, module, X, device, batch_size):
+        return _compute(module, X, device, batch_size)
+
+    return _cached(key, module, X, device, batch_size)
+
+
+def clear_cache():
+    """Empty the in-process feature cache and reset its counters."""
+    _memory_cache.clear()
+    _stats.update(hits=0, misses=0)
+
+
+def cache_info():
+    """``{"hits": int, "misses": int, "entries": int}`` of the in-process cache."""
+    return {**_stats, "entries": len(_memory_cache)}

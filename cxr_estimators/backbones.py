@@ -1,0 +1,300 @@
+"""Backbones: a torchvision classification model (or a small from-scratch CNN) + our head.
+
+Models are looked up in torchvision's own registry (:func:`torchvision.models.get_model`)
+and pretrained weights through its Weights API (:func:`torchvision.models.get_model_weights`),
+so any classification model torchvision knows works by name. What torchvision does not
+do, and is written here by hand:
+
+* cutting the classifier off any model generically (the *last* ``nn.Linear`` is replaced by
+  ``nn.Identity``; its ``in_features`` is the feature width);
+* the head ``features -> Linear(neurons) -> ReLU -> Dropout -> Linear(n_classes)``;
+* freezing all of the trunk or all but its last ``k`` blocks, keeping frozen BatchNorm
+  layers in inference mode (as Keras' ``trainable=False`` does);
+* the two small CNNs students build (``simple_cnn``, ``deep_cnn``);
+* finding the last convolution of the trunk (used by Grad-CAM).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+import torchvision
+
+__all__ = [
+    "CXRNet",
+    "SimpleCNN",
+    "DeepCNN",
+    "available_backbones",
+    "build_model",
+    "find_last_conv",
+    "trunk_blocks",
+]
+
+#: The two small from-scratch CNNs, by name.
+SMALL_CNNS = ("simple_cnn", "deep_cnn")
+
+
+class _ConvBlock(nn.Sequential):
+    def __init__(self, c_in, c_out, batch_norm):
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+        super().__init__(*layers)
+
+
+class SimpleCNN(nn.Module):
+    """Three conv blocks (32, 64, 128 channels; conv3x3 → ReLU → max-pool), global average
+    pooling. The shape of the Keras models students write first. Output ``(n, 128)``."""
+
+    def __init__(self, in_channels=1, widths=(32, 64, 128), batch_norm=False):
+        super().__init__()
+        chans = (in_channels, *widths)
+        self.features = nn.Sequential(
+            *[_ConvBlock(a, b, batch_norm) for a, b in zip(chans[:-1], chans[1:])]
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()  # keeps the "last Linear replaced" convention
+        self.num_features = widths[-1]
+
+    def forward(self, x):
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+class DeepCNN(SimpleCNN):
+    """Five conv blocks with BatchNorm (32, 64, 128, 256, 256 channels). Output ``(n, 256)``."""
+
+    def __init__(self, in_channels=1):
+        super().__init__(in_channels, widths=(32, 64, 128, 256, 256), batch_norm=True)
+
+
+def available_backbones():
+    """Names accepted as ``backbone``: torchvision's classification models + the small CNNs."""
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + list(SMALL_CNNS)
+
+
+class CXRNet(nn.Module):
+    """Trunk (features) followed by the dense head.
+
+    Parameters
+    ----------
+    trunk : nn.Module
+        Maps ``(n, C, H, W)`` to ``(n, n_features)``.
+    n_features, n_classes, neurons, dropout : int, int, int, float
+        Head sizes: ``Linear(n_features, neurons) → ReLU → Dropout(dropout) →
+        Linear(neurons, n_classes)``.
+    in_channels : int
+        Channels the trunk expects. A 1-channel input given to a 3-channel trunk is
+        repeated to three channels, so ImageNet first-layer weights are used unchanged.
+    augment : nn.Module or None
+        Applied to the input only in training mode (see :mod:`cxr_estimators.augment`).
+    """
+
+    def __init__(self, trunk, n_features, n_classes, neurons=128, dropout=0.5, in_channels=3,
+                 augment=None):
+        super().__init__()
+        self.trunk = trunk
+        self.in_channels = in_channels
+        self.n_features = n_features
+        self.augment = augment
+        self.head = nn.Sequential(
+            nn.Linear(n_features, neurons),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(neurons, n_classes),
+        )
+
+    def forward_features(self, x):
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.training and self.augment is not None:
+            x = self.augment(x)
+        out = self.trunk(x)
+        if isinstance(out, tuple):  # inception / googlenet in train mode with aux heads
+            out = out[0]
+        return out
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+    def train(self, mode=True):
+        """Like ``nn.Module.train`` but frozen trunk blocks stay in eval mode, so their
+        BatchNorm statistics and dropout do not change while the head trains."""
+        super().train(mode)
+        if mode:
+            for block in trunk_blocks(self.trunk):
+                if not any(p.requires_grad for p in block.parameters()):
+                    block.eval()
+        return self
+
+
+def _strip_classifier(model):
+    """Replace the last ``nn.Linear`` of a torchvision model by ``nn.Identity``.
+
+    Returns the feature width (that layer's ``in_features``)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(
+            f"backbone {type(model).__name__!r} has no final nn.Linear classifier to replace; "
+            "use a classification model such as 'resnet18'"
+        )
+    parent_name, _, attr = last.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    n_features = getattr(parent, attr).in_features
+    setattr(parent, attr, nn.Identity())
+    return n_features
+
+
+def _resolve_weights(backbone, weights):
+    """Map ``weights`` to (torchvision weights enum or None, local path or None)."""
+    if weights is None:
+        return None, None
+    text = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    if not isinstance(text, str):
+        raise ValueError(f"weights must be None, a weights name or a file path; got {weights!r}")
+    looks_like_path = isinstance(weights, os.PathLike) or os.sep in text or text.endswith(
+        (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+    )
+    if looks_like_path:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        return None, path
+    if backbone in SMALL_CNNS:
+        raise ValueError(
+            f"weights={text!r}: backbone {backbone!r} has no pretrained weights; "
+            "use weights=None or a path to a checkpoint"
+        )
+    enum = torchvision.models.get_model_weights(backbone)
+    try:
+        return enum[text] if text != "DEFAULT" else enum.DEFAULT, None
+    except KeyError:
+        known = ["DEFAULT"] + [w.name for w in enum]
+        raise ValueError(
+            f"weights={text!r} is not a known weights name for {backbone!r}; known: {known}"
+        ) from None
+
+
+def _load_checkpoint(path):
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
+    return obj
+
+
+def _load_local_weights(model, trunk, path):
+    """Load a state_dict saved from the torchvision model, from a bare trunk, or from a whole
+    :class:`CXRNet`. Classifier/head keys that do not fit are skipped; a checkpoint that
+    matches no trunk parameter at all is an error."""
+    state = _load_checkpoint(path)
+    for prefix in ("module.", "trunk."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    own = trunk.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(
+            f"weights file {str(path)!r} has no parameter matching backbone "
+            f"{type(model).__name__!r} (first keys: {list(state)[:3]})"
+        )
+    trunk.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def build_trunk(backbone, weights=None, in_channels=3):
+    """Build a feature extractor by name.
+
+    Returns ``(trunk, n_features, trunk_in_channels, weights_enum)``; ``weights_enum`` is the
+    torchvision weights object when ImageNet weights were requested (its ``transforms()``
+    gives the matching preprocessing), else None.
+    """
+    if not isinstance(backbone, str):
+        raise ValueError(f"backbone must be a model name (str); got {backbone!r}")
+    enum, path = _resolve_weights(backbone, weights) if backbone in available_backbones() else (None, None)
+    if backbone == "simple_cnn":
+        trunk = SimpleCNN(in_channels)
+    elif backbone == "deep_cnn":
+        trunk = DeepCNN(in_channels)
+    elif backbone in available_backbones():
+        kwargs = {}
+        if backbone in ("inception_v3", "googlenet"):
+            kwargs = {"aux_logits": enum is not None, "init_weights": False}
+        # Downloads only when ImageNet weights are asked for and not in TORCH_HOME already.
+        trunk = torchvision.models.get_model(backbone, weights=enum, **kwargs)
+        if backbone in ("inception_v3", "googlenet"):
+            trunk.aux_logits = False
+            for aux in ("AuxLogits", "aux1", "aux2"):
+                if hasattr(trunk, aux):
+                    setattr(trunk, aux, None)
+        in_channels = 3
+    else:
+        raise ValueError(
+            f"backbone={backbone!r} is not a torchvision classification model nor one of "
+            f"{SMALL_CNNS}; see cxr_estimators.backbones.available_backbones()"
+        )
+    n_features = trunk.num_features if backbone in SMALL_CNNS else _strip_classifier(trunk)
+    if path is not None:
+        _load_local_weights(trunk, trunk, path)
+    return trunk, n_features, in_channels, enum
+
+
+def trunk_blocks(trunk):
+    """The trunk's blocks, in forward order, for ``freeze=k``.
+
+    The top-level children that hold parameters; while there is only one such child (a
+    wrapper like densenet's ``features``), descend into it.
+    """
+    module = trunk
+    while True:
+        blocks = [m for m in module.children() if any(True for _ in m.parameters())]
+        if len(blocks) != 1:
+            return blocks
+        module = blocks[0]
+
+
+def apply_freeze(trunk, freeze):
+    """``freeze=True``: no trunk parameter trains; ``False``: all do; int ``k``: only the
+    last ``k`` blocks of :func:`trunk_blocks` train."""
+    if isinstance(freeze, bool):
+        for p in trunk.parameters():
+            p.requires_grad_(not freeze)
+        return
+    blocks = trunk_blocks(trunk)
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    for block in blocks[len(blocks) - freeze:] if freeze > 0 else []:
+        for p in block.parameters():
+            p.requires_grad_(True)
+
+
+def build_model(backbone, n_classes, *, weights=None, in_channels=3, neurons=128,
+                dropout=0.5, freeze=False, augment=None):
+    """Build a :class:`CXRNet` for ``n_classes`` outputs. See :class:`CXRClassifier`."""
+    trunk, n_features, trunk_channels, _ = build_trunk(backbone, weights, in_channels)
+    if in_channels not in (1, trunk_channels):
+        raise ValueError(
+            f"X has {in_channels} channels but backbone {backbone!r} takes {trunk_channels}"
+        )
+    apply_freeze(trunk, freeze)
+    return CXRNet(trunk, n_features, n_classes, neurons, dropout, trunk_channels, augment)
+
+
+def find_last_conv(module):
+    """Dotted name of the last ``nn.Conv2d`` in a model (in ``named_modules`` order)."""
+    last = None
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Conv2d):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(module).__name__} has no nn.Conv2d layer")
+    return last

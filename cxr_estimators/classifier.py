@@ -1,0 +1,420 @@
+"""`CXRClassifier`: an sklearn classifier over torchvision backbones, trained by skorch.
+
+skorch owns the training loop, validation split, early stopping, LR scheduling,
+checkpointing, progress bar and history; this module composes a
+:class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
+label encoding, input checks that name the offending value, the seed handling, the
+bf16-autocast / channels_last inference hook for CUDA (skorch's own AMP needs
+``accelerate``), and the frozen-feature cache (see :mod:`cxr_estimators._features`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import compute_class_weight
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, check_consistent_length
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Checkpoint, EarlyStopping, LRScheduler, PrintLog, ProgressBar
+from skorch.dataset import ValidSplit
+from torch import nn
+
+from . import _features
+from .augment import make_augmenter
+from .backbones import build_model
+
+__all__ = ["CXRClassifier"]
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
+class _Net(NeuralNetClassifier):
+    """skorch net whose forward pass may run under bf16 autocast with channels_last input."""
+
+    def __init__(self, *args, amp=False, channels_last=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.amp = amp
+        self.channels_last = channels_last
+
+    def infer(self, x, **fit_params):
+        if not (self.amp or self.channels_last):
+            return super().infer(x, **fit_params)
+        x = torch.as_tensor(x).to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            return self.module_(x, **fit_params).float()
+
+
+def _resolve_device(device):
+    if device != "auto":
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA GPU is available; use device='auto'")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _as_images(X, *, reset_shape=None):
+    """Validate X and return float32 (n, C, H, W).
+
+    2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
+    estimator checks can run); (n, H, W) as single-channel images.
+    """
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
+                    input_name="X")
+    if X.ndim == 2:
+        X = X[:, None, None, :]
+    elif X.ndim == 3:
+        X = X[:, None]
+    elif X.ndim != 4:
+        raise ValueError(f"X must have shape (n, C, H, W), (n, H, W) or (n, d); got {X.shape}")
+    if X.shape[1] not in (1, 3):
+        raise ValueError(
+            f"X has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
+            "order. Use ImageLoader to convert images."
+        )
+    return np.ascontiguousarray(X)
+
+
+class CXRClassifier(ClassifierMixin, BaseEstimator):
+    """Chest X-ray classifier: a torchvision backbone + dense head, trained with skorch.
+
+    Parameters
+    ----------
+    backbone : str, default="resnet18"
+        Any torchvision classification model name (``torchvision.models.list_models``),
+        e.g. "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16",
+        "inception_v3"; or a small from-scratch CNN, "simple_cnn" (3 conv blocks) or
+        "deep_cnn" (5 conv blocks with BatchNorm).
+    weights : None, str or path, default=None
+        None: random init. A torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...):
+        loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``).
+        A path to a local ``state_dict`` / checkpoint of the backbone (or of a whole model
+        saved from this package).
+    freeze : bool or int, default=False
+        True: train only the head; False: fine-tune everything; int k: train the head and
+        the last k blocks of the backbone. Frozen BatchNorm layers stay in inference mode.
+    neurons : int, default=128
+        Width of the dense layer of the head.
+    dropout : float in [0, 1), default=0.5
+        Dropout after the dense layer.
+    weight_decay : float, default=0.0
+        L2 penalty passed to the optimizer.
+    optimizer : {"adam", "rmsprop", "sgd"}, default="adam"
+    lr : float, default=1e-3
+    batch_size : int, default=32
+    max_epochs : int, default=10
+    early_stopping : int or None, default=5
+        Patience in epochs on the validation loss (train loss without validation); the
+        weights of the best epoch are restored at the end. None disables it.
+    lr_schedule : None, "plateau" or dict, default=None
+        Reduce-on-plateau schedule on the monitored loss; a dict gives
+        ``torch.optim.lr_scheduler.ReduceLROnPlateau`` arguments (e.g. ``{"patience": 2,
+        "factor": 0.5}``).
+    validation_fraction : float in [0, 1), default=0.1
+        Stratified internal validation split used for early stopping, LR schedule and the
+        history. 0 disables it.
+    class_weight : None, "balanced" or dict, default=None
+        Class weights of the cross-entropy loss, as in sklearn.
+    augment : None, bool or dict, default=None
+        Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
+        predict time. True uses mild defaults without horizontal flip.
+    checkpoint_dir : str or None, default=None
+        Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
+    cache : None, bool or str, default=None
+        With a fully frozen backbone and no augmentation, compute backbone features once
+        and train the head on them; True caches in memory across fits (CV folds, grid
+        points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
+    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
+        "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
+        channels_last are used when the GPU supports bf16.
+    random_state : int or None, default=None
+        Seeds torch, numpy and the data order; same seed → same model on CPU.
+    verbose : int, default=0
+        0 silent, 1 epoch table, 2 epoch table and progress bar.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+        Number of values per image (C·H·W); images at predict time must have the same shape.
+    image_shape_ : tuple
+        ``(C, H, W)`` seen in fit.
+    net_ : skorch.NeuralNetClassifier
+        The trained skorch net; ``module_`` is the :class:`~cxr_estimators.backbones.CXRNet`.
+    module_ : torch.nn.Module
+    history_ : skorch.History
+        Per-epoch train/valid loss and valid accuracy.
+    device_ : str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cxr_estimators import CXRClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((20, 1, 16, 16), dtype=np.float32)
+    >>> y = np.array(["normal", "pneumonia"] * 10)
+    >>> clf = CXRClassifier(backbone="simple_cnn", max_epochs=1, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X).shape
+    (20, 2)
+    """
+
+    _parameter_constraints = {
+        "backbone": [str],
+        "weights": [str, os.PathLike, None],
+        "freeze": ["boolean", Interval(numbers.Integral, 0, None, closed="left")],
+        "neurons": [Interval(numbers.Integral, 1, None, closed="left")],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "optimizer": [StrOptions(set(_OPTIMIZERS))],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "lr_schedule": [StrOptions({"plateau"}), dict, None],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "augment": ["boolean", dict, None],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "cache": ["boolean", str, os.PathLike, None],
+        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
+                 dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
+                 max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
+                 class_weight=None, augment=None, checkpoint_dir=None, cache=None,
+                 device="auto", random_state=None, verbose=0):
+        self.backbone = backbone
+        self.weights = weights
+        self.freeze = freeze
+        self.neurons = neurons
+        self.dropout = dropout
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.lr_schedule = lr_schedule
+        self.validation_fraction = validation_fraction
+        self.class_weight = class_weight
+        self.augment = augment
+        self.checkpoint_dir = checkpoint_dir
+        self.cache = cache
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit helpers
+    def _encode_targets(self, y):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn("y is a column vector; ravelled to shape (n,)", UserWarning)
+            y = y.ravel()
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
+            )
+        return encoder.classes_, encoder.transform(y).astype(np.int64)
+
+    def _class_weights(self, y_enc):
+        if self.class_weight is None:
+            return None
+        cw = self.class_weight
+        if isinstance(cw, dict):
+            unknown = set(cw) - set(self.classes_.tolist())
+            if unknown:
+                raise ValueError(
+                    f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
+                    f"{self.classes_.tolist()}"
+                )
+            weights = np.array([float(cw.get(c, 1.0)) for c in self.classes_])
+        else:
+            weights = compute_class_weight(
+                cw, classes=np.arange(len(self.classes_)), y=y_enc
+            )
+        return torch.as_tensor(weights, dtype=torch.float32)
+
+    def _train_split(self, y_enc):
+        frac = self.validation_fraction
+        if frac == 0:
+            return None
+        counts = np.bincount(y_enc)
+        n_valid = int(np.ceil(frac * len(y_enc)))
+        if counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts):
+            warnings.warn(
+                f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
+                f"{counts.min()}) for a stratified validation split; training without one",
+                UserWarning,
+            )
+            return None
+        return ValidSplit(frac, stratified=True, random_state=self._seed)
+
+    def _callbacks(self, has_valid):
+        monitor = "valid_loss" if has_valid else "train_loss"
+        callbacks = []
+        if self.early_stopping is not None:
+            callbacks.append(("early_stopping", EarlyStopping(
+                monitor=monitor, patience=self.early_stopping, load_best=True,
+                sink=print if self.verbose else (lambda *a: None),
+            )))
+        if self.lr_schedule is not None:
+            kwargs = {} if self.lr_schedule == "plateau" else dict(self.lr_schedule)
+            callbacks.append(("lr_schedule", LRScheduler(
+                policy=torch.optim.lr_scheduler.ReduceLROnPlateau, monitor=monitor, **kwargs
+            )))
+        if self.checkpoint_dir is not None:
+            callbacks.append(("checkpoint", Checkpoint(
+                monitor=f"{monitor}_best", dirname=str(self.checkpoint_dir)
+            )))
+        if self.verbose and self.verbose > 1:
+            callbacks.append(("progress", ProgressBar()))
+        return callbacks
+
+    def _make_net(self, module, y_enc, device, amp):
+        weights = self._class_weights(y_enc)
+        train_split = self._train_split(y_enc)
+        kwargs = {}
+        if weights is not None:
+            kwargs["criterion__weight"] = weights
+        if not self.verbose:
+            kwargs["callbacks__print_log"] = None
+        net = _Net(
+            module=module,
+            criterion=nn.CrossEntropyLoss,
+            optimizer=_OPTIMIZERS[self.optimizer],
+            optimizer__weight_decay=self.weight_decay,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            train_split=train_split,
+            callbacks=self._callbacks(train_split is not None),
+            classes=np.arange(len(self.classes_)),
+            iterator_train__shuffle=True,
+            iterator_train__generator=torch.Generator().manual_seed(self._seed)
+            if self._seed is not None else None,
+            device=device,
+            amp=amp,
+            channels_last=amp,
+            verbose=int(bool(self.verbose)),
+            **kwargs,
+        )
+        return net
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, X, y):
+        """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
+
+        Returns
+        -------
+        self : CXRClassifier
+        """
+        self._validate_params()
+        X = _as_images(X)
+        check_consistent_length(X, y)
+        self.classes_, y_enc = self._encode_targets(y)
+        self.n_features_in_ = int(np.prod(X.shape[1:]))
+        self.image_shape_ = tuple(X.shape[1:])
+        self._seed = _seed_everything(self.random_state)
+        self.device_ = _resolve_device(self.device)
+        amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
+        module = build_model(
+            self.backbone, len(self.classes_), weights=self.weights, in_channels=X.shape[1],
+            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
+            augment=make_augmenter(self.augment),
+        )
+        if amp:
+            module = module.to(memory_format=torch.channels_last)
+        use_cache = (self.cache not in (None, False) and self.freeze is True
+                     and module.augment is None)
+        if use_cache:
+            features = _features.trunk_features(
+                module, X, self.backbone, self.weights, self.device_, self.batch_size,
+                memory=self.cache,
+            )
+            self.net_ = self._make_net(module.head, y_enc, self.device_, amp=False)
+            self.net_.fit(np.array(features), y_enc)
+            # The head was trained in place; serve predictions with the whole model.
+            self.net_.module_ = module.to(self.device_)
+            self.net_.module = module
+        else:
+            self.net_ = self._make_net(module, y_enc, self.device_, amp)
+            self.net_.fit(X, y_enc)
+        self.net_.module_.eval()
+        return self
+
+    @property
+    def module_(self):
+        check_is_fitted(self, "net_")
+        return self.net_.module_
+
+    @property
+    def history_(self):
+        check_is_fitted(self, "net_")
+        return self.net_.history
+
+    def _check_X(self, X):
+        check_is_fitted(self, "net_")
+        X = _as_images(X)
+        if tuple(X.shape[1:]) != self.image_shape_:
+            n = int(np.prod(X.shape[1:]))
+            raise ValueError(
+                f"X has {n} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (images of shape "
+                f"{tuple(X.shape[1:])} vs {self.image_shape_} seen in fit)"
+            )
+        return X
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
+        X = self._check_X(X)
+        proba = self.net_.predict_proba(X).astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def decision_function(self, X):
+        """Log-odds of ``classes_[1]`` for binary problems, else per-class log-probabilities."""
+        proba = np.clip(self.predict_proba(X), 1e-12, 1.0)
+        if len(self.classes_) == 2:
+            return np.log(proba[:, 1]) - np.log(proba[:, 0])
+        return np.log(proba)
+
+    def predict(self, X):
+        """Predicted labels, shape (n,), values from ``classes_``."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _seed_everything(random_state):
+    """Seed torch's global RNG (weight init, dropout, augmentation) from ``random_state``."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**31 - 1))
+    else:
+        seed = int(random_state)
+    torch.manual_seed(seed)
+    return seed

@@ -1,0 +1,195 @@
+"""Image loading and preprocessing as an sklearn transformer.
+
+Decoding of files lives in :mod:`cxr_estimators.io`; resizing, cropping and channel
+conversion use :mod:`torchvision.transforms.v2.functional`. Written here: the sklearn
+wrapper, the normalisation presets and the checks that name the offending row.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from torchvision.transforms.v2 import functional as F
+
+__all__ = ["ImageLoader", "NORMALIZATION_PRESETS"]
+
+#: name → (mean, std) per channel, applied to images scaled to [0, 1].
+NORMALIZATION_PRESETS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def _is_path_list(X):
+    if isinstance(X, (str, os.PathLike)):
+        raise ValueError("X must be a list of image paths or an image array, not a single path")
+    if isinstance(X, np.ndarray):
+        return X.dtype.kind in "US" or X.dtype == object
+    return all(isinstance(x, (str, os.PathLike)) for x in X)
+
+
+def _as_unit_tensor(image, row):
+    """(H, W) or (H, W, C) array → float32 tensor (C, H, W) in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        arr = arr.astype(np.float32) / 65535.0
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"image {row} contains NaN or inf")
+        if arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
+            raise ValueError(
+                f"image {row} is float with values in [{arr.min():.3g}, {arr.max():.3g}]; "
+                "float images must be scaled to [0, 1] (or pass uint8/uint16)"
+            )
+    else:
+        raise ValueError(f"image {row} has unsupported dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = np.moveaxis(arr[..., :3], -1, 0)
+    else:
+        raise ValueError(f"image {row} has shape {arr.shape}; expected (H, W) or (H, W, C)")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class ImageLoader(TransformerMixin, BaseEstimator):
+    """Load chest X-rays from paths or arrays into a normalised float32 batch.
+
+    Parameters
+    ----------
+    size : int, (int, int) or None, default=224
+        Output height and width (an int means square). None keeps the size, which must
+        then be the same for every image.
+    channels : {1, 3}, default=3
+        1: grayscale (colour sources converted with ITU-R 601 luma); 3: RGB (grayscale
+        repeated).
+    center_crop : float in (0, 1] or None, default=None
+        Keep this central fraction of height and width before resizing (e.g. 0.7 cuts off
+        the shoulders and text markers at the border).
+    normalize : {"imagenet", "minus_one_one", "unit"} or (mean, std), default="imagenet"
+        "imagenet": torchvision's ImageNet mean/std; "minus_one_one": scale to [-1, 1];
+        "unit": keep [0, 1]; or per-channel sequences ``(mean, std)``.
+
+    Notes
+    -----
+    ``fit`` learns nothing (``n_features_in_`` is not defined: inputs are images). Input to
+    ``transform`` is a list/array of file paths (decoded by :func:`cxr_estimators.io.read_image`,
+    which caches decoded files), or a uint8/uint16/float array ``(n, H, W)`` or
+    ``(n, H, W, C)``; float arrays must be in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cxr_estimators import ImageLoader
+    >>> ImageLoader(size=32, channels=1).fit_transform(np.zeros((2, 28, 28), np.uint8)).shape
+    (2, 1, 32, 32)
+    """
+
+    _parameter_constraints = {
+        "size": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
+        "channels": [Interval(numbers.Integral, 1, 3, closed="both")],
+        "center_crop": [Interval(numbers.Real, 0, 1, closed="right"), None],
+        "normalize": [StrOptions(set(NORMALIZATION_PRESETS)), tuple, list],
+    }
+
+    def __init__(self, size=224, channels=3, center_crop=None, normalize="imagenet"):
+        self.size = size
+        self.channels = channels
+        self.center_crop = center_crop
+        self.normalize = normalize
+
+    def fit(self, X, y=None):
+        """Validate the parameters; nothing is learned. Returns self."""
+        self._validate_params()
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3; got {self.channels!r}")
+        self._mean_std()
+        self.is_fitted_ = True
+        return self
+
+    def _mean_std(self):
+        if isinstance(self.normalize, str):
+            mean, std = NORMALIZATION_PRESETS[self.normalize]
+        else:
+            try:
+                mean, std = self.normalize
+                mean, std = list(np.broadcast_to(mean, 3)), list(np.broadcast_to(std, 3))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"normalize must be a preset name or (mean, std); got {self.normalize!r}"
+                ) from None
+            if min(std) <= 0:
+                raise ValueError(f"normalize std must be > 0; got {std}")
+        return list(mean[: self.channels]), list(std[: self.channels])
+
+    def _out_size(self):
+        if self.size is None:
+            return None
+        if isinstance(self.size, numbers.Integral):
+            return [int(self.size), int(self.size)]
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size must be an int or (height, width); got {self.size!r}")
+        return [int(s) for s in self.size]
+
+    def _prepare(self, image, row, mean, std, size):
+        img = _as_unit_tensor(image, row)
+        if img.shape[0] == 1 and self.channels == 3:
+            img = img.expand(3, -1, -1)
+        elif img.shape[0] == 3 and self.channels == 1:
+            img = F.rgb_to_grayscale(img)
+        if self.center_crop is not None and self.center_crop < 1:
+            h, w = img.shape[-2:]
+            img = F.center_crop(img, [max(1, round(h * self.center_crop)),
+                                      max(1, round(w * self.center_crop))])
+        if size is not None and list(img.shape[-2:]) != size:
+            img = F.resize(img, size, antialias=True)
+        return F.normalize(img.float(), mean, std)
+
+    def transform(self, X):
+        """Return a float32 array ``(n, channels, H, W)``."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        mean, std = self._mean_std()
+        size = self._out_size()
+        if _is_path_list(X):
+            from .io import read_image
+
+            images = (read_image(p) for p in X)
+            names = [f"{i} ({os.fspath(p)!r})" for i, p in enumerate(X)]
+        else:
+            X = np.asarray(X)
+            if X.ndim not in (3, 4):
+                raise ValueError(
+                    f"X must be a list of paths or an array (n, H, W[, C]); got shape {X.shape}"
+                )
+            images = iter(X)
+            names = [str(i) for i in range(len(X))]
+        out = []
+        for image, name in zip(images, names):
+            img = self._prepare(image, name, mean, std, size)
+            if out and img.shape != out[0].shape:
+                raise ValueError(
+                    f"image {name} has size {tuple(img.shape[-2:])} but image 0 has "
+                    f"{tuple(out[0].shape[-2:])}; set size= to resize all images"
+                )
+            out.append(img)
+        if not out:
+            raise ValueError("X is empty: no images to transform")
+        return torch.stack(out).numpy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = False
+        return tags
