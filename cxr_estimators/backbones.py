@@ -197,9 +197,10 @@ def _load_local_weights(model, trunk, path):
     :class:`CXRNet`. Classifier/head keys that do not fit are skipped; a checkpoint that
     matches no trunk parameter at all is an error."""
     state = _load_checkpoint(path)
-    for prefix in ("module.", "trunk."):
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("trunk.") for k in state):  # saved from a whole CXRNet
+        state = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
     own = trunk.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

@@ -21,10 +21,13 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, check_consistent_length
+from sklearn.utils.validation import (
+    check_array, check_consistent_length, check_is_fitted, column_or_1d,
+)
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Checkpoint, EarlyStopping, LRScheduler, PrintLog, ProgressBar
 from skorch.dataset import ValidSplit
+from skorch.utils import noop
 from torch import nn
 
 from . import _features
@@ -224,10 +227,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit helpers
     def _encode_targets(self, y):
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            warnings.warn("y is a column vector; ravelled to shape (n,)", UserWarning)
-            y = y.ravel()
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        y = column_or_1d(y, warn=True)
+        if len(y) < 2:
+            raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         if len(encoder.classes_) < 2:
@@ -275,7 +281,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping is not None:
             callbacks.append(("early_stopping", EarlyStopping(
                 monitor=monitor, patience=self.early_stopping, load_best=True,
-                sink=print if self.verbose else (lambda *a: None),
+                sink=print if self.verbose else noop,
             )))
         if self.lr_schedule is not None:
             kwargs = {} if self.lr_schedule == "plateau" else dict(self.lr_schedule)
@@ -329,9 +335,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self : CXRClassifier
         """
         self._validate_params()
-        X = _as_images(X)
-        check_consistent_length(X, y)
         self.classes_, y_enc = self._encode_targets(y)
+        X = _as_images(X)
+        check_consistent_length(X, y_enc)
         self.n_features_in_ = int(np.prod(X.shape[1:]))
         self.image_shape_ = tuple(X.shape[1:])
         self._seed = _seed_everything(self.random_state)
@@ -399,7 +405,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Predicted labels, shape (n,), values from ``classes_``."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,0 +1,345 @@
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
+from sklearn.pipeline import Pipeline
+
+from cxr_estimators import CXRClassifier, ImageLoader
+from cxr_estimators.augment import Augmenter
+
+
+def test_binary_string_labels(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 15}).fit(X, y)
+    assert list(clf.classes_) == ["normal", "pneumonia"]
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    pred = clf.predict(X)
+    assert set(pred) <= {"normal", "pneumonia"}
+    assert clf.score(X, y) >= 0.9  # the corner patch is easy to learn
+    # predict follows the argmax of predict_proba, in classes_ order
+    np.testing.assert_array_equal(pred, clf.classes_[proba.argmax(1)])
+    dec = clf.decision_function(X)
+    assert dec.shape == (len(X),)
+    np.testing.assert_array_equal(dec > 0, pred == "pneumonia")
+
+
+def test_multiclass_and_3d_input(toy_multiclass, small_clf_params):
+    X, y = toy_multiclass
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 20}).fit(X[:, 0], y)
+    assert list(clf.classes_) == ["bacterial", "normal", "viral"]
+    assert clf.predict_proba(X[:, 0]).shape == (len(X), 3)
+    assert clf.score(X[:, 0], y) >= 0.8
+    assert clf.decision_function(X[:, 0]).shape == (len(X), 3)
+
+
+def test_integer_labels_sorted(toy_binary, small_clf_params):
+    X, _ = toy_binary
+    y = np.array([7, 2] * (len(X) // 2))
+    clf = CXRClassifier(**small_clf_params).fit(X, y)
+    assert list(clf.classes_) == [2, 7]
+
+
+def test_random_state_reproducible(toy_binary, small_clf_params):
+    X, y = toy_binary
+    p1 = CXRClassifier(**small_clf_params).fit(X, y).predict_proba(X)
+    p2 = CXRClassifier(**small_clf_params).fit(X, y).predict_proba(X)
+    p3 = CXRClassifier(**{**small_clf_params, "random_state": 1}).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)
+    assert not np.allclose(p1, p3)
+
+
+def test_clone_params_pipeline_gridsearch_cv(toy_binary, small_clf_params):
+    X, y = toy_binary
+    images = (X[:, 0] * 255).astype(np.uint8)
+    pipe = Pipeline([("load", ImageLoader(size=16, channels=1, normalize="unit")),
+                     ("clf", CXRClassifier(**small_clf_params))])
+    cloned = clone(pipe)
+    assert cloned.get_params()["clf__neurons"] == 16
+    cloned.set_params(clf__neurons=8)
+    assert cloned.named_steps["clf"].neurons == 8
+    search = GridSearchCV(pipe, {"clf__lr": [1e-2, 1e-3], "clf__dropout": [0.3, 0.5]},
+                          cv=StratifiedKFold(2), n_jobs=1)
+    search.fit(images, y)
+    assert set(search.best_params_) == {"clf__lr", "clf__dropout"}
+    assert search.cv_results_["mean_test_score"].shape == (4,)
+    res = cross_validate(pipe, images, y, cv=StratifiedKFold(2), scoring="accuracy")
+    assert res["test_score"].shape == (2,)
+
+
+def test_joblib_roundtrip_pipeline(tmp_path, toy_binary, small_clf_params):
+    X, y = toy_binary
+    images = (X[:, 0] * 255).astype(np.uint8)
+    pipe = Pipeline([("load", ImageLoader(size=16, channels=1)),
+                     ("clf", CXRClassifier(**small_clf_params))]).fit(images, y)
+    path = tmp_path / "model.joblib"
+    joblib.dump(pipe, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.predict_proba(images), pipe.predict_proba(images))
+
+
+def test_class_weight(toy_binary, small_clf_params):
+    X, y = toy_binary
+    X, y = X[:30], y[:30].copy()
+    y[:24] = "normal"  # 27 normal vs 3 pneumonia
+    clf = CXRClassifier(**small_clf_params, class_weight="balanced",
+                        validation_fraction=0).fit(X, y)
+    w = clf.net_.criterion_.weight.numpy()
+    np.testing.assert_allclose(w, 30 / (2 * np.array([27, 3])), rtol=1e-6)
+    clf = CXRClassifier(**small_clf_params, class_weight={"pneumonia": 5.0}).fit(X, y)
+    np.testing.assert_allclose(clf.net_.criterion_.weight.numpy(), [1.0, 5.0])
+    with pytest.raises(ValueError, match="class_weight has labels \\['covid'\\]"):
+        CXRClassifier(**small_clf_params, class_weight={"covid": 2.0}).fit(X, y)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((4, 2, 3, 8, 8), np.float32), "Found array with dim 5|shape"),
+    (np.zeros((4, 5, 8, 8), np.float32), "X has 5 channels"),
+])
+def test_bad_x_shape(bad, match, small_clf_params):
+    with pytest.raises(ValueError, match=match):
+        CXRClassifier(**small_clf_params).fit(bad, ["a", "b"] * 2)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_x(value, toy_binary, small_clf_params):
+    X, y = toy_binary
+    X = X.copy()
+    X[3, 0, 2, 2] = value
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        CXRClassifier(**small_clf_params).fit(X, y)
+
+
+def test_length_mismatch_and_single_class(toy_binary, small_clf_params):
+    X, y = toy_binary
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        CXRClassifier(**small_clf_params).fit(X, y[:-1])
+    with pytest.raises(ValueError, match="single class \\['normal'\\]"):
+        CXRClassifier(**small_clf_params).fit(X, np.full(len(X), "normal"))
+
+
+def test_unknown_backbone_and_weights(toy_binary, small_clf_params, tmp_path):
+    X, y = toy_binary
+    with pytest.raises(ValueError, match="backbone='resnet9000'"):
+        CXRClassifier(**{**small_clf_params, "backbone": "resnet9000"}).fit(X, y)
+    with pytest.raises(ValueError, match="weights='IMAGENET9K' is not a known weights name"):
+        CXRClassifier(backbone="resnet18", weights="IMAGENET9K").fit(X, y)
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        CXRClassifier(**small_clf_params, weights=str(missing)).fit(X, y)
+    with pytest.raises(ValueError, match="'lr' parameter"):
+        CXRClassifier(**{**small_clf_params, "lr": -1}).fit(X, y)
+
+
+def test_not_fitted():
+    with pytest.raises(NotFittedError):
+        CXRClassifier().predict(np.zeros((2, 1, 8, 8), np.float32))
+
+
+def test_predict_checks_image_shape(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params).fit(X, y)
+    with pytest.raises(ValueError, match="images of shape \\(1, 8, 8\\) vs \\(1, 16, 16\\)"):
+        clf.predict(X[:, :, :8, :8])
+
+
+def test_local_weights_file_loaded(tmp_path, toy_binary):
+    """A state_dict saved from a torchvision model is loaded by path (no download)."""
+    import torchvision
+
+    torch.manual_seed(123)
+    reference = torchvision.models.get_model("resnet18", weights=None)
+    path = tmp_path / "resnet18_local.pth"
+    torch.save(reference.state_dict(), path)
+    X, y = toy_binary
+    clf = CXRClassifier(backbone="resnet18", weights=str(path), freeze=True, max_epochs=1,
+                        batch_size=16, random_state=0).fit(np.repeat(X, 2, -1).repeat(2, -2), y)
+    got = clf.module_.trunk.state_dict()
+    for name in ("conv1.weight", "layer4.1.bn2.running_var", "layer4.1.conv2.weight"):
+        torch.testing.assert_close(got[name], reference.state_dict()[name])
+    # a checkpoint of a whole fitted model (keys prefixed "trunk.") loads too
+    whole = tmp_path / "whole.pt"
+    torch.save({"state_dict": clf.module_.state_dict()}, whole)
+    clf2 = CXRClassifier(backbone="resnet18", weights=whole, freeze=True, max_epochs=1,
+                         batch_size=16, random_state=0).fit(np.repeat(X, 2, -1).repeat(2, -2), y)
+    torch.testing.assert_close(clf2.module_.trunk.state_dict()["conv1.weight"],
+                               reference.state_dict()["conv1.weight"])
+
+
+def test_weights_file_for_wrong_model(tmp_path, toy_binary, small_clf_params):
+    path = tmp_path / "other.pt"
+    torch.save({"foo.weight": torch.zeros(3)}, path)
+    X, y = toy_binary
+    with pytest.raises(ValueError, match="has no parameter matching"):
+        CXRClassifier(**small_clf_params, weights=str(path)).fit(X, y)
+
+
+def test_freeze_trains_only_head(toy_binary, small_clf_params):
+    X, y = toy_binary
+    torch.manual_seed(0)
+    clf = CXRClassifier(**{**small_clf_params, "backbone": "deep_cnn"}, freeze=True).fit(X, y)
+    trunk = clf.module_.trunk
+    assert not any(p.requires_grad for p in trunk.parameters())
+    assert all(p.requires_grad for p in clf.module_.head.parameters())
+    # trunk unchanged by training: same as a fresh model with the same seed
+    fresh = CXRClassifier(**{**small_clf_params, "backbone": "deep_cnn", "max_epochs": 1,
+                             "lr": 1e-9}, freeze=True).fit(X, y)
+    for (n, a), (_, b) in zip(trunk.state_dict().items(), fresh.module_.trunk.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=n)  # incl. BatchNorm running stats
+
+
+def test_freeze_last_k_blocks(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "backbone": "deep_cnn", "max_epochs": 1},
+                        freeze=2).fit(X, y)
+    blocks = list(clf.module_.trunk.features)
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
+    assert trainable == [False, False, False, True, True]
+
+
+def test_augmentation_only_while_training(toy_binary, small_clf_params, monkeypatch):
+    calls = []
+    original = Augmenter.forward
+
+    def spy(self, x):
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(Augmenter, "forward", spy)
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params, augment={"rotation": 15, "horizontal_flip": False})
+    clf.fit(X, y)
+    n_train_calls = len(calls)
+    # every training batch of every epoch is augmented, validation batches are not
+    n_train = len(X) - int(np.ceil(0.1 * len(X)))
+    assert sum(calls) == small_clf_params["max_epochs"] * n_train
+    p1 = clf.predict_proba(X)
+    p2 = clf.predict_proba(X)
+    assert len(calls) == n_train_calls  # no augmentation at predict time
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_augmenter_changes_images_and_flip_default_off():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 16, 16)
+    aug = Augmenter(rotation=20, shift=0.1, zoom=0.1, brightness=0.2, contrast=0.2)
+    assert aug.geometric is not None
+    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in aug.geometric.transforms)
+    out = aug(x)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    with pytest.raises(ValueError, match="augment rotation"):
+        Augmenter(rotation=-1)
+    from cxr_estimators.augment import make_augmenter
+    with pytest.raises(ValueError, match="unknown keys \\['flip'\\]"):
+        make_augmenter({"flip": True})
+
+
+def test_early_stopping_restores_best_and_checkpoint(tmp_path, toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 30, "lr": 0.05}, early_stopping=2,
+                        checkpoint_dir=str(tmp_path / "ckpt"), validation_fraction=0.25)
+    clf.fit(X, y)
+    hist = clf.history_
+    losses = hist[:, "valid_loss"]
+    best_epoch = int(np.argmin(losses))
+    assert len(hist) <= 30
+    if len(hist) < 30:  # stopped early: patience epochs after the best one
+        assert len(hist) - 1 - best_epoch == 2
+    saved = torch.load(tmp_path / "ckpt" / "params.pt", map_location="cpu")
+    for name, value in clf.module_.state_dict().items():
+        torch.testing.assert_close(value, saved[name], msg=name)
+
+
+def test_lr_schedule_reduces_lr(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 6}, early_stopping=None,
+                        lr_schedule={"patience": 0, "factor": 0.1, "threshold": 10.0})
+    clf.fit(X, y)
+    assert clf.net_.optimizer_.param_groups[0]["lr"] < small_clf_params["lr"] / 5
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam),
+                                       ("rmsprop", torch.optim.RMSprop),
+                                       ("sgd", torch.optim.SGD)])
+def test_optimizers_and_weight_decay(name, cls, toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, optimizer=name,
+                        weight_decay=1e-3).fit(X, y)
+    assert isinstance(clf.net_.optimizer_, cls)
+    assert clf.net_.optimizer_.param_groups[0]["weight_decay"] == 1e-3
+
+
+def test_validation_split_is_stratified_and_optional(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params, validation_fraction=0.25).fit(X, y)
+    assert "valid_loss" in clf.history_[-1]
+    assert clf.net_.train_split.stratified
+    clf = CXRClassifier(**small_clf_params, validation_fraction=0).fit(X, y)
+    assert "valid_loss" not in clf.history_[-1]
+    with pytest.warns(UserWarning, match="too few samples"):
+        CXRClassifier(**small_clf_params).fit(X[:3], y[:3])
+
+
+def test_feature_cache_matches_uncached(toy_binary):
+    from cxr_estimators import _features
+
+    X, y = toy_binary
+    X = np.repeat(np.repeat(X, 2, -1), 2, -2)  # 32 px for resnet18
+    params = dict(backbone="resnet18", freeze=True, max_epochs=3, batch_size=16,
+                  random_state=0, neurons=16)
+    _features.clear_cache()
+    cached = CXRClassifier(**params, cache=True).fit(X, y)
+    again = CXRClassifier(**{**params, "lr": 1e-2}, cache=True).fit(X, y)
+    assert _features.cache_info()["hits"] == 1 and _features.cache_info()["misses"] == 1
+    plain = CXRClassifier(**params).fit(X, y)
+    np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+    assert not np.allclose(again.predict_proba(X), plain.predict_proba(X))
+    # augmentation or a trainable trunk switch the cache off
+    CXRClassifier(**{**params, "freeze": 1}, cache=True).fit(X, y)
+    CXRClassifier(**params, cache=True, augment=True).fit(X, y)
+    assert _features.cache_info()["misses"] == 1
+
+
+def test_feature_cache_on_disk(tmp_path, toy_binary, small_clf_params):
+    X, y = toy_binary
+    params = {**small_clf_params, "freeze": True}
+    a = CXRClassifier(**params, cache=str(tmp_path)).fit(X, y).predict_proba(X)
+    assert any(tmp_path.rglob("*.pkl"))
+    b = CXRClassifier(**params, cache=str(tmp_path)).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_keyboard_interrupt_keeps_model(toy_binary, small_clf_params, monkeypatch):
+    """An interrupt during training ends fit with the weights trained so far (skorch)."""
+    from cxr_estimators import classifier as mod
+
+    X, y = toy_binary
+    original = mod._Net.train_step
+    steps = []
+
+    def interrupting(self, batch, **kw):
+        steps.append(1)
+        if len(steps) == 5:
+            raise KeyboardInterrupt
+        return original(self, batch, **kw)
+
+    monkeypatch.setattr(mod._Net, "train_step", interrupting)
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 10}).fit(X, y)
+    assert clf.predict(X).shape == (len(X),)
+    assert len(clf.history_) < 10
+
+
+def test_device_auto_is_cpu_without_gpu(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params).fit(X, y)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert clf.device_ == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda'"):
+            CXRClassifier(**small_clf_params, device="cuda").fit(X, y)

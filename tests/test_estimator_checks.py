@@ -1,0 +1,30 @@
+"""sklearn's own estimator checks on CXRClassifier.
+
+2-D tabular X of shape (n, d) is taken as n one-channel images of 1 × d pixels (see
+``classifier._as_images``), which lets every generic check run on the small CNN. All
+checks pass; none is marked as an expected failure. Two are *skipped by sklearn itself*
+for environment reasons: ``check_array_api_input`` (needs SCIPY_ARRAY_API=1 and
+array-api-strict) and ``check_classifier_data_not_an_array`` (needs pandas).
+
+``ImageLoader`` declares ``two_d_array=False`` (its input is images or file paths), for
+which sklearn runs no generic checks; tests/test_preprocessing.py covers its API instead.
+"""
+
+import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cxr_estimators import CXRClassifier
+
+torch.set_num_threads(1)
+
+#: Checks an image estimator cannot satisfy, with the reason. Empty: all pass.
+EXPECTED_FAILED_CHECKS = {}
+
+
+@parametrize_with_checks(
+    [CXRClassifier(backbone="simple_cnn", max_epochs=20, batch_size=16, neurons=16, lr=1e-2,
+                   validation_fraction=0, early_stopping=None, random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
