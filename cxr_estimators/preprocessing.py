@@ -166,6 +166,9 @@ class ImageLoader(TransformerMixin, BaseEstimator):
 
             images = (read_image(p) for p in X)
             names = [f"{i} ({os.fspath(p)!r})" for i, p in enumerate(X)]
+        elif not isinstance(X, np.ndarray) and all(np.ndim(x) in (2, 3) for x in X):
+            images = iter(X)  # a list of images, possibly of different sizes
+            names = [str(i) for i in range(len(X))]
         else:
             X = np.asarray(X)
             if X.ndim not in (3, 4):

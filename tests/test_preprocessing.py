@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+
+from cxr_estimators import ImageLoader
+from cxr_estimators.preprocessing import NORMALIZATION_PRESETS
+
+
+def test_uint8_array_to_unit_tensor():
+    X = np.stack([np.full((10, 12), 0, np.uint8), np.full((10, 12), 255, np.uint8)])
+    out = ImageLoader(size=None, channels=1, normalize="unit").fit_transform(X)
+    assert out.shape == (2, 1, 10, 12) and out.dtype == np.float32
+    assert out[0].max() == 0.0 and out[1].min() == 1.0
+
+
+@pytest.mark.parametrize("preset, lo, hi", [("minus_one_one", -1.0, 1.0), ("unit", 0.0, 1.0)])
+def test_normalization_presets(preset, lo, hi):
+    X = np.stack([np.zeros((8, 8), np.uint8), np.full((8, 8), 255, np.uint8)])
+    out = ImageLoader(size=8, channels=3, normalize=preset).fit_transform(X)
+    np.testing.assert_allclose(out[0], lo, atol=1e-6)
+    np.testing.assert_allclose(out[1], hi, atol=1e-6)
+
+
+def test_imagenet_normalization_per_channel():
+    X = np.full((1, 4, 4), 255, np.uint8)
+    out = ImageLoader(size=4, channels=3, normalize="imagenet").fit_transform(X)
+    mean, std = NORMALIZATION_PRESETS["imagenet"]
+    np.testing.assert_allclose(out[0, :, 0, 0], (1 - np.array(mean)) / np.array(std), rtol=1e-5)
+    custom = ImageLoader(size=4, channels=1, normalize=([0.5], [0.25])).fit_transform(X)
+    np.testing.assert_allclose(custom, 2.0, rtol=1e-6)
+
+
+def test_uint16_and_float_inputs():
+    X16 = np.full((1, 6, 6), 65535, np.uint16)
+    assert ImageLoader(size=6, channels=1, normalize="unit").fit_transform(X16).min() == 1.0
+    Xf = np.full((1, 6, 6), 0.25, np.float32)
+    np.testing.assert_allclose(ImageLoader(size=6, channels=1, normalize="unit")
+                               .fit_transform(Xf), 0.25)
+    with pytest.raises(ValueError, match="image 0 is float with values in \\[3, 3\\]"):
+        ImageLoader(size=6).fit_transform(np.full((1, 6, 6), 3.0))
+    bad = np.zeros((2, 6, 6), np.float32)
+    bad[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="image 1 contains NaN"):
+        ImageLoader(size=6).fit_transform(bad)
+
+
+def test_rgb_to_gray_and_gray_to_rgb():
+    rgb = np.zeros((1, 5, 5, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red → luma 0.299
+    gray = ImageLoader(size=5, channels=1, normalize="unit").fit_transform(rgb)
+    np.testing.assert_allclose(gray, 0.299, atol=2e-3)
+    g = np.full((1, 5, 5), 128, np.uint8)
+    out = ImageLoader(size=5, channels=3, normalize="unit").fit_transform(g)
+    assert out.shape == (1, 3, 5, 5)
+    np.testing.assert_array_equal(out[:, 0], out[:, 2])
+
+
+def test_resize_and_center_crop():
+    img = np.zeros((1, 20, 20), np.uint8)
+    img[:, 5:15, 5:15] = 255  # bright centre, dark border
+    out = ImageLoader(size=(8, 10), channels=1, normalize="unit").fit_transform(img)
+    assert out.shape == (1, 1, 8, 10)
+    cropped = ImageLoader(size=10, channels=1, center_crop=0.5,
+                          normalize="unit").fit_transform(img)
+    np.testing.assert_allclose(cropped, 1.0)  # only the bright centre is left
+
+
+def test_paths_any_pil_mode(tmp_path):
+    arr = (np.arange(64 * 48) % 256).astype(np.uint8).reshape(48, 64)
+    paths = []
+    for mode in ("L", "RGB", "RGBA", "P", "LA"):
+        p = tmp_path / f"img_{mode}.png"
+        Image.fromarray(arr).convert(mode).save(p)
+        paths.append(str(p))
+    p16 = tmp_path / "img16.png"
+    Image.fromarray((arr.astype(np.uint16) * 257)).save(p16)
+    paths.append(str(p16))
+    jpg = tmp_path / "img.jpg"
+    Image.fromarray(arr).save(jpg, quality=95)
+    paths.append(jpg)  # PathLike works too
+    out = ImageLoader(size=32, channels=1, normalize="unit").fit_transform(paths)
+    assert out.shape == (len(paths), 1, 32, 32)
+    for i in range(1, len(paths)):  # all modes decode to (about) the same picture
+        np.testing.assert_allclose(out[i], out[0], atol=0.03, err_msg=str(paths[i]))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="not a single path"):
+        ImageLoader().fit_transform("a.png")
+    with pytest.raises(ValueError, match="got shape \\(3, 4\\)"):
+        ImageLoader().fit_transform(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="image 1 has size \\(5, 5\\) but image 0 has"):
+        ImageLoader(size=None).fit_transform([np.zeros((4, 4), np.uint8),
+                                              np.zeros((5, 5), np.uint8)])
+    with pytest.raises(ValueError, match="channels must be 1 or 3; got 2"):
+        ImageLoader(channels=2).fit(None)
+    with pytest.raises(ValueError, match="'normalize' parameter"):
+        ImageLoader(normalize="zscore").fit(None)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        ImageLoader(normalize=([0.5], [0.0])).fit(None)
+
+
+def test_missing_file_named(tmp_path):
+    missing = tmp_path / "nope.png"
+    with pytest.raises((FileNotFoundError, ValueError), match="nope.png"):
+        ImageLoader().fit_transform([str(missing)])
+
+
+def test_clone_and_stateless():
+    loader = ImageLoader(size=16, channels=1, center_crop=0.8)
+    assert clone(loader).get_params() == loader.get_params()
+    X = np.zeros((2, 10, 10), np.uint8)
+    np.testing.assert_array_equal(ImageLoader(size=16).transform(X),
+                                  ImageLoader(size=16).fit(X).transform(X))
