@@ -48,7 +48,10 @@ class _Net(NeuralNetClassifier):
         self.channels_last = channels_last
 
     def infer(self, x, **fit_params):
-        if not (self.amp or self.channels_last):
+        # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
+        # CPU; autocast and channels_last are then skipped.
+        on_cuda = str(self.device).startswith("cuda")
+        if not (on_cuda and (self.amp or self.channels_last)):
             return super().infer(x, **fit_params)
         x = torch.as_tensor(x).to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
@@ -377,6 +380,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     def history_(self):
         check_is_fitted(self, "net_")
         return self.net_.history
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "net_" in state:  # skorch may have mapped a CUDA model to the CPU on load
+            self.device_ = str(self.net_.device)
 
     def _check_X(self, X):
         check_is_fitted(self, "net_")

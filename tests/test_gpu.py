@@ -1,0 +1,68 @@
+"""CUDA-only behaviour: mixed precision, channels_last, and a GPU-trained model on CPU.
+
+Marked ``gpu`` and skipped by default; run with ``pytest -m gpu`` on a CUDA machine.
+"""
+
+import os
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from cxr_estimators import CXRClassifier
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_cuda_fit_uses_bf16_autocast_and_channels_last(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 15, "backbone": "deep_cnn"},
+                        device="auto").fit(X, y)
+    assert clf.device_ == "cuda"
+    assert clf.net_.amp == torch.cuda.is_bf16_supported()
+    conv = clf.module_.trunk.features[0][0].weight
+    assert conv.is_cuda
+    if clf.net_.amp:
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
+    assert clf.score(X, y) >= 0.9
+
+
+def test_resnet_on_cuda_frozen_cache(toy_binary):
+    X, y = toy_binary
+    X = np.repeat(np.repeat(X, 4, -1), 4, -2)
+    params = dict(backbone="resnet18", freeze=True, max_epochs=3, batch_size=16,
+                  random_state=0, neurons=16, device="cuda")
+    a = CXRClassifier(**params, cache=True).fit(X, y).predict_proba(X)
+    b = CXRClassifier(**params).fit(X, y).predict_proba(X)
+    # cached features are computed in fp32, the uncached path runs under bf16 autocast
+    np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_gpu_trained_model_loads_on_cpu_only_machine(tmp_path, toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 15}).fit(X, y)
+    assert clf.device_ == "cuda"
+    path = tmp_path / "gpu_model.joblib"
+    joblib.dump(clf, path)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "proba.npy", clf.predict_proba(X))
+    code = (
+        "import joblib, numpy as np, torch, warnings; warnings.simplefilter('ignore');"
+        "assert not torch.cuda.is_available();"
+        f"m = joblib.load(r'{path}'); X = np.load(r'{tmp_path / 'X.npy'}');"
+        f"p = m.predict_proba(X); ref = np.load(r'{tmp_path / 'proba.npy'}');"
+        "assert next(m.module_.parameters()).device.type == 'cpu';"
+        "np.testing.assert_allclose(p, ref, atol=0.02); print('CPU-OK')"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "CPU-OK" in out.stdout
