@@ -369,6 +369,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             self.net_ = self._make_net(module, y_enc, self.device_, amp)
             self.net_.fit(X, y_enc)
         self.net_.module_.eval()
+        _drop_training_state(self.net_)
         return self
 
     @property
@@ -421,6 +422,15 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _drop_training_state(net):
+    """Free what only training needs: EarlyStopping's copy of the best weights (already
+    restored into the module). It would double the pickle and, for a CUDA model, hold
+    CUDA tensors that plain pickle cannot load on a CPU-only machine."""
+    for _, callback in net.callbacks_:
+        if hasattr(callback, "best_model_weights_"):
+            callback.best_model_weights_ = None
 
 
 def _seed_everything(random_state):

@@ -90,10 +90,10 @@ def test_class_weight(toy_binary, small_clf_params):
     y[:24] = "normal"  # 27 normal vs 3 pneumonia
     clf = CXRClassifier(**small_clf_params, class_weight="balanced",
                         validation_fraction=0).fit(X, y)
-    w = clf.net_.criterion_.weight.numpy()
+    w = clf.net_.criterion_.weight.cpu().numpy()
     np.testing.assert_allclose(w, 30 / (2 * np.array([27, 3])), rtol=1e-6)
     clf = CXRClassifier(**small_clf_params, class_weight={"pneumonia": 5.0}).fit(X, y)
-    np.testing.assert_allclose(clf.net_.criterion_.weight.numpy(), [1.0, 5.0])
+    np.testing.assert_allclose(clf.net_.criterion_.weight.cpu().numpy(), [1.0, 5.0])
     with pytest.raises(ValueError, match="class_weight has labels \\['covid'\\]"):
         CXRClassifier(**small_clf_params, class_weight={"covid": 2.0}).fit(X, y)
 
