@@ -27,6 +27,8 @@ _stats = {"hits": 0, "misses": 0}
 
 
 def _digest(X):
+    if hasattr(X, "fingerprint"):  # a lazy ImageDataset: paths + mtimes + loader params
+        return X.fingerprint()
     h = hashlib.blake2b(digest_size=16)
     h.update(str((X.shape, X.dtype.str)).encode())
     h.update(memoryview(np.ascontiguousarray(X)).cast("B"))
@@ -36,10 +38,13 @@ def _digest(X):
 def compute_features(trunk_forward, X, device, batch_size):
     """Run ``trunk_forward`` over ``X`` in batches without gradients; float32 (n, d)."""
     out = []
+    if isinstance(X, torch.utils.data.Dataset):
+        batches = torch.utils.data.DataLoader(X, batch_size=batch_size)
+    else:
+        batches = (X[start:start + batch_size] for start in range(0, len(X), batch_size))
     with torch.no_grad():
-        for start in range(0, len(X), batch_size):
-            xb = torch.as_tensor(X[start:start + batch_size]).to(device)
-            out.append(trunk_forward(xb).float().cpu())
+        for xb in batches:
+            out.append(trunk_forward(torch.as_tensor(xb).to(device)).float().cpu())
     return torch.cat(out).numpy()
 
 

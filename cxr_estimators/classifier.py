@@ -72,12 +72,39 @@ def _resolve_device(device):
     return "cpu"
 
 
-def _as_images(X, *, reset_shape=None):
-    """Validate X and return float32 (n, C, H, W).
+class _Labelled(torch.utils.data.Dataset):
+    """(image, label) pairs from an image dataset, as skorch's iterators expect."""
+
+    def __init__(self, images, y=None):
+        self.images = images
+        self.y = y
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], (self.y[i] if self.y is not None else 0)
+
+
+def _image_shape(X):
+    return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
+
+
+def _as_images(X):
+    """Validate X and return float32 (n, C, H, W), or a lazy image dataset as is.
 
     2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
-    estimator checks can run); (n, H, W) as single-channel images.
+    estimator checks can run); (n, H, W) as single-channel images. A
+    ``torch.utils.data.Dataset`` of ``(C, H, W)`` tensors (e.g. ``ImageLoader(lazy=True)``
+    output) is used lazily: images are produced batch by batch.
     """
+    if isinstance(X, torch.utils.data.Dataset):
+        if len(X) == 0:
+            raise ValueError("X is an empty dataset")
+        shape = _image_shape(X)
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"X's items must be (C, H, W) with C = 1 or 3; got {shape}")
+        return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
@@ -148,6 +175,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     device : {"auto", "cpu", "cuda", "mps"}, default="auto"
         "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
         channels_last are used when the GPU supports bf16.
+    num_workers : int, default=0
+        DataLoader worker processes (useful with lazily decoded images,
+        ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
     random_state : int or None, default=None
         Seeds torch, numpy and the data order; same seed → same model on CPU.
     verbose : int, default=0
@@ -198,6 +228,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -206,7 +237,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
                  class_weight=None, augment=None, checkpoint_dir=None, cache=None,
-                 device="auto", random_state=None, verbose=0):
+                 device="auto", num_workers=0, random_state=None, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -225,6 +256,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
+        self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
 
@@ -321,6 +353,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             iterator_train__shuffle=True,
             iterator_train__generator=torch.Generator().manual_seed(self._seed)
             if self._seed is not None else None,
+            iterator_train__num_workers=self.num_workers,
+            iterator_valid__num_workers=self.num_workers,
+            iterator_train__pin_memory=device == "cuda",
+            iterator_valid__pin_memory=device == "cuda",
             device=device,
             amp=amp,
             channels_last=amp,
@@ -341,13 +377,14 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, y_enc = self._encode_targets(y)
         X = _as_images(X)
         check_consistent_length(X, y_enc)
-        self.n_features_in_ = int(np.prod(X.shape[1:]))
-        self.image_shape_ = tuple(X.shape[1:])
+        self.image_shape_ = _image_shape(X)
+        self.n_features_in_ = int(np.prod(self.image_shape_))
         self._seed = _seed_everything(self.random_state)
         self.device_ = _resolve_device(self.device)
         amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
         module = build_model(
-            self.backbone, len(self.classes_), weights=self.weights, in_channels=X.shape[1],
+            self.backbone, len(self.classes_), weights=self.weights,
+            in_channels=self.image_shape_[0],
             neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
             augment=make_augmenter(self.augment),
         )
@@ -367,7 +404,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             self.net_.module = module
         else:
             self.net_ = self._make_net(module, y_enc, self.device_, amp)
-            self.net_.fit(X, y_enc)
+            self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
+                          else X, y_enc)
         self.net_.module_.eval()
         _drop_training_state(self.net_)
         return self
@@ -390,14 +428,14 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     def _check_X(self, X):
         check_is_fitted(self, "net_")
         X = _as_images(X)
-        if tuple(X.shape[1:]) != self.image_shape_:
-            n = int(np.prod(X.shape[1:]))
+        shape = _image_shape(X)
+        if shape != self.image_shape_:
             raise ValueError(
-                f"X has {n} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input (images of shape "
-                f"{tuple(X.shape[1:])} vs {self.image_shape_} seen in fit)"
+                f"X has {int(np.prod(shape))} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input (images of shape "
+                f"{shape} vs {self.image_shape_} seen in fit)"
             )
-        return X
+        return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""

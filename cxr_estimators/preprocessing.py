@@ -78,6 +78,11 @@ class ImageLoader(TransformerMixin, BaseEstimator):
     normalize : {"imagenet", "minus_one_one", "unit"} or (mean, std), default="imagenet"
         "imagenet": torchvision's ImageNet mean/std; "minus_one_one": scale to [-1, 1];
         "unit": keep [0, 1]; or per-channel sequences ``(mean, std)``.
+    lazy : bool, default=False
+        False: ``transform`` returns one float32 array. True: it returns an
+        :class:`ImageDataset` that decodes and preprocesses each image when a batch asks
+        for it, so memory stays bounded by the batch (``CXRClassifier`` accepts it; use it
+        for predicting on many images at high resolution).
 
     Notes
     -----
@@ -99,13 +104,16 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         "channels": [Interval(numbers.Integral, 1, 3, closed="both")],
         "center_crop": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "normalize": [StrOptions(set(NORMALIZATION_PRESETS)), tuple, list],
+        "lazy": ["boolean"],
     }
 
-    def __init__(self, size=224, channels=3, center_crop=None, normalize="imagenet"):
+    def __init__(self, size=224, channels=3, center_crop=None, normalize="imagenet",
+                 lazy=False):
         self.size = size
         self.channels = channels
         self.center_crop = center_crop
         self.normalize = normalize
+        self.lazy = lazy
 
     def fit(self, X, y=None):
         """Validate the parameters; nothing is learned. Returns self."""
@@ -154,40 +162,40 @@ class ImageLoader(TransformerMixin, BaseEstimator):
             img = F.resize(img, size, antialias=True)
         return F.normalize(img.float(), mean, std)
 
-    def transform(self, X):
-        """Return a float32 array ``(n, channels, H, W)``."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
-        mean, std = self._mean_std()
-        size = self._out_size()
+    def _sources(self, X):
+        """(items, names, reader): what to decode, how to name it in errors, how to read."""
         if _is_path_list(X):
             from .io import read_image
 
-            images = (read_image(p) for p in X)
-            names = [f"{i} ({os.fspath(p)!r})" for i, p in enumerate(X)]
-        elif not isinstance(X, np.ndarray) and all(np.ndim(x) in (2, 3) for x in X):
-            images = iter(X)  # a list of images, possibly of different sizes
-            names = [str(i) for i in range(len(X))]
-        else:
-            X = np.asarray(X)
-            if X.ndim not in (3, 4):
-                raise ValueError(
-                    f"X must be a list of paths or an array (n, H, W[, C]); got shape {X.shape}"
-                )
-            images = iter(X)
-            names = [str(i) for i in range(len(X))]
+            return list(X), [f"{i} ({os.fspath(p)!r})" for i, p in enumerate(X)], read_image
+        if not isinstance(X, np.ndarray) and all(np.ndim(x) in (2, 3) for x in X):
+            return list(X), [str(i) for i in range(len(X))], None  # differently sized images
+        X = np.asarray(X)
+        if X.ndim not in (3, 4):
+            raise ValueError(
+                f"X must be a list of paths or an array (n, H, W[, C]); got shape {X.shape}"
+            )
+        return X, [str(i) for i in range(len(X))], None
+
+    def transform(self, X):
+        """Return a float32 array ``(n, channels, H, W)`` (an :class:`ImageDataset` if lazy)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        dataset = ImageDataset(self, *self._sources(X))
+        if len(dataset) == 0:
+            raise ValueError("X is empty: no images to transform")
+        if self.lazy:
+            return dataset
         out = []
-        for image, name in zip(images, names):
-            img = self._prepare(image, name, mean, std, size)
+        for i in range(len(dataset)):
+            img = dataset[i]
             if out and img.shape != out[0].shape:
                 raise ValueError(
-                    f"image {name} has size {tuple(img.shape[-2:])} but image 0 has "
-                    f"{tuple(out[0].shape[-2:])}; set size= to resize all images"
+                    f"image {dataset.names[i]} has size {tuple(img.shape[-2:])} but image 0 "
+                    f"has {tuple(out[0].shape[-2:])}; set size= to resize all images"
                 )
             out.append(img)
-        if not out:
-            raise ValueError("X is empty: no images to transform")
         return torch.stack(out).numpy()
 
     def __sklearn_tags__(self):
@@ -196,3 +204,53 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.requires_fit = False
         return tags
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images decoded and preprocessed on access, for bounded-memory fit/predict.
+
+    Returned by ``ImageLoader(lazy=True).transform``; item ``i`` is a float32 tensor
+    ``(C, H, W)``. ``shape`` is ``(n, C, H, W)`` (from the first image: with ``size=None``
+    all images must share its size). ``np.asarray(dataset)`` materialises everything.
+    """
+
+    def __init__(self, loader, items, names, reader):
+        self.loader = loader
+        self.items = items
+        self.names = names
+        self.reader = reader
+        self._mean_std = loader._mean_std()
+        self._size = loader._out_size()
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        image = self.reader(item) if self.reader is not None else item
+        return self.loader._prepare(image, self.names[i], *self._mean_std, self._size)
+
+    @property
+    def shape(self):
+        return (len(self), *self[0].shape)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = torch.stack([self[i] for i in range(len(self))]).numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def fingerprint(self):
+        """A digest of the sources (paths with size and mtime, or array bytes) and the
+        loader's parameters: equal fingerprints mean equal images."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(sorted(self.loader.get_params().items())).encode())
+        for item in self.items:
+            if isinstance(item, (str, os.PathLike)):
+                st = os.stat(item)
+                h.update(f"{os.fspath(item)}|{st.st_size}|{st.st_mtime_ns}".encode())
+            else:
+                arr = np.ascontiguousarray(item)
+                h.update(str((arr.shape, arr.dtype.str)).encode())
+                h.update(memoryview(arr).cast("B"))
+        return h.hexdigest()

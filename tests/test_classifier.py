@@ -343,3 +343,22 @@ def test_device_auto_is_cpu_without_gpu(toy_binary, small_clf_params):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda'"):
             CXRClassifier(**small_clf_params, device="cuda").fit(X, y)
+
+
+def test_lazy_images_train_and_predict_like_arrays(toy_binary, small_clf_params):
+    X, y = toy_binary
+    images = [(x[0] * 255).astype(np.uint8) for x in X]
+    loader = ImageLoader(size=16, channels=1, normalize="unit")
+    dense = loader.fit_transform(images)
+    lazy = ImageLoader(size=16, channels=1, normalize="unit", lazy=True).fit_transform(images)
+    assert lazy.shape == dense.shape
+    a = CXRClassifier(**small_clf_params).fit(dense, y)
+    b = CXRClassifier(**small_clf_params).fit(lazy, y)
+    np.testing.assert_allclose(a.predict_proba(dense), b.predict_proba(lazy), atol=1e-5)
+    np.testing.assert_allclose(a.predict_proba(lazy), a.predict_proba(dense), atol=1e-6)
+    # frozen-feature cache keyed by the lazy dataset's fingerprint
+    from cxr_estimators import _features
+    _features.clear_cache()
+    for lr in (1e-2, 1e-3):
+        CXRClassifier(**{**small_clf_params, "lr": lr}, freeze=True, cache=True).fit(lazy, y)
+    assert _features.cache_info() == {"hits": 1, "misses": 1, "entries": 1}
