@@ -35,39 +35,45 @@ def _digest(X):
     return h.hexdigest()
 
 
-def compute_features(trunk_forward, X, device, batch_size):
-    """Run ``trunk_forward`` over ``X`` in batches without gradients; float32 (n, d)."""
+def compute_features(trunk_forward, X, device, batch_size, amp=False):
+    """Run ``trunk_forward`` over ``X`` in batches without gradients; float32 (n, d).
+
+    ``amp``: on CUDA, run under bf16 autocast with channels_last input, exactly as the
+    uncached training forward pass does, so both paths see the same features."""
     out = []
     if isinstance(X, torch.utils.data.Dataset):
         batches = torch.utils.data.DataLoader(X, batch_size=batch_size)
     else:
         batches = (X[start:start + batch_size] for start in range(0, len(X), batch_size))
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         for xb in batches:
-            out.append(trunk_forward(torch.as_tensor(xb).to(device)).float().cpu())
+            xb = torch.as_tensor(xb).to(device)
+            if amp and xb.ndim == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out.append(trunk_forward(xb).float().cpu())
     return torch.cat(out).numpy()
 
 
-def _compute(module, X, device, batch_size):
+def _compute(module, X, device, batch_size, amp=False):
     module = module.to(device)
     was_training = module.training
     module.eval()
     try:
-        return compute_features(module.forward_features, X, device, batch_size)
+        return compute_features(module.forward_features, X, device, batch_size, amp)
     finally:
         module.train(was_training)
 
 
-def trunk_features(module, X, backbone, weights, device, batch_size, memory=True):
+def trunk_features(module, X, backbone, weights, device, batch_size, memory=True, amp=False):
     """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above."""
-    key = (backbone, os.fspath(weights) if weights is not None else None, _digest(X))
+    key = (backbone, os.fspath(weights) if weights is not None else None, _digest(X), amp)
     if memory is True:
         if key in _memory_cache:
             _stats["hits"] += 1
             _memory_cache.move_to_end(key)
             return _memory_cache[key]
         _stats["misses"] += 1
-        feats = _compute(module, X, device, batch_size)
+        feats = _compute(module, X, device, batch_size, amp)
         feats.setflags(write=False)
         _memory_cache[key] = feats
         while len(_memory_cache) > _MAX_ENTRIES:
@@ -79,7 +85,7 @@ def trunk_features(module, X, backbone, weights, device, batch_size, memory=True
 
     @store.cache(ignore=["module", "X", "device", "batch_size"])
     def _cached(key, module, X, device, batch_size):
-        return _compute(module, X, device, batch_size)
+        return _compute(module, X, device, batch_size, amp)
 
     return _cached(key, module, X, device, batch_size)
 

@@ -315,7 +315,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         callbacks = []
         if self.early_stopping is not None:
             callbacks.append(("early_stopping", EarlyStopping(
-                monitor=monitor, patience=self.early_stopping, load_best=True,
+                monitor=monitor, patience=self.early_stopping, load_best=True, threshold=0,
                 sink=print if self.verbose else noop,
             )))
         if self.lr_schedule is not None:
@@ -395,9 +395,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         if use_cache:
             features = _features.trunk_features(
                 module, X, self.backbone, self.weights, self.device_, self.batch_size,
-                memory=self.cache,
+                memory=self.cache, amp=amp,
             )
-            self.net_ = self._make_net(module.head, y_enc, self.device_, amp=False)
+            self.net_ = self._make_net(module.head, y_enc, self.device_, amp)
             self.net_.fit(np.array(features), y_enc)
             # The head was trained in place; serve predictions with the whole model.
             self.net_.module_ = module.to(self.device_)
@@ -464,11 +464,16 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
 def _drop_training_state(net):
     """Free what only training needs: EarlyStopping's copy of the best weights (already
-    restored into the module). It would double the pickle and, for a CUDA model, hold
-    CUDA tensors that plain pickle cannot load on a CPU-only machine."""
+    restored into the module) and the LR scheduler. They would bloat the pickle and, for a
+    CUDA model, hold CUDA tensors that plain pickle cannot load on a CPU-only machine."""
     for _, callback in net.callbacks_:
         if hasattr(callback, "best_model_weights_"):
             callback.best_model_weights_ = None
+        if hasattr(callback, "lr_scheduler_"):  # holds the optimizer and its state
+            callback.lr_scheduler_ = None
+    # The ``module`` *parameter* is the same instance as ``module_``; skorch maps only
+    # ``module_`` to the CPU on load, so keep the class here, not the CUDA instance.
+    net.module = type(net.module_)
 
 
 def _seed_everything(random_state):

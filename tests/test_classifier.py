@@ -162,13 +162,13 @@ def test_local_weights_file_loaded(tmp_path, toy_binary):
                         batch_size=16, random_state=0).fit(np.repeat(X, 2, -1).repeat(2, -2), y)
     got = clf.module_.trunk.state_dict()
     for name in ("conv1.weight", "layer4.1.bn2.running_var", "layer4.1.conv2.weight"):
-        torch.testing.assert_close(got[name], reference.state_dict()[name])
+        torch.testing.assert_close(got[name].cpu(), reference.state_dict()[name])
     # a checkpoint of a whole fitted model (keys prefixed "trunk.") loads too
     whole = tmp_path / "whole.pt"
     torch.save({"state_dict": clf.module_.state_dict()}, whole)
     clf2 = CXRClassifier(backbone="resnet18", weights=whole, freeze=True, max_epochs=1,
                          batch_size=16, random_state=0).fit(np.repeat(X, 2, -1).repeat(2, -2), y)
-    torch.testing.assert_close(clf2.module_.trunk.state_dict()["conv1.weight"],
+    torch.testing.assert_close(clf2.module_.trunk.state_dict()["conv1.weight"].cpu(),
                                reference.state_dict()["conv1.weight"])
 
 
@@ -253,7 +253,7 @@ def test_early_stopping_restores_best_and_checkpoint(tmp_path, toy_binary, small
         assert len(hist) - 1 - best_epoch == 2
     saved = torch.load(tmp_path / "ckpt" / "params.pt", map_location="cpu")
     for name, value in clf.module_.state_dict().items():
-        torch.testing.assert_close(value, saved[name], msg=name)
+        torch.testing.assert_close(value.cpu(), saved[name].cpu(), msg=name)
 
 
 def test_lr_schedule_reduces_lr(toy_binary, small_clf_params):
@@ -298,7 +298,9 @@ def test_feature_cache_matches_uncached(toy_binary):
     again = CXRClassifier(**{**params, "lr": 1e-2}, cache=True).fit(X, y)
     assert _features.cache_info()["hits"] == 1 and _features.cache_info()["misses"] == 1
     plain = CXRClassifier(**params).fit(X, y)
-    np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+    # identical on CPU; on CUDA both paths run under bf16 autocast (kernel order may vary)
+    atol = 1e-2 if cached.device_ == "cuda" else 1e-5
+    np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=atol)
     assert not np.allclose(again.predict_proba(X), plain.predict_proba(X))
     # augmentation or a trainable trunk switch the cache off
     CXRClassifier(**{**params, "freeze": 1}, cache=True).fit(X, y)
