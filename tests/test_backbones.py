@@ -102,3 +102,29 @@ def test_imagenet_weights_resolved_without_download(monkeypatch):
     assert enum is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     backbones.build_trunk("resnet18", weights="DEFAULT")
     assert seen["weights"] is torchvision.models.ResNet18_Weights.DEFAULT
+
+
+def test_imagenet_weights_from_torch_home_cache(tmp_path, monkeypatch):
+    """Real Weights API path, offline: a file already in $TORCH_HOME is used, no download."""
+    import os
+
+    import torch.hub
+    import torchvision
+    from cxr_estimators import backbones
+
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(7)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(reference, cache / os.path.basename(weights.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tests must never download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    trunk, n_features, _, enum = backbones.build_trunk("resnet18", weights="IMAGENET1K_V1")
+    assert enum is weights and n_features == 512
+    torch.testing.assert_close(trunk.state_dict()["layer1.0.conv1.weight"],
+                               reference["layer1.0.conv1.weight"])
