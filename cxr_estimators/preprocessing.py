@@ -117,12 +117,16 @@ class ImageLoader(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Validate the parameters; nothing is learned. Returns self."""
+        self._check_params()
+        self.is_fitted_ = True
+        return self
+
+    def _check_params(self):
         self._validate_params()
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3; got {self.channels!r}")
         self._mean_std()
-        self.is_fitted_ = True
-        return self
+        self._out_size()
 
     def _mean_std(self):
         if isinstance(self.normalize, str):
@@ -179,9 +183,7 @@ class ImageLoader(TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         """Return a float32 array ``(n, channels, H, W)`` (an :class:`ImageDataset` if lazy)."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
+        self._check_params()  # stateless: transform works without fit, as tagged
         dataset = ImageDataset(self, *self._sources(X))
         if len(dataset) == 0:
             raise ValueError("X is empty: no images to transform")
