@@ -58,7 +58,8 @@ def _as_unit_tensor(image, row):
         arr = np.moveaxis(arr[..., :3], -1, 0)
     else:
         raise ValueError(f"image {row} has shape {arr.shape}; expected (H, W) or (H, W, C)")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    # arrays from io.read_image are read-only views of its cache: never share them
+    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=not arr.flags.writeable))
 
 
 class ImageLoader(TransformerMixin, BaseEstimator):
