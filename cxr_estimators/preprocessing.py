@@ -59,7 +59,7 @@ def _as_unit_tensor(image, row):
     else:
         raise ValueError(f"image {row} has shape {arr.shape}; expected (H, W) or (H, W, C)")
     # arrays from io.read_image are read-only views of its cache: never share them
-    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=not arr.flags.writeable))
+    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True if not arr.flags.writeable else None))
 
 
 class ImageLoader(TransformerMixin, BaseEstimator):
