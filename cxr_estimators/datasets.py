@@ -25,6 +25,8 @@ __all__ = [
     "load_image_csv",
     "load_medmnist",
     "parse_kermany_filename",
+    "sample_data_dir",
+    "load_sample",
 ]
 
 #: File suffixes :func:`load_image_folder` treats as images (compared case-insensitively).
@@ -380,3 +382,26 @@ def load_medmnist(npz_path, split="train"):
     descr = (f"MedMNIST archive {os.path.basename(npz_path)!r}, split {split!r}: "
              f"{len(images)} images of shape {images.shape[1:]}, classes {target_names}.")
     return Bunch(images=images, target=target, target_names=target_names, DESCR=descr)
+
+
+def sample_data_dir():
+    """Folder of the bundled sample: 400 PneumoniaMNIST train images (200 normal,
+    200 pneumonia) as 28×28 PNGs in ``<class>/`` subfolders. CC BY 4.0; see its
+    ``ATTRIBUTION.md`` (MedMNIST v2, Yang et al. 2023; Kermany et al. 2018)."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent / "data" / "pneumoniamnist_sample")
+
+
+def load_sample():
+    """The bundled sample as a Bunch, via :func:`load_image_folder` (no patient groups:
+    PneumoniaMNIST does not publish patient ids).
+
+    Examples
+    --------
+    >>> from cxr_estimators.datasets import load_sample
+    >>> data = load_sample()
+    >>> len(data.filenames), data.target_names.tolist()
+    (400, ['normal', 'pneumonia'])
+    """
+    return load_image_folder(sample_data_dir())

@@ -251,3 +251,15 @@ def test_grid_search_with_group_cv_never_shares_a_patient():
                           error_score="raise")
     search.fit(X, y, groups=groups)
     assert len(scored) == 6
+
+
+def test_bundled_sample_loads_by_path():
+    from cxr_estimators.datasets import load_sample, sample_data_dir
+    from cxr_estimators.io import read_image
+
+    data = load_sample()
+    assert len(data.filenames) == 400
+    assert list(data.target_names) == ["normal", "pneumonia"]
+    assert (data.target == "normal").sum() == 200
+    assert all(str(f).startswith(sample_data_dir()) for f in data.filenames)
+    assert read_image(data.filenames[0]).shape == (28, 28)
