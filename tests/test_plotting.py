@@ -1,0 +1,104 @@
+import sys
+
+import numpy as np
+import pytest
+
+from cxr_estimators import plotting
+
+pytest.importorskip("matplotlib")
+Image = pytest.importorskip("PIL.Image")
+
+
+def _check_png(fig, path):
+    """The PNG has the figure's pixel size (figsize * dpi) and is not blank."""
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L"), dtype=float)
+        size = img.size
+    width, height = fig.get_size_inches() * fig.dpi
+    assert size == (round(width), round(height))
+    assert pixels.std() > 5  # something was drawn
+
+
+def test_backend_untouched_by_import():
+    import matplotlib
+
+    before = matplotlib.rcParams["backend"]
+    import importlib
+    importlib.reload(plotting)
+    assert matplotlib.rcParams["backend"] == before
+
+
+def test_training_curves_from_history_estimator_and_pipeline(tmp_path):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    history = [{"epoch": 1, "train_loss": 0.9, "valid_loss": 1.0, "valid_acc": 0.5},
+               {"epoch": 2, "train_loss": 0.7, "valid_acc": 0.6},  # valid_loss missing
+               {"epoch": 3, "train_loss": 0.5, "valid_loss": 0.8, "valid_acc": 0.7}]
+
+    class Fitted:
+        history_ = history
+
+    for i, source in enumerate([history, Fitted(),
+                                Pipeline([("id", FunctionTransformer()), ("clf", Fitted())])]):
+        path = tmp_path / f"curves{i}.png"
+        fig = plotting.plot_training_curves(source, path=path)
+        _check_png(fig, path)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["train loss", "valid loss"]
+    np.testing.assert_allclose(ax.get_lines()[1].get_xdata(), [1, 3])
+    assert len(fig.axes) == 2  # accuracy on a twin axis
+
+
+def test_training_curves_without_losses():
+    with pytest.raises(ValueError, match="no 'train_loss'"):
+        plotting.plot_training_curves([{"epoch": 1, "valid_acc": 0.5}])
+    with pytest.raises(ValueError, match="history_"):
+        plotting.plot_training_curves(object())
+
+
+def test_roc_binary_and_multiclass(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    proba = rng.dirichlet([1, 1, 1], 150)
+    proba[np.arange(150), y] += 1
+    proba /= proba.sum(axis=1, keepdims=True)
+    names = np.array(["bacterial", "normal", "viral"])
+    fig = plotting.plot_roc(names[y], proba, path=tmp_path / "roc3.png")
+    _check_png(fig, tmp_path / "roc3.png")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sum("vs rest" in t for t in labels) == 3
+    binary = y < 2
+    fig = plotting.plot_roc(names[y[binary]], proba[binary, 1] / proba[binary, :2].sum(1),
+                            path=tmp_path / "roc2.png")
+    _check_png(fig, tmp_path / "roc2.png")
+    assert "normal (AUC" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert plotting.plot_roc(names[y], proba).axes  # no path: nothing saved, still a figure
+
+
+def test_roc_bad_input():
+    with pytest.raises(ValueError, match="undefined"):
+        plotting.plot_roc(["a", "a"], [0.2, 0.9], labels=["a", "b"])
+    with pytest.raises(ValueError, match="3 samples but y_score has 2"):
+        plotting.plot_roc(["a", "b", "a"], [0.2, 0.9])
+
+
+@pytest.mark.parametrize("normalize", [None, "true"])
+def test_confusion_matrix(tmp_path, normalize):
+    y = ["normal", "pneumonia", "pneumonia", "normal", "pneumonia"]
+    pred = ["normal", "pneumonia", "normal", "normal", "pneumonia"]
+    path = tmp_path / "cm.png"
+    fig = plotting.plot_confusion_matrix(y, pred, normalize=normalize, path=path)
+    _check_png(fig, path)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == (["0", "1", "2", "2"] if normalize is None
+                     else ["0.00", "0.33", "0.67", "1.00"])
+
+
+def test_missing_matplotlib_message(monkeypatch):
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'cxr_estimators\[plot\]'"):
+        plotting.plot_confusion_matrix([0, 1], [0, 1])
