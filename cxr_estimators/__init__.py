@@ -1,8 +1,28 @@
-"""cxr_estimators: scikit-learn classifiers for chest X-rays over torchvision backbones."""
+"""cxr_estimators: scikit-learn classifiers for chest X-rays over torchvision backbones.
 
+Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
+``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
+``backbones``, ``augment`` and ``io``.
+"""
+
+from . import audit, augment, backbones, datasets, evaluation, explain, io, metrics, plotting
 from .classifier import CXRClassifier
-from .preprocessing import ImageLoader
+from .preprocessing import ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
 
-__all__ = ["CXRClassifier", "ImageLoader", "__version__"]
+__all__ = [
+    "CXRClassifier",
+    "ImageLoader",
+    "ImageDataset",
+    "audit",
+    "augment",
+    "backbones",
+    "datasets",
+    "evaluation",
+    "explain",
+    "io",
+    "metrics",
+    "plotting",
+    "__version__",
+]

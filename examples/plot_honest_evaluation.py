@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from cxr_estimators.audit import audit_dataset, find_duplicates
 from cxr_estimators.datasets import load_medmnist
+from cxr_estimators.evaluation import external_validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/data/pneumoniamnist.npz"
@@ -93,15 +93,11 @@ print(f"best C = {search.best_params_['logisticregression__C']}, "
 # 3. External validation: touch val and test once, with the selected model
 # --------------------------------------------------------------------------
 held_out = {"val": (val.images, val.target), "test": (test.images, test.target)}
-try:
-    from cxr_estimators.evaluation import external_validate
-except ImportError:
-    external_validate = None
-if external_validate is not None:
-    print(external_validate(search.best_estimator_, held_out))
-else:
-    for name, (images, target) in held_out.items():
-        proba = search.predict_proba(images)[:, 1]
-        print(f"{name}: ROC AUC {roc_auc_score(target, proba):.3f}, "
-              f"accuracy {accuracy_score(target, proba >= 0.5):.3f} (n={len(target)})")
+reports = external_validate(search.best_estimator_, held_out, n_bootstraps=1000,
+                            random_state=0)
+for name, report in reports.items():
+    auc, acc = report.overall["roc_auc"], report.overall["accuracy"]
+    print(f"{name}: ROC AUC {auc.value:.3f} [{auc.ci_low:.3f}, {auc.ci_high:.3f}], "
+          f"accuracy {acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}] (n={report.n_samples})")
+print(reports["test"])
 print(f"done in {time.perf_counter() - start:.0f} s")
