@@ -392,11 +392,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
+        self._uses_cache = use_cache
         if use_cache:
-            features = _features.trunk_features(
-                module, X, self.backbone, self.weights, self.device_, self.batch_size,
-                memory=self.cache, amp=amp,
-            )
+            features = self._cached_features(module, X, amp)
             self.net_ = self._make_net(module.head, y_enc, self.device_, amp)
             self.net_.fit(np.array(features), y_enc)
             # The head was trained in place; serve predictions with the whole model.
@@ -437,10 +435,26 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
+    def _cached_features(self, module, X, amp):
+        return _features.trunk_features(
+            module, X, self.backbone, self.weights, self.device_, self.batch_size,
+            memory=self.cache, amp=amp,
+        )
+
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
-        proba = self.net_.predict_proba(X).astype(np.float64)
+        if getattr(self, "_uses_cache", False):
+            # frozen trunk: features of X come from the cache shared by all grid points
+            # (a CV test fold is the same for every one); only the head runs here
+            images = X.images if isinstance(X, _Labelled) else X
+            features = self._cached_features(self.module_, images, self.net_.amp)
+            head = self.module_.head.eval()
+            with torch.no_grad():
+                logits = head(torch.as_tensor(features).to(self.device_))
+            proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+        else:
+            proba = self.net_.predict_proba(X).astype(np.float64)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def decision_function(self, X):

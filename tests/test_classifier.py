@@ -302,10 +302,20 @@ def test_feature_cache_matches_uncached(toy_binary):
     atol = 1e-2 if cached.device_ == "cuda" else 1e-5
     np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=atol)
     assert not np.allclose(again.predict_proba(X), plain.predict_proba(X))
+    # predicting on the fitted images reused their cached features (2 predict calls)
+    assert _features.cache_info() == {"hits": 3, "misses": 1, "entries": 1}
+    # ... and the head-on-cached-features path equals the whole model's forward pass
+    np.testing.assert_allclose(cached.predict_proba(X), cached.net_.predict_proba(X),
+                               atol=atol)
+    # new images: one more miss, then cached
+    X_new = X[::-1].copy()
+    np.testing.assert_allclose(cached.predict_proba(X_new), cached.predict_proba(X)[::-1],
+                               atol=1e-6)
+    assert _features.cache_info()["misses"] == 2
     # augmentation or a trainable trunk switch the cache off
     CXRClassifier(**{**params, "freeze": 1}, cache=True).fit(X, y)
     CXRClassifier(**params, cache=True, augment=True).fit(X, y)
-    assert _features.cache_info()["misses"] == 1
+    assert _features.cache_info()["misses"] == 2
 
 
 def test_feature_cache_on_disk(tmp_path, toy_binary, small_clf_params):
