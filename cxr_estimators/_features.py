@@ -5,7 +5,7 @@ image to the same feature vector in every epoch, CV fold and grid point; only th
 learns. So the features are computed once and the head is trained on them. Nothing in
 skorch or sklearn shares such work across fits, hence this module.
 
-Keys are (backbone, weights, a digest of the input bytes and shape); values are float32
+Keys are (backbone, a digest of the trunk's weights, a digest of the input); values are float32
 feature arrays. ``memory=True`` keeps them in a small in-process LRU; a directory path
 stores them with :class:`joblib.Memory`, which survives processes.
 """
@@ -64,9 +64,20 @@ def _compute(module, X, device, batch_size, amp=False):
         module.train(was_training)
 
 
+def _module_digest(module):
+    """Digest of a module's parameters and buffers: two trunks with the same weights (the
+    same checkpoint, or the same seed for a random init) share cached features."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().reshape(-1).contiguous()  # 0-d buffers → 1-d
+        h.update(name.encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()).cast("B"))
+    return h.hexdigest()
+
+
 def trunk_features(module, X, backbone, weights, device, batch_size, memory=True, amp=False):
     """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above."""
-    key = (backbone, os.fspath(weights) if weights is not None else None, _digest(X), amp)
+    key = (backbone, _module_digest(module.trunk), _digest(X), amp)
     if memory is True:
         if key in _memory_cache:
             _stats["hits"] += 1

@@ -374,3 +374,18 @@ def test_lazy_images_train_and_predict_like_arrays(toy_binary, small_clf_params)
     for lr in (1e-2, 1e-3):
         CXRClassifier(**{**small_clf_params, "lr": lr}, freeze=True, cache=True).fit(lazy, y)
     assert _features.cache_info() == {"hits": 1, "misses": 1, "entries": 1}
+
+
+def test_feature_cache_keyed_by_trunk_weights(toy_binary, small_clf_params):
+    """Random-init trunks from different seeds must not share cached features."""
+    from cxr_estimators import _features
+
+    X, y = toy_binary
+    params = {**small_clf_params, "freeze": True}
+    _features.clear_cache()
+    a = CXRClassifier(**params, cache=True).fit(X, y)
+    b = CXRClassifier(**{**params, "random_state": 1}, cache=True).fit(X, y)
+    assert _features.cache_info()["misses"] == 2
+    plain_b = CXRClassifier(**{**params, "random_state": 1}).fit(X, y)
+    np.testing.assert_allclose(b.predict_proba(X), plain_b.predict_proba(X), atol=1e-5)
+    assert not np.allclose(a.predict_proba(X), b.predict_proba(X))
