@@ -1,0 +1,64 @@
+"""Smoke test of the benchmark scripts: every quick mode runs and writes its contract.
+
+Runs ``python -m benchmarks.run_all --quick`` into a temporary directory (the committed
+full results in ``benchmarks/results/`` are not touched) and checks the JSON files.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "pneumoniamnist.npz"
+
+PROVENANCE = ("command", "date", "machine", "package_version")
+
+
+def _finite_positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_file(), reason="../shared/data/pneumoniamnist.npz is absent")
+def test_quick_benchmarks_write_their_results(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick",
+                    "--out-dir", str(tmp_path)], check=True, cwd=ROOT, timeout=600)
+    results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
+                            "memory"}
+    for name, r in results.items():
+        assert all(k in r for k in PROVENANCE), name
+        assert r["quick"] is True
+        assert r["machine"]["cpu_count"] >= 1 and "torch" in r["machine"]
+        assert "gpu" in r["machine"]
+
+    assert _finite_positive(results["overhead"]["ratio"])
+
+    grid = results["grid_cache"]
+    assert _finite_positive(grid["speedup"])
+    assert isinstance(grid["best_params_agree"], bool)
+    assert grid["cache_info"]["misses"] >= 1 and grid["cache_info"]["hits"] >= 1
+
+    pneu = results["pneumoniamnist"]
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        assert 0 <= pneu["test"][key] <= 1
+        low, high = pneu["test_ci95"][key]
+        assert 0 <= low <= high <= 1
+    assert pneu["test_evaluations"] == 1
+    assert _finite_positive(pneu["peak_rss_mb"]) and _finite_positive(pneu["wall_time_s"])
+
+    rows = results["throughput"]["rows"]
+    assert {r["mode"] for r in rows} == {"fit", "predict"}
+    for row in rows:
+        assert {"backbone", "size", "device", "mode", "images_per_s"} <= set(row)
+        assert _finite_positive(row["images_per_s"])
+
+    for row in results["memory"]["rows"]:
+        assert _finite_positive(row["predict_peak_rss_mb"])
+
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "python -m benchmarks.overhead --out-dir" in page
