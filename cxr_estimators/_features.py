@@ -19,7 +19,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-__all__ = ["trunk_features", "clear_cache", "cache_info"]
+__all__ = ["trunk_digest", "trunk_features", "clear_cache", "cache_info"]
 
 _MAX_ENTRIES = 8
 _memory_cache: OrderedDict = OrderedDict()
@@ -64,9 +64,12 @@ def _compute(module, X, device, batch_size, amp=False):
         module.train(was_training)
 
 
-def _module_digest(module):
+def trunk_digest(module):
     """Digest of a module's parameters and buffers: two trunks with the same weights (the
-    same checkpoint, or the same seed for a random init) share cached features."""
+    same checkpoint, or the same seed for a random init) share cached features.
+
+    Hashing a large trunk takes tens of milliseconds, so a caller whose trunk stays frozen
+    computes this once and passes it to :func:`trunk_features`."""
     h = hashlib.blake2b(digest_size=16)
     for name, tensor in module.state_dict().items():
         t = tensor.detach().cpu().reshape(-1).contiguous()  # 0-d buffers → 1-d
@@ -75,9 +78,12 @@ def _module_digest(module):
     return h.hexdigest()
 
 
-def trunk_features(module, X, backbone, weights, device, batch_size, memory=True, amp=False):
-    """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above."""
-    key = (backbone, _module_digest(module.trunk), _digest(X), amp)
+def trunk_features(module, X, backbone, device, batch_size, memory=True, amp=False,
+                   digest=None):
+    """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above.
+
+    ``digest``: :func:`trunk_digest` of ``module.trunk`` if already known."""
+    key = (backbone, digest or trunk_digest(module.trunk), _digest(X), amp)
     if memory is True:
         if key in _memory_cache:
             _stats["hits"] += 1

@@ -394,6 +394,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                      and module.augment is None)
         self._uses_cache = use_cache
         if use_cache:
+            self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
             features = self._cached_features(module, X, amp)
             self.net_ = self._make_net(module.head, y_enc, self.device_, amp)
             self.net_.fit(np.array(features), y_enc)
@@ -437,8 +438,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def _cached_features(self, module, X, amp):
         return _features.trunk_features(
-            module, X, self.backbone, self.weights, self.device_, self.batch_size,
-            memory=self.cache, amp=amp,
+            module, X, self.backbone, self.device_, self.batch_size,
+            memory=self.cache, amp=amp, digest=self._trunk_digest,
         )
 
     def predict_proba(self, X):
@@ -451,7 +452,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             features = self._cached_features(self.module_, images, self.net_.amp)
             head = self.module_.head.eval()
             with torch.no_grad():
-                logits = head(torch.as_tensor(features).to(self.device_))
+                logits = head(torch.tensor(features, device=self.device_))
             proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
         else:
             proba = self.net_.predict_proba(X).astype(np.float64)

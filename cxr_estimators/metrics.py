@@ -185,6 +185,17 @@ class _ClinicalScorer:
     def __repr__(self):
         return f"clinical_scorers(pos_label={self.pos_label!r})[{self.name!r}]"
 
+    def __getattr__(self, name):
+        # sklearn's TunedThresholdClassifierCV reads a fixed scorer's private metric
+        # function; this scorer only picks its metric at call time.
+        if name in ("_score_func", "_sign", "_kwargs", "_response_method"):
+            raise AttributeError(
+                f"{self!r} chooses its sklearn scorer from estimator.classes_ at call time "
+                "and cannot serve where a fixed scorer is needed, such as "
+                "TunedThresholdClassifierCV(scoring=...); pass e.g. "
+                "sklearn.metrics.make_scorer(sensitivity_score, pos_label=...) there")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __call__(self, estimator, X, y_true, sample_weight=None):
         scorer = self._sklearn_scorer(np.asarray(estimator.classes_))
         kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
@@ -232,7 +243,9 @@ def clinical_scorers(pos_label=None):
         ``predict_proba``. Multiclass problems use the macro average over
         ``estimator.classes_`` (one-vs-rest macro ROC AUC from ``predict_proba``).
         Each call builds the matching :func:`sklearn.metrics.make_scorer` scorer from
-        the fitted estimator's ``classes_``.
+        the fitted estimator's ``classes_``. Threshold tuning
+        (:class:`~sklearn.model_selection.TunedThresholdClassifierCV`) needs a fixed
+        scorer instead: ``make_scorer(sensitivity_score, pos_label="pneumonia")``.
 
     Examples
     --------
@@ -381,6 +394,11 @@ def _check_labels_and_scores(y_true, y_score, labels):
         if y_score.shape[1] != len(labels):
             raise ValueError(f"y_score has {y_score.shape[1]} columns but there are "
                              f"{len(labels)} labels {labels}")
+        outside = np.flatnonzero(((y_score < 0) | (y_score > 1)).any(axis=1))
+        if outside.size:
+            raise ValueError(
+                f"y_score must hold probabilities in [0, 1]; {outside.size} rows do not, "
+                f"e.g. row {outside[0]}: {y_score[outside[0]].tolist()}")
         bad = np.flatnonzero(np.abs(y_score.sum(axis=1) - 1) > _ROW_SUM_TOL)
         if bad.size:
             raise ValueError(

@@ -197,6 +197,8 @@ def test_single_class_y_true_gives_nan_auc_with_warning():
     (dict(y_true=["a", "b", "c"], y_score=[[0.2, 0.8], [0.5, 0.5], [0.6, 0.4]]),
      "2 columns but there are 3 labels"),
     (dict(y_true=["a", "b"], y_score=[[0.2, 0.7], [0.5, 0.5]]), "row 0 sums to 0.9000"),
+    (dict(y_true=["a", "b"], y_score=[[0.5, 0.5], [1.5, -0.5]]),
+     r"probabilities in \[0, 1\]; 1 rows do not, e.g. row 1"),
     (dict(y_true=["a", "b", "c"], y_score=[0.1, 0.9, 0.5]), "1-D y_score is a binary"),
     (dict(y_true=["a", "a"], y_score=[0.1, 0.9]), "single class"),
     (dict(y_true=["a", "b"], y_score=[0.1, 0.9], pos_label="c"), "pos_label='c'"),
@@ -286,6 +288,40 @@ def test_scorer_unknown_pos_label():
     est = LogisticRegression().fit(X, y)
     with pytest.raises(ValueError, match="pos_label='viral' is not one of"):
         clinical_scorers(pos_label="viral")["sensitivity"](est, X, y)
+
+
+def test_clinical_scorer_in_threshold_tuning_says_what_to_use_instead():
+    from sklearn.model_selection import TunedThresholdClassifierCV
+
+    X, y = _toy_xy(["normal", "pneumonia"])
+    tuned = TunedThresholdClassifierCV(
+        LogisticRegression(), scoring=clinical_scorers(pos_label="pneumonia")["f1"], cv=2)
+    with pytest.raises(AttributeError, match=r"make_scorer\(sensitivity_score"):
+        tuned.fit(X, y)
+
+
+def test_fixed_threshold_around_fitted_pipeline_applies_the_threshold():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import make_pipeline
+
+    from cxr_estimators import CXRClassifier, ImageLoader
+
+    rng = np.random.default_rng(1)
+    images = (rng.random((40, 16, 16)) * 255).astype(np.uint8)
+    y = np.array(["normal", "pneumonia"] * 20)
+    pipe = make_pipeline(ImageLoader(size=16), CXRClassifier(
+        backbone="simple_cnn", max_epochs=1, neurons=8, validation_fraction=0.0,
+        random_state=0)).fit(images, y)
+    proba = pipe.predict_proba(images)[:, 1]
+    threshold = float(np.median(proba))  # splits the images into two non-empty halves
+    screen = FixedThresholdClassifier(FrozenEstimator(pipe), threshold=threshold,
+                                      pos_label="pneumonia").fit(images, y)
+    predicted = screen.predict(images)
+    np.testing.assert_array_equal(predicted == "pneumonia", proba >= threshold)
+    assert 0 < (predicted == "pneumonia").sum() < len(y)
 
 
 def test_cxr_classifier_in_threshold_tuning_and_calibration():
