@@ -17,6 +17,7 @@ do, and is written here by hand:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -160,9 +161,9 @@ def _resolve_weights(backbone, weights):
     text = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if not isinstance(text, str):
         raise ValueError(f"weights must be None, a weights name or a file path; got {weights!r}")
-    looks_like_path = isinstance(weights, os.PathLike) or os.sep in text or text.endswith(
-        (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
-    )
+    looks_like_path = (isinstance(weights, os.PathLike) or os.sep in text
+                       or text.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors"))
+                       or os.path.exists(os.path.expanduser(text)))
     if looks_like_path:
         path = Path(text).expanduser()
         if not path.is_file():
@@ -183,10 +184,21 @@ def _resolve_weights(backbone, weights):
         ) from None
 
 
+#: Keys under which training scripts commonly nest the model's state_dict.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
 def _load_checkpoint(path):
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    try:
+        # weights_only: a checkpoint file must not be able to run code when loaded
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"weights file {str(path)!r} could not be loaded as a torch "
+                         f"checkpoint of tensors: {exc}") from exc
+    for key in _STATE_DICT_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict):
         raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
     return obj
@@ -209,7 +221,15 @@ def _load_local_weights(model, trunk, path):
             f"{type(model).__name__!r} (first keys: {list(state)[:3]})"
         )
     trunk.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    if missing:
+        warnings.warn(
+            f"weights file {str(path)!r} fits {len(usable)} of the {len(own)} tensors of "
+            f"backbone {type(model).__name__!r}; the other {len(missing)} (e.g. "
+            f"{missing[:3]}) keep their random initialisation. Was it saved from another "
+            "architecture or for another number of input channels?", UserWarning,
+            stacklevel=4)
+    return missing
 
 
 def build_trunk(backbone, weights=None, in_channels=3):
@@ -271,6 +291,11 @@ def apply_freeze(trunk, freeze):
             p.requires_grad_(not freeze)
         return
     blocks = trunk_blocks(trunk)
+    if freeze > len(blocks):
+        raise ValueError(
+            f"freeze={freeze} asks to train the last {freeze} blocks, but this "
+            f"{type(trunk).__name__} trunk has {len(blocks)} (see "
+            "cxr_estimators.backbones.trunk_blocks); use freeze=False to train all of it")
     for p in trunk.parameters():
         p.requires_grad_(False)
     for block in blocks[len(blocks) - freeze:] if freeze > 0 else []:

@@ -17,15 +17,18 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
-    check_array, check_consistent_length, check_is_fitted, column_or_1d,
+    check_array, check_is_fitted, column_or_1d,
 )
 from skorch import NeuralNetClassifier
-from skorch.callbacks import Checkpoint, EarlyStopping, LRScheduler, PrintLog, ProgressBar
+from skorch.callbacks import (
+    Checkpoint, EarlyStopping, EpochScoring, LRScheduler, PrintLog, ProgressBar,
+)
 from skorch.dataset import ValidSplit
 from skorch.utils import noop
 from torch import nn
@@ -64,6 +67,10 @@ def _resolve_device(device):
     if device != "auto":
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' but no CUDA GPU is available; use device='auto'")
+        mps = getattr(torch.backends, "mps", None)
+        if device == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
+                             "device='auto'")
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -84,6 +91,28 @@ class _Labelled(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.images[i], (self.y[i] if self.y is not None else 0)
+
+
+class _GroupedValidSplit:
+    """skorch ``train_split``: a validation part of about ``fraction`` of the images that
+    shares no group (patient) with the training part, stratified as far as groups allow.
+
+    skorch's ``ValidSplit`` cannot do this (it never passes y to a grouped splitter), so
+    it is sklearn's ``StratifiedGroupKFold``'s first fold with ``round(1 / fraction)``
+    folds."""
+
+    def __init__(self, fraction, groups, random_state):
+        self.fraction = fraction
+        self.groups = np.asarray(groups)
+        self.random_state = random_state
+
+    def __call__(self, dataset, y, **fit_params):
+        cv = StratifiedGroupKFold(max(2, round(1 / self.fraction)), shuffle=True,
+                                  random_state=self.random_state)
+        y = np.asarray(y)
+        train, valid = next(cv.split(np.zeros(len(y)), y, self.groups))
+        return (torch.utils.data.Subset(dataset, train),
+                torch.utils.data.Subset(dataset, valid))
 
 
 def _image_shape(X):
@@ -140,7 +169,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         saved from this package).
     freeze : bool or int, default=False
         True: train only the head; False: fine-tune everything; int k: train the head and
-        the last k blocks of the backbone. Frozen BatchNorm layers stay in inference mode.
+        the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
+        children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
+        resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
+        transitions, a VGG's ``features`` and ``classifier``; k above their number is an
+        error. Frozen BatchNorm layers stay in inference mode.
     neurons : int, default=128
         Width of the dense layer of the head.
     dropout : float in [0, 1), default=0.5
@@ -174,12 +207,14 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
     device : {"auto", "cpu", "cuda", "mps"}, default="auto"
         "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
-        channels_last are used when the GPU supports bf16.
+        channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
+        (T4, V100) train in float32, as do CPU and MPS.
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
     random_state : int or None, default=None
-        Seeds torch, numpy and the data order; same seed → same model on CPU.
+        Seeds torch (weight init, dropout, augmentation), the data order and the
+        validation split; same seed → same model on CPU.
     verbose : int, default=0
         0 silent, 1 epoch table, 2 epoch table and progress bar.
 
@@ -194,7 +229,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         The trained skorch net; ``module_`` is the :class:`~cxr_estimators.backbones.CXRNet`.
     module_ : torch.nn.Module
     history_ : skorch.History
-        Per-epoch train/valid loss and valid accuracy.
+        Per-epoch ``train_loss``, ``train_acc`` (on the training batches as trained, with
+        dropout and augmentation on), ``valid_loss`` and ``valid_acc``.
     device_ : str
 
     Examples
@@ -295,24 +331,34 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return torch.as_tensor(weights, dtype=torch.float32)
 
-    def _train_split(self, y_enc):
+    def _train_split(self, y_enc, groups=None):
         frac = self.validation_fraction
         if frac == 0:
             return None
         counts = np.bincount(y_enc)
         n_valid = int(np.ceil(frac * len(y_enc)))
-        if counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts):
+        too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
+        if groups is not None:
+            n_groups = len(np.unique(groups))
+            too_few = too_few or n_groups < max(2, round(1 / frac))
+        if too_few:
             warnings.warn(
                 f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
-                f"{counts.min()}) for a stratified validation split; training without one",
+                f"{counts.min()}{'' if groups is None else f', {n_groups} groups'}) for a "
+                "stratified validation split; training without one",
                 UserWarning,
             )
             return None
+        if groups is not None:
+            return _GroupedValidSplit(frac, groups, self._seed)
         return ValidSplit(frac, stratified=True, random_state=self._seed)
 
     def _callbacks(self, has_valid):
         monitor = "valid_loss" if has_valid else "train_loss"
-        callbacks = []
+        # accuracy of the training batches as trained (dropout, augmentation), from the
+        # predictions skorch already made: no extra forward pass
+        callbacks = [("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
+                                                lower_is_better=False))]
         if self.early_stopping is not None:
             callbacks.append(("early_stopping", EarlyStopping(
                 monitor=monitor, patience=self.early_stopping, load_best=True, threshold=0,
@@ -331,9 +377,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(("progress", ProgressBar()))
         return callbacks
 
-    def _make_net(self, module, y_enc, device, amp):
+    def _make_net(self, module, y_enc, device, amp, groups=None):
         weights = self._class_weights(y_enc)
-        train_split = self._train_split(y_enc)
+        train_split = self._train_split(y_enc, groups)
         kwargs = {}
         if weights is not None:
             kwargs["criterion__weight"] = weights
@@ -366,8 +412,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         return net
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
+        y : array-like of shape (n,)
+        groups : array-like of shape (n,), default=None
+            Patient ids. The internal validation split (early stopping, LR schedule,
+            checkpoint) then keeps each patient on one side, like the outer CV should.
+            In a Pipeline pass ``clf__groups=groups``; in ``GridSearchCV.fit`` pass both
+            ``groups=groups`` (for the outer folds) and ``clf__groups=groups``.
 
         Returns
         -------
@@ -376,7 +432,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         self.classes_, y_enc = self._encode_targets(y)
         X = _as_images(X)
-        check_consistent_length(X, y_enc)
+        if len(X) != len(y_enc):
+            raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
+        if groups is not None:
+            groups = column_or_1d(groups)
+            if len(groups) != len(y_enc):
+                raise ValueError(f"groups has {len(groups)} entries but y has "
+                                 f"{len(y_enc)} labels")
         self.image_shape_ = _image_shape(X)
         self.n_features_in_ = int(np.prod(self.image_shape_))
         self._seed = _seed_everything(self.random_state)
@@ -396,13 +458,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         if use_cache:
             self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
             features = self._cached_features(module, X, amp)
-            self.net_ = self._make_net(module.head, y_enc, self.device_, amp)
+            self.net_ = self._make_net(module.head, y_enc, self.device_, amp, groups)
             self.net_.fit(np.array(features), y_enc)
             # The head was trained in place; serve predictions with the whole model.
             self.net_.module_ = module.to(self.device_)
             self.net_.module = module
         else:
-            self.net_ = self._make_net(module, y_enc, self.device_, amp)
+            self.net_ = self._make_net(module, y_enc, self.device_, amp, groups)
             self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
                           else X, y_enc)
         self.net_.module_.eval()
@@ -439,7 +501,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     def _cached_features(self, module, X, amp):
         return _features.trunk_features(
             module, X, self.backbone, self.device_, self.batch_size,
-            memory=self.cache, amp=amp, digest=self._trunk_digest,
+            memory=self.cache, amp=amp, digest=getattr(self, "_trunk_digest", None),
         )
 
     def predict_proba(self, X):

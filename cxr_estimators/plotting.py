@@ -60,15 +60,15 @@ def plot_training_curves(estimator_or_history, path=None):
     estimator_or_history : fitted classifier, Pipeline or skorch History
         An object with ``history_`` (e.g. a fitted :class:`~cxr_estimators.CXRClassifier`),
         a Pipeline whose last step has it, or the history itself: a list of per-epoch
-        dicts with keys "epoch", "train_loss", and optionally "valid_loss" and
-        "valid_acc" (epochs missing a key are left out of that curve).
+        dicts with keys "epoch", "train_loss", and optionally "valid_loss",
+        "train_acc" and "valid_acc" (epochs missing a key are left out of that curve).
     path : str or os.PathLike, default=None
         Save the figure there as PNG.
 
     Returns
     -------
     fig : matplotlib.figure.Figure
-        Loss on the left axis, validation accuracy (if recorded) on the right.
+        Loss on the left axis, train and validation accuracy (if recorded) on the right.
 
     Raises
     ------
@@ -97,10 +97,14 @@ def plot_training_curves(estimator_or_history, path=None):
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("loss")
-    x, values = curve("valid_acc")
-    if x:
+    accuracy = [(curve(key), style, color, key.replace("_acc", " accuracy"))
+                for key, style, color in (("train_acc", "--o", "tab:olive"),
+                                          ("valid_acc", "-^", "tab:green"))]
+    if any(x for (x, _), *_ in accuracy):
         acc_ax = ax.twinx()
-        drawn += acc_ax.plot(x, values, "-^", color="tab:green", label="valid accuracy")
+        for (x, values), style, color, label in accuracy:
+            if x:
+                drawn += acc_ax.plot(x, values, style, color=color, label=label)
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_ylim(0, 1.02)
     ax.legend(drawn, [line.get_label() for line in drawn], loc="best")

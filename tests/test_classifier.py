@@ -118,8 +118,10 @@ def test_non_finite_x(value, toy_binary, small_clf_params):
 
 def test_length_mismatch_and_single_class(toy_binary, small_clf_params):
     X, y = toy_binary
-    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+    with pytest.raises(ValueError, match="X has 48 images but y has 47 labels"):
         CXRClassifier(**small_clf_params).fit(X, y[:-1])
+    with pytest.raises(ValueError, match="groups has 3 entries but y has 48 labels"):
+        CXRClassifier(**small_clf_params).fit(X, y, groups=[1, 2, 3])
     with pytest.raises(ValueError, match="single class \\['normal'\\]"):
         CXRClassifier(**small_clf_params).fit(X, np.full(len(X), "normal"))
 
@@ -172,6 +174,45 @@ def test_local_weights_file_loaded(tmp_path, toy_binary):
                                reference.state_dict()["conv1.weight"])
 
 
+def test_weights_path_without_suffix_and_nested_keys(tmp_path, monkeypatch, toy_binary,
+                                                     small_clf_params):
+    """A file with no checkpoint suffix is a path, not a weights name, and a
+    ``{"model_state_dict": ...}`` checkpoint (a common training-script layout) loads."""
+    X, y = toy_binary
+    torch.manual_seed(7)
+    donor = CXRClassifier(**{**small_clf_params, "max_epochs": 1}).fit(X, y)
+    path = tmp_path / "cxr_model"
+    torch.save({"epoch": 3, "model_state_dict": donor.module_.state_dict()}, path)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every tensor fits: no partial-load warning
+        clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, weights="cxr_model",
+                            freeze=True).fit(X, y)
+    for name, tensor in donor.module_.trunk.state_dict().items():
+        torch.testing.assert_close(clf.module_.trunk.state_dict()[name], tensor, msg=name)
+
+
+def test_partly_fitting_weights_file_warns(tmp_path, toy_binary, small_clf_params):
+    X, y = toy_binary
+    donor = CXRClassifier(**{**small_clf_params, "max_epochs": 1}).fit(X, y)
+    state = donor.module_.trunk.state_dict()
+    dropped = [k for k in state if k.startswith("features.2.")]
+    assert dropped
+    path = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in state.items() if k not in dropped}, path)
+    with pytest.warns(UserWarning, match=rf"partial.pt' fits {len(state) - len(dropped)} of "
+                                         rf"the {len(state)} tensors"):
+        CXRClassifier(**small_clf_params, weights=str(path)).fit(X, y)
+
+
+def test_weights_file_that_is_not_a_checkpoint(tmp_path, toy_binary, small_clf_params):
+    path = tmp_path / "notes.pt"
+    path.write_text("not a checkpoint")
+    X, y = toy_binary
+    with pytest.raises(ValueError, match="notes.pt' could not be loaded"):
+        CXRClassifier(**small_clf_params, weights=str(path)).fit(X, y)
+
+
 def test_weights_file_for_wrong_model(tmp_path, toy_binary, small_clf_params):
     path = tmp_path / "other.pt"
     torch.save({"foo.weight": torch.zeros(3)}, path)
@@ -201,6 +242,39 @@ def test_freeze_last_k_blocks(toy_binary, small_clf_params):
     blocks = list(clf.module_.trunk.features)
     trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
     assert trainable == [False, False, False, True, True]
+    head_only = CXRClassifier(**{**small_clf_params, "backbone": "deep_cnn", "max_epochs": 1},
+                              freeze=0).fit(X, y)
+    assert not any(p.requires_grad for p in head_only.module_.trunk.parameters())
+    with pytest.raises(ValueError, match="freeze=6 asks to train the last 6 blocks, but "
+                                         "this DeepCNN trunk has 5"):
+        CXRClassifier(**{**small_clf_params, "backbone": "deep_cnn"}, freeze=6).fit(X, y)
+
+
+def test_grouped_validation_split_keeps_patients_apart(toy_binary, small_clf_params):
+    from cxr_estimators.classifier import _GroupedValidSplit
+
+    X, y = toy_binary
+    groups = np.arange(len(y)) // 3  # 16 patients, 3 images each
+    y_enc = (y == "pneumonia").astype(int)
+    train, valid = _GroupedValidSplit(0.25, groups, 0)(np.arange(len(y)), y_enc)
+    train_groups, valid_groups = set(groups[train.indices]), set(groups[valid.indices])
+    assert train_groups and valid_groups and not train_groups & valid_groups
+    assert len(valid.indices) == pytest.approx(0.25 * len(y), abs=3)
+    assert set(y_enc[valid.indices]) == {0, 1}
+    # fit routes groups to that split; in a Pipeline they come as clf__groups
+    pipe = Pipeline([("clf", CXRClassifier(**small_clf_params, validation_fraction=0.25))])
+    pipe.fit(X, y, clf__groups=groups)
+    assert isinstance(pipe[-1].net_.train_split, _GroupedValidSplit)
+    assert "valid_loss" in pipe[-1].history_[-1]
+
+
+def test_unavailable_device_named(toy_binary, small_clf_params):
+    X, y = toy_binary
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(ValueError, match="device='mps' but no Apple GPU"):
+        CXRClassifier(**small_clf_params, device="mps").fit(X, y)
 
 
 def test_augmentation_only_while_training(toy_binary, small_clf_params, monkeypatch):

@@ -2,8 +2,8 @@
 
 2-D tabular X of shape (n, d) is taken as n one-channel images of 1 × d pixels (see
 ``classifier._as_images``), which lets every generic check run on the small CNN. All
-checks pass; none is marked as an expected failure. Two are *skipped by sklearn itself*
-for environment reasons: ``check_array_api_input`` (needs SCIPY_ARRAY_API=1 and
+checks but one pass; ``EXPECTED_FAILED_CHECKS`` below names that one and why. Two are
+*skipped by sklearn itself* for environment reasons: ``check_array_api_input`` (needs SCIPY_ARRAY_API=1 and
 array-api-strict) and ``check_classifier_data_not_an_array`` (needs pandas).
 
 ``ImageLoader`` declares ``two_d_array=False`` (its input is images or file paths), for
@@ -17,8 +17,14 @@ from cxr_estimators import CXRClassifier
 
 torch.set_num_threads(1)
 
-#: Checks an image estimator cannot satisfy, with the reason. Empty: all pass.
-EXPECTED_FAILED_CHECKS = {}
+#: Checks an image estimator cannot satisfy, with the reason (non-strict xfail: it may pass).
+EXPECTED_FAILED_CHECKS = {
+    "check_methods_sample_order_invariance": (
+        "float32 convolutions on CPU can sum in an order that depends on where an image "
+        "sits in its batch (most likely the GEMM's blocking), so permuting the samples changes some outputs in the "
+        "last bit (seen: 6e-8 on a log-odds of -0.56); the check allows rtol=1e-7. The "
+        "predicted labels are unaffected."),
+}
 
 
 @parametrize_with_checks(

@@ -50,6 +50,23 @@ def test_training_curves_from_history_estimator_and_pipeline(tmp_path):
     assert len(fig.axes) == 2  # accuracy on a twin axis
 
 
+def test_training_curves_of_fitted_classifier_show_train_and_valid_accuracy(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from cxr_estimators import CXRClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 1, 12, 12), dtype=np.float32)
+    y = np.array(["normal", "pneumonia"] * 20)
+    clf = CXRClassifier(backbone="simple_cnn", max_epochs=2, neurons=8, batch_size=16,
+                        validation_fraction=0.25, random_state=0).fit(X, y)
+    assert all(0 <= row["train_acc"] <= 1 for row in clf.history_)
+    fig = plotting.plot_training_curves(clf, path=tmp_path / "fitted.png")
+    _check_png(fig, tmp_path / "fitted.png")
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == [
+        "train accuracy", "valid accuracy"]
+
+
 def test_training_curves_without_losses():
     with pytest.raises(ValueError, match="no 'train_loss'"):
         plotting.plot_training_curves([{"epoch": 1, "valid_acc": 0.5}])
