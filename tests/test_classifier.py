@@ -266,6 +266,12 @@ def test_grouped_validation_split_keeps_patients_apart(toy_binary, small_clf_par
     pipe.fit(X, y, clf__groups=groups)
     assert isinstance(pipe[-1].net_.train_split, _GroupedValidSplit)
     assert "valid_loss" in pipe[-1].history_[-1]
+    # GridSearchCV: groups= for the outer folds, clf__groups= sliced to each training fold
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    search = GridSearchCV(pipe, {"clf__lr": [1e-3, 1e-2]}, cv=StratifiedGroupKFold(3),
+                          error_score="raise").fit(X, y, groups=groups, clf__groups=groups)
+    assert isinstance(search.best_estimator_[-1].net_.train_split, _GroupedValidSplit)
 
 
 def test_unavailable_device_named(toy_binary, small_clf_params):
