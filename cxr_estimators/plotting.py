@@ -107,7 +107,9 @@ def plot_training_curves(estimator_or_history, path=None):
                 drawn += acc_ax.plot(x, values, style, color=color, label=label)
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_ylim(0, 1.02)
-    ax.legend(drawn, [line.get_label() for line in drawn], loc="best")
+    # below the axes: inside, "best" would only avoid the loss curves, not the accuracy ones
+    fig.legend(drawn, [line.get_label() for line in drawn], loc="outside lower center",
+               ncols=len(drawn))
     ax.set_title("Training curves")
     return _save(fig, path)
 
