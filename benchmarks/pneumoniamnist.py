@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score, roc_cur
 
 from benchmarks import _common
 from cxr_estimators import CXRClassifier
+from cxr_estimators.metrics import clinical_report
 
 #: MedMNIST v2 (Yang et al., Scientific Data 2023), PneumoniaMNIST test split.
 PUBLISHED = {
@@ -47,17 +48,12 @@ def clinical_metrics(y, score, threshold):
 
 
 def bootstrap_ci(y, score, threshold, n_boot=1000, seed=0):
-    """Percentile 95 % CIs of :func:`clinical_metrics` over resamples of the test images."""
-    rng = np.random.default_rng(seed)
-    draws = {k: [] for k in ("accuracy", "roc_auc", "sensitivity", "specificity")}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) < 2:
-            continue
-        for k, v in clinical_metrics(y[idx], score[idx], threshold).items():
-            draws[k].append(v)
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-            for k, v in draws.items()}
+    """Percentile 95 % CIs of :func:`clinical_metrics`, from the package's own
+    :func:`~cxr_estimators.metrics.clinical_report` (resamples of the test images)."""
+    report = clinical_report(y, score, labels=[0, 1], pos_label=1, threshold=threshold,
+                             n_bootstraps=n_boot, random_state=seed)
+    return {k: [report.overall[k].ci_low, report.overall[k].ci_high]
+            for k in ("accuracy", "roc_auc", "sensitivity", "specificity")}
 
 
 def youden_threshold(y, score):

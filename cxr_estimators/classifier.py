@@ -3,9 +3,10 @@
 skorch owns the training loop, validation split, early stopping, LR scheduling,
 checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
-label encoding, input checks that name the offending value, the seed handling, the
-bf16-autocast / channels_last inference hook for CUDA (skorch's own AMP needs
-``accelerate``), and the frozen-feature cache (see :mod:`cxr_estimators._features`).
+label encoding, input checks that name the offending value, and the use of the
+frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
+(bf16 autocast on CUDA, grouped validation split, seeding) is in
+:mod:`cxr_estimators._training`.
 """
 
 from __future__ import annotations
@@ -17,102 +18,27 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    check_array, check_is_fitted, column_or_1d,
-)
-from skorch import NeuralNetClassifier
-from skorch.callbacks import (
-    Checkpoint, EarlyStopping, EpochScoring, LRScheduler, PrintLog, ProgressBar,
-)
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
 from skorch.dataset import ValidSplit
 from skorch.utils import noop
 from torch import nn
 
 from . import _features
+from ._training import (
+    _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
+    _seed_everything,
+)
 from .augment import make_augmenter
 from .backbones import build_model
 
 __all__ = ["CXRClassifier"]
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
-
-
-class _Net(NeuralNetClassifier):
-    """skorch net whose forward pass may run under bf16 autocast with channels_last input."""
-
-    def __init__(self, *args, amp=False, channels_last=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.amp = amp
-        self.channels_last = channels_last
-
-    def infer(self, x, **fit_params):
-        # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
-        # CPU; autocast and channels_last are then skipped.
-        on_cuda = str(self.device).startswith("cuda")
-        if not (on_cuda and (self.amp or self.channels_last)):
-            return super().infer(x, **fit_params)
-        x = torch.as_tensor(x).to(self.device, non_blocking=True)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return self.module_(x, **fit_params).float()
-
-
-def _resolve_device(device):
-    if device != "auto":
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no CUDA GPU is available; use device='auto'")
-        mps = getattr(torch.backends, "mps", None)
-        if device == "mps" and not (mps is not None and mps.is_available()):
-            raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
-                             "device='auto'")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-class _Labelled(torch.utils.data.Dataset):
-    """(image, label) pairs from an image dataset, as skorch's iterators expect."""
-
-    def __init__(self, images, y=None):
-        self.images = images
-        self.y = y
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], (self.y[i] if self.y is not None else 0)
-
-
-class _GroupedValidSplit:
-    """skorch ``train_split``: a validation part of about ``fraction`` of the images that
-    shares no group (patient) with the training part, stratified as far as groups allow.
-
-    skorch's ``ValidSplit`` cannot do this (it never passes y to a grouped splitter), so
-    it is sklearn's ``StratifiedGroupKFold``'s first fold with ``round(1 / fraction)``
-    folds."""
-
-    def __init__(self, fraction, groups, random_state):
-        self.fraction = fraction
-        self.groups = np.asarray(groups)
-        self.random_state = random_state
-
-    def __call__(self, dataset, y, **fit_params):
-        cv = StratifiedGroupKFold(max(2, round(1 / self.fraction)), shuffle=True,
-                                  random_state=self.random_state)
-        y = np.asarray(y)
-        train, valid = next(cv.split(np.zeros(len(y)), y, self.groups))
-        return (torch.utils.data.Subset(dataset, train),
-                torch.utils.data.Subset(dataset, valid))
 
 
 def _image_shape(X):
@@ -537,29 +463,3 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         tags.input_tags.allow_nan = False
         return tags
-
-
-def _drop_training_state(net):
-    """Free what only training needs: EarlyStopping's copy of the best weights (already
-    restored into the module) and the LR scheduler. They would bloat the pickle and, for a
-    CUDA model, hold CUDA tensors that plain pickle cannot load on a CPU-only machine."""
-    for _, callback in net.callbacks_:
-        if hasattr(callback, "best_model_weights_"):
-            callback.best_model_weights_ = None
-        if hasattr(callback, "lr_scheduler_"):  # holds the optimizer and its state
-            callback.lr_scheduler_ = None
-    # The ``module`` *parameter* is the same instance as ``module_``; skorch maps only
-    # ``module_`` to the CPU on load, so keep the class here, not the CUDA instance.
-    net.module = type(net.module_)
-
-
-def _seed_everything(random_state):
-    """Seed torch's global RNG (weight init, dropout, augmentation) from ``random_state``."""
-    if random_state is None:
-        return None
-    if isinstance(random_state, np.random.RandomState):
-        seed = int(random_state.randint(0, 2**31 - 1))
-    else:
-        seed = int(random_state)
-    torch.manual_seed(seed)
-    return seed

@@ -251,7 +251,7 @@ def test_freeze_last_k_blocks(toy_binary, small_clf_params):
 
 
 def test_grouped_validation_split_keeps_patients_apart(toy_binary, small_clf_params):
-    from cxr_estimators.classifier import _GroupedValidSplit
+    from cxr_estimators._training import _GroupedValidSplit
 
     X, y = toy_binary
     groups = np.arange(len(y)) // 3  # 16 patients, 3 images each
