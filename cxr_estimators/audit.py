@@ -295,8 +295,10 @@ def audit_dataset(X, y=None, groups=None, *, X_other=None, groups_other=None):
     scanned reports); for colour sources, mean HSV saturation > ``COLOUR_SATURATION`` =
     0.15 "colour image (likely not a radiograph)" (photos, screenshots, annotated
     images; radiographs stored as RGB have R = G = B and saturation 0). There is no
-    lateral-view detector: no simple pixel statistic separates lateral from frontal
-    views reliably enough to be worth a flag.
+    lateral-view detector, by choice: the obvious statistic, left-right asymmetry of the
+    column-mean intensity profile, is also high for frontal films with one lung
+    opacified (unilateral pneumonia) or framed off-centre, so it would flag disease as
+    well as view, and with no lateral images at hand its worth cannot be measured.
     """
     if y is not None and len(y) != len(X):
         raise ValueError(f"y has {len(y)} labels but X has {len(X)} images")

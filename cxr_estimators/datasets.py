@@ -1,10 +1,11 @@
 """Loaders that turn image folders, CSV files and MedMNIST archives into a ``Bunch``.
 
-Every loader is deterministic (sorted file lists), never drops a file silently (files
-skipped with ``on_error="skip"`` are listed in ``Bunch.skipped`` and announced by a
-warning with their count), and returns patient ids as ``groups`` where it can, so that
-cross-validation can keep each patient on one side of a split
-(:class:`sklearn.model_selection.StratifiedGroupKFold`).
+Every loader is deterministic (sorted file lists), checks every file cheaply from its
+header (:func:`cxr_estimators.io.check_image_file`; ``check_images=True`` decodes it),
+never drops a file silently (files skipped with ``on_error="skip"`` are listed in
+``Bunch.skipped`` and announced by a warning with their count), and returns patient ids
+as ``groups`` where it can, so that cross-validation can keep each patient on one side
+of a split (:class:`sklearn.model_selection.StratifiedGroupKFold`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import warnings
 import numpy as np
 from sklearn.utils import Bunch
 
-from .io import ImageReadError, read_image
+from .io import ImageReadError, check_image_file, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -101,21 +102,59 @@ def _warn_skipped(skipped, where):
         )
 
 
-def _usable(path, on_error, skipped, check_images):
-    """True if the path can be used; otherwise raise or record it per on_error."""
-    if os.path.isdir(path):
-        _bad_file(on_error, skipped, path, "is a directory, expected an image file")
-        return False
-    if not check_images:
-        return True
+def _usable(path, on_error, skipped, check_images, where=None):
+    """True if the file can be used; otherwise raise or record it per on_error.
+
+    Every file gets the cheap header check (:func:`~cxr_estimators.io.check_image_file`);
+    ``check_images`` decodes it fully. A raised error keeps its type (an
+    ``ImageNotFoundError`` is still a ``FileNotFoundError``) and is prefixed by ``where``.
+    """
     try:
-        read_image(path)
+        (read_image if check_images else check_image_file)(path)
     except ImageReadError as exc:  # also covers missing files and permission errors
+        reason = f"{where}: {exc}" if where else str(exc)
         if on_error == "raise":
-            raise
-        skipped.append((path, str(exc)))
+            raise type(exc)(reason) from None
+        skipped.append((path, reason))
         return False
     return True
+
+
+def _label_key(label):
+    return label.strip().casefold()
+
+
+def _first_few(items, k=5):
+    return ", ".join(map(str, items[:k])) + (", ..." if len(items) > k else "")
+
+
+def _check_label_case(labels, locations, source, unit):
+    """Raise if two labels differ only by case or surrounding whitespace.
+
+    ``locations[i]`` says where ``labels[i]`` comes from (a line number, a folder), so the
+    error can name them; ``unit`` is what they are ("line", "folder").
+    """
+    by_key = {}
+    for label, where in zip(labels, locations):
+        by_key.setdefault(_label_key(label), {}).setdefault(label, []).append(where)
+    clashes = [variants for variants in by_key.values() if len(variants) > 1]
+    if not clashes:
+        return
+    places = "; ".join(f"{label!r} at {unit} {_first_few(where)}"
+                       for variants in clashes for label, where in sorted(variants.items()))
+    raise ValueError(
+        f"{source} has labels differing only by case or surrounding whitespace: "
+        f"{[sorted(v) for v in clashes]} ({places}); labels are case-sensitive, "
+        "fix the spelling so that each class has one name")
+
+
+def _class_folders(root):
+    """Sorted names of root's sub-folders (hidden ones left out)."""
+    class_dirs = sorted(e for e in os.listdir(root)
+                        if not e.startswith(".") and os.path.isdir(os.path.join(root, e)))
+    if not class_dirs:
+        raise ValueError(f"root {root!r} has no class sub-folders (expected root/<class>/<image>)")
+    return class_dirs
 
 
 def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
@@ -138,12 +177,15 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
         Return patient ids in ``groups``. With ``label_from="folder"`` they come from
         Kermany-style names when every name parses, else ``groups`` is None.
     on_error : {"raise", "skip"}, default="raise"
-        What to do with a bad entry (a directory named like an image, an unparseable
-        Kermany name, an undecodable file when ``check_images``): raise an error naming
-        the file, or skip it, record ``(path, reason)`` in ``skipped`` and warn.
+        What to do with a bad entry (a directory named like an image; an unreadable,
+        zero-byte or non-image file, or one above the decompression-bomb limit, found
+        by the header check :func:`cxr_estimators.io.check_image_file` run on every
+        file; an undecodable file when ``check_images``; an unparseable Kermany name):
+        raise an error naming the file and the reason, or skip it, record
+        ``(path, reason)`` in ``skipped`` and warn.
     check_images : bool, default=False
         Decode every file with :func:`cxr_estimators.io.read_image` (slow; fills the
-        decode cache) to catch empty, truncated or non-image files now.
+        decode cache) to also catch truncated or corrupt pixel data now.
 
     Returns
     -------
@@ -152,6 +194,12 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
         unique classes (a class folder without images is not included, and warned
         about); ``groups`` (n,) str or None; ``skipped`` list of (path, reason);
         ``DESCR`` str.
+
+    Raises
+    ------
+    ValueError
+        Class folders whose names differ only by case or surrounding whitespace
+        (``NORMAL/`` and ``normal /``), naming both, with ``label_from="folder"``.
 
     Examples
     --------
@@ -165,10 +213,10 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
     if not os.path.isdir(root):
         raise FileNotFoundError(f"root {root!r} is not a directory")
     exts = tuple(e.lower() for e in extensions)
-    class_dirs = sorted(e for e in os.listdir(root)
-                        if not e.startswith(".") and os.path.isdir(os.path.join(root, e)))
-    if not class_dirs:
-        raise ValueError(f"root {root!r} has no class sub-folders (expected root/<class>/<image>)")
+    class_dirs = _class_folders(root)
+    if label_from == "folder":  # NORMAL/ and "normal "/ would silently be two classes
+        _check_label_case(class_dirs, [os.path.join(root, d) for d in class_dirs],
+                          f"root {root!r}", "folder")
     paths, labels, skipped = [], [], []
     for cls in class_dirs:
         folder = os.path.join(root, cls)
@@ -230,18 +278,20 @@ def _read_csv_rows(csv_path, required):
         for row in reader:
             if all(not (v or "").strip() for k, v in row.items() if k is not None):
                 continue  # blank line
-            rows.append((reader.line_num, {c: (row.get(c) or "").strip() for c in required}))
-    return rows
+            # DictReader keeps fields beyond the header's under the key None
+            rows.append((reader.line_num, {c: (row.get(c) or "").strip() for c in required},
+                         len(row.get(None) or ())))
+    return rows, columns
 
 
-def _check_label_case(labels, csv_path):
-    by_lower = {}
-    for label in labels:
-        by_lower.setdefault(label.lower(), set()).add(label)
-    clashes = [sorted(v) for v in by_lower.values() if len(v) > 1]
-    if clashes:
-        raise ValueError(f"CSV {csv_path!r} has labels differing only by case: {clashes}; "
-                         "labels are case-sensitive, fix the spelling in the file")
+def _row_problem(row, n_extra, n_columns, path_column, label_column):
+    """Why a CSV row cannot be used, or None."""
+    if n_extra:
+        return (f"{n_extra} field(s) more than the header's {n_columns} columns (an "
+                "unquoted comma in a path or label?)")
+    if not row[path_column] or not row[label_column]:
+        return "empty path or label"
+    return None
 
 
 def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column="label",
@@ -252,7 +302,7 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     ----------
     csv_path : str or os.PathLike
         CSV with a header row (read with the :mod:`csv` module, UTF-8, BOM tolerated).
-        Extra columns are ignored.
+        Extra columns are ignored; a row with more fields than the header is a bad row.
     image_dir : str or os.PathLike, optional
         Relative paths are resolved against it (default: the CSV's folder).
     path_column, label_column : str, default="path", "label"
@@ -260,11 +310,16 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     group_column : str, optional
         Column with patient ids, returned as ``groups``.
     on_error : {"raise", "skip"}, default="raise"
-        For a missing file, an empty label, or (with ``check_images``) an undecodable
-        image: raise an error naming the CSV line and path, or skip it, record it in
-        ``skipped`` and warn with the count.
+        For a bad row (an empty path or label, more fields than the header has columns)
+        or a bad file (missing, unreadable, a directory, zero bytes, not an image by its
+        header, above the decompression-bomb limit; with ``check_images`` also truncated
+        or undecodable): raise an error naming the CSV line, the path and the reason
+        (``FileNotFoundError``/``PermissionError`` subclasses where they apply), or
+        skip it, record ``(path, reason)`` in ``skipped`` and warn with the count.
     check_images : bool, default=False
-        Decode every image with :func:`cxr_estimators.io.read_image`.
+        Decode every image with :func:`cxr_estimators.io.read_image` (slow; fills the
+        decode cache). Without it each file gets the cheap header check
+        :func:`cxr_estimators.io.check_image_file`.
 
     Returns
     -------
@@ -277,7 +332,8 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     ValueError
         Missing columns (naming them and the columns found); two rows for the same
         path with different labels or groups (naming their 1-based line numbers);
-        labels that differ only by case (e.g. ``Normal`` and ``normal``).
+        labels that differ only by case (e.g. ``Normal`` and ``normal``; naming the
+        lines of each spelling).
 
     Notes
     -----
@@ -290,13 +346,14 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     csv_path = os.fspath(csv_path)
     base = os.fspath(image_dir) if image_dir is not None else os.path.dirname(csv_path)
     required = [path_column, label_column] + ([group_column] if group_column else [])
-    rows = _read_csv_rows(csv_path, required)
+    rows, columns = _read_csv_rows(csv_path, required)
     seen, entries, skipped, dupes = {}, [], [], []
-    for line, row in rows:
+    for line, row, n_extra in rows:
         path = os.path.normpath(os.path.join(base, row[path_column]))
         where = f"CSV {csv_path!r} line {line}"
-        if not row[path_column] or not row[label_column]:
-            _bad_file(on_error, skipped, path, f"{where}: empty path or label")
+        problem = _row_problem(row, n_extra, len(columns), path_column, label_column)
+        if problem:
+            _bad_file(on_error, skipped, path, f"{where}: {problem}")
             continue
         record = (row[label_column], row[group_column] if group_column else None)
         if path in seen:
@@ -311,20 +368,14 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
         if not os.path.exists(path):
             _bad_file(on_error, skipped, path, f"{where}: file does not exist",
                       FileNotFoundError)
-            continue
-        try:
-            ok = _usable(path, on_error, skipped, check_images)
-        except ImageReadError as exc:
-            raise ImageReadError(f"{where}: {exc}") from None
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if ok:
-            entries.append((path, *record))
+        elif _usable(path, on_error, skipped, check_images, where):
+            entries.append((path, *record, line))
     if dupes:
         warnings.warn(f"CSV {csv_path!r}: {len(dupes)} duplicate row(s) with agreeing labels "
                       f"removed (first line, repeat line): {dupes[:10]}", UserWarning,
                       stacklevel=2)
-    _check_label_case([e[1] for e in entries], csv_path)
+    _check_label_case([e[1] for e in entries], [e[3] for e in entries], f"CSV {csv_path!r}",
+                      "line")
     _warn_skipped(skipped, f"CSV {csv_path!r}")
     entries.sort(key=lambda e: e[0])
     filenames = np.asarray([e[0] for e in entries], dtype=str)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
+from torch import nn
 
 from .backbones import find_last_conv, trunk_blocks
 
@@ -84,8 +85,9 @@ def _resolve_layer(module, layer):
 
 def _default_layer(module, x):
     """Last top-level trunk block whose output is a 4-D feature map, checked by a forward
-    hook on one image. A block, not the last ``nn.Conv2d``: in multi-branch blocks
-    (inception's Mixed_7c) the last convolution is one branch only."""
+    hook on one image (in a VGG-style stack: its last activation before the final
+    pooling). A block, not the last ``nn.Conv2d``: in multi-branch blocks (inception's
+    Mixed_7c) the last convolution is one branch only."""
     prefix = {m: n for n, m in module.named_modules()}
     blocks = [b for b in trunk_blocks(module.trunk) if b in prefix]
     ndims = {}
@@ -99,8 +101,37 @@ def _default_layer(module, x):
             h.remove()
     for block in reversed(blocks):
         if ndims.get(block) == 4:
-            return prefix[block]
+            return _before_final_pool(block, prefix[block])
     return find_last_conv(module)
+
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+def _before_final_pool(block, name):
+    """In a flat VGG-style stack (an ``nn.Sequential`` holding several ``nn.Conv2d``
+    directly and ending in pooling), the layer just before the final pooling: the
+    activation after the last convolution. That pooling halves the map (1x1 for vgg at
+    32 px) and adds nothing to explain. Any other block: ``name`` unchanged."""
+    layers = list(block.named_children()) if isinstance(block, nn.Sequential) else []
+    convs = [i for i, (_, layer) in enumerate(layers) if isinstance(layer, nn.Conv2d)]
+    if len(convs) < 2 or not isinstance(layers[-1][1], _POOLS):
+        return name
+    last = convs[-1]
+    while last + 1 < len(layers) and not isinstance(layers[last + 1][1], _POOLS):
+        last += 1  # past BatchNorm to the activation
+    return f"{name}.{layers[last][0]}"
+
+
+def _rows(X, start, stop, device):
+    """Images ``start:stop`` of X as a float32 tensor on ``device``. X is the classifier's
+    input: an array (sliced) or a torch Dataset, e.g. from ``ImageLoader(lazy=True)``,
+    whose items (an image, or an ``(image, label)`` pair) are stacked."""
+    if not isinstance(X, torch.utils.data.Dataset):
+        return torch.as_tensor(X[start:stop], device=device)
+    items = [X[i] for i in range(start, min(stop, len(X)))]
+    images = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+    return torch.stack([torch.as_tensor(image) for image in images]).to(device, torch.float32)
 
 
 def _target_indices(target, classes, n):
@@ -165,7 +196,9 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         (``X`` then goes through the pipeline's transformers first, e.g. an ``ImageLoader``
         turning paths into arrays).
     X : array-like or list of paths
-        What ``estimator.predict`` accepts.
+        What ``estimator.predict`` accepts (also what a pipeline with
+        ``ImageLoader(lazy=True)`` turns into a lazy dataset: images are then decoded
+        batch by batch).
     target : label, array-like of shape (n,) or None, default=None
         Class from ``classes_`` whose logit (pre-softmax score) is explained; one label for
         all images or one per image. None explains each image's predicted class.
@@ -175,7 +208,8 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         last block of the trunk whose output is a 4-D feature map: ``trunk.layer4``
         (resnet), ``trunk.features.norm5`` (densenet121), ``trunk.features.18``
         (mobilenet_v2), ``trunk.Mixed_7c`` (inception_v3), ``trunk.features.2``
-        (simple_cnn), ...
+        (simple_cnn), ...; in a flat VGG-style stack the activation after its last
+        convolution, before the final max-pool (``trunk.features.29`` for vgg16).
     batch_size : int, default=32
         Images per forward/backward pass.
 
@@ -210,12 +244,12 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         module.eval()
         with torch.enable_grad():
             if layer is None:
-                layer = _default_layer(module, torch.as_tensor(X[:1], device=device))
+                layer = _default_layer(module, _rows(X, 0, 1, device))
             layer_module = _resolve_layer(module, layer)
             for start in range(0, len(X), int(batch_size)):
-                batch = slice(start, start + int(batch_size))
-                x = torch.as_tensor(X[batch], device=device)
-                t = None if targets is None else targets[batch]
+                stop = start + int(batch_size)
+                x = _rows(X, start, stop, device)
+                t = None if targets is None else targets[start:stop]
                 out.append(_cam_batch(module, layer_module, layer, x, t).cpu().numpy())
     finally:
         for m, training in modes.items():

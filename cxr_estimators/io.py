@@ -6,20 +6,27 @@ orientation, reads DICOM through the optional ``pydicom`` dependency, refuses
 decompression bombs, and raises :class:`ImageReadError` naming the file and the reason
 instead of a bare traceback from deep inside Pillow.
 
-Decoded images are kept in a bounded in-process LRU cache keyed by
-``(absolute path, mtime_ns, size)``, so a cross-validation or grid search that reloads
-the same files decodes each file once (see :func:`cache_info`, :func:`set_cache_size`).
+Decoded images are kept in an in-process LRU cache keyed by
+``(absolute path, mtime_ns, size)`` and bounded by the bytes it holds (1 GiB by
+default, :func:`set_cache_bytes`), so a cross-validation or grid search that reloads
+the same files decodes each file once as long as they fit (see :func:`cache_info`).
 Cached arrays are returned read-only so that no caller can corrupt the cache; call
 ``.copy()`` if you need to write. Each process has its own cache (DataLoader workers
 do not share it).
+
+:func:`check_image_file` is the cheap check (the file exists, is a readable non-empty
+file, and its header identifies an image of an acceptable size) that the dataset
+loaders run on every file without decoding pixels.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import warnings
 from collections import OrderedDict, namedtuple
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,16 +37,18 @@ __all__ = [
     "ImageNotFoundError",
     "ImagePermissionError",
     "CacheInfo",
+    "check_image_file",
     "read_image",
-    "set_cache_size",
+    "set_cache_bytes",
     "cache_info",
     "clear_cache",
 ]
 
 #: Default decompression-bomb limit for :func:`read_image` (width * height).
 DEFAULT_MAX_PIXELS = 100_000_000
-#: Default number of decoded images kept by the cache.
-DEFAULT_CACHE_SIZE = 256
+#: Default upper bound of the decode cache, in bytes of decoded float32 pixels (1 GiB:
+#: about 50 full-resolution 2500 x 2000 radiographs, or 300,000 28 x 28 MedMNIST images).
+DEFAULT_CACHE_BYTES = 1 << 30
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _COLOUR_MODES_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa")
@@ -58,14 +67,15 @@ class ImagePermissionError(ImageReadError, PermissionError):
     """The image file cannot be read by this user (also a :class:`PermissionError`)."""
 
 
-CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
+CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "max_bytes", "nbytes", "currsize"])
 
 
 class _LRUCache:
-    """Thread-safe bounded mapping with hit/miss counters."""
+    """Thread-safe mapping bounded by the total ``nbytes`` of its arrays, with counters."""
 
-    def __init__(self, maxsize):
-        self.maxsize = maxsize
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self.hits = self.misses = 0
         self._data = OrderedDict()
         self._lock = threading.Lock()
@@ -81,48 +91,68 @@ class _LRUCache:
 
     def put(self, key, value):
         with self._lock:
-            if self.maxsize <= 0:
-                return
+            if value.nbytes > self.max_bytes:
+                return  # would evict everything else and still not fit
+            old = self._data.pop(key, None)
+            self.nbytes += value.nbytes - (0 if old is None else old.nbytes)
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            self._evict()
 
-    def resize(self, maxsize):
+    def _evict(self):
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._data.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def resize(self, max_bytes):
         with self._lock:
-            self.maxsize = maxsize
-            while len(self._data) > max(maxsize, 0):
-                self._data.popitem(last=False)
+            self.max_bytes = max_bytes
+            self._evict()
 
     def clear(self):
         with self._lock:
             self._data.clear()
+            self.nbytes = 0
             self.hits = self.misses = 0
 
     def info(self):
         with self._lock:
-            return CacheInfo(self.hits, self.misses, self.maxsize, len(self._data))
+            return CacheInfo(self.hits, self.misses, self.max_bytes, self.nbytes,
+                             len(self._data))
 
 
-_CACHE = _LRUCache(DEFAULT_CACHE_SIZE)
+_CACHE = _LRUCache(DEFAULT_CACHE_BYTES)
 
 
-def set_cache_size(n):
-    """Set how many decoded images :func:`read_image` keeps (0 disables caching).
+def set_cache_bytes(max_bytes):
+    """Bound the memory of :func:`read_image`'s decode cache (0 disables caching).
 
     Parameters
     ----------
-    n : int
-        Maximum number of cached images (least recently used are evicted first). Memory
-        is about ``n * H * W * channels * 4`` bytes.
+    max_bytes : int
+        Largest total size of the cached arrays, in bytes (default
+        ``DEFAULT_CACHE_BYTES`` = 1 GiB). A decoded image takes ``H * W * channels * 4``
+        bytes (about 20 MB for a 2500 x 2000 radiograph, 3 kB for a 28 x 28 one); least
+        recently used images are evicted first, and an image larger than the bound is not
+        cached. Size it to hold every file a grid search reads, or each fit decodes again.
+
+    Examples
+    --------
+    >>> from cxr_estimators.io import DEFAULT_CACHE_BYTES, cache_info, set_cache_bytes
+    >>> set_cache_bytes(4 * 2**30)  # 4 GiB
+    >>> cache_info().max_bytes
+    4294967296
+    >>> set_cache_bytes(DEFAULT_CACHE_BYTES)
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"set_cache_size: n must be a non-negative int, got {n!r}")
-    _CACHE.resize(int(n))
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) \
+            or max_bytes < 0:
+        raise ValueError(f"set_cache_bytes: max_bytes must be a non-negative int, "
+                         f"got {max_bytes!r}")
+    _CACHE.resize(int(max_bytes))
 
 
 def cache_info():
-    """Return ``CacheInfo(hits, misses, maxsize, currsize)`` of the decode cache."""
+    """Return ``CacheInfo(hits, misses, max_bytes, nbytes, currsize)`` of the decode cache
+    (``nbytes``: bytes held now; ``currsize``: images held now)."""
     return _CACHE.info()
 
 
@@ -221,30 +251,74 @@ def _check_pixels(name, width, height, max_pixels):
         )
 
 
-def _decode(name, size, max_pixels):
+def _check_not_empty(name, size):
     if size == 0:
         raise ImageReadError(f"image file {name!r} is empty (zero bytes)")
+
+
+@contextmanager
+def _opened(name):
+    """The file open for binary reading; a PermissionError becomes ImagePermissionError."""
     try:
         with _open_file(name) as fh:
-            head = fh.read(132)
-            fh.seek(0)
-            if name.lower().endswith(_DICOM_SUFFIXES) or head[128:132] == b"DICM":
-                return _decode_dicom(name, fh, max_pixels)
-            return _decode_pil(name, fh, max_pixels)
+            yield fh
     except PermissionError as exc:
         raise ImagePermissionError(f"image file {name!r}: permission denied ({exc})") from None
 
 
-def _decode_pil(name, fh, max_pixels):
+def _is_dicom(name, fh):
+    head = fh.read(132)
+    fh.seek(0)
+    return name.lower().endswith(_DICOM_SUFFIXES) or head[128:132] == b"DICM"
+
+
+def _decode(name, size, max_pixels):
+    _check_not_empty(name, size)
+    with _opened(name) as fh:
+        if _is_dicom(name, fh):
+            return _decode_dicom(name, fh, max_pixels)
+        return _decode_pil(name, fh, max_pixels)
+
+
+def check_image_file(path, *, max_pixels=DEFAULT_MAX_PIXELS):
+    """Check that a file is a readable image from its header alone, decoding no pixels.
+
+    Much cheaper than :func:`read_image` (one ``stat`` and a header read), so the dataset
+    loaders run it on every file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_pixels : int or None, default=100_000_000
+        As in :func:`read_image`, checked against the size the header declares.
+
+    Raises
+    ------
+    ImageNotFoundError, ImagePermissionError, ImageReadError
+        As :func:`read_image` does for a missing path, an unreadable file, a directory, a
+        zero-byte file, a file Pillow cannot identify (e.g. text named ``.png``), a DICOM
+        header pydicom cannot parse, or a declared size above ``max_pixels``. A truncated
+        or corrupt pixel stream passes: only decoding (:func:`read_image`) finds it.
+        Without ``pydicom`` a DICOM file's header is not checked.
+    """
+    name = os.fspath(path)
+    _check_not_empty(name, _stat(name).st_size)
+    with _opened(name) as fh:
+        if not _is_dicom(name, fh):
+            with _pil_errors(name, fh), Image.open(fh) as im:
+                _check_pixels(name, im.width, im.height, max_pixels)
+        elif importlib.util.find_spec("pydicom") is not None:
+            _read_dicom(name, fh, max_pixels, stop_before_pixels=True)
+
+
+@contextmanager
+def _pil_errors(name, fh):
+    """Turn what Pillow raises for a bad file into ImageReadError naming the file."""
     try:
         with warnings.catch_warnings():
             # max_pixels is our guard; Pillow's warning below its hard limit is noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fh) as im:
-                _check_pixels(name, im.width, im.height, max_pixels)
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return _pil_to_array(im)
+            yield
     except Image.DecompressionBombError as exc:
         width, height = _header_size(fh)
         raise ImageReadError(
@@ -259,6 +333,13 @@ def _decode_pil(name, fh, max_pixels):
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(f"image {name!r} is truncated or corrupt: {exc}") from None
+
+
+def _decode_pil(name, fh, max_pixels):
+    with _pil_errors(name, fh), Image.open(fh) as im:
+        _check_pixels(name, im.width, im.height, max_pixels)
+        im.load()
+        return _pil_to_array(ImageOps.exif_transpose(im))
 
 
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -315,7 +396,8 @@ def _min_max(arr):
     return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
-def _decode_dicom(name, fh, max_pixels):
+def _read_dicom(name, fh, max_pixels, *, stop_before_pixels=False):
+    """The parsed DICOM dataset, after checking its declared size against max_pixels."""
     try:
         import pydicom
     except ImportError:
@@ -323,11 +405,16 @@ def _decode_dicom(name, fh, max_pixels):
             f"reading DICOM file {name!r} needs pydicom: pip install 'cxr_estimators[dicom]'"
         ) from None
     try:
-        ds = pydicom.dcmread(fh)
+        ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception as exc:  # pydicom raises many types for bad headers
         raise ImageReadError(f"DICOM file {name!r} could not be parsed: {exc}") from None
     _check_pixels(name, cols, rows, max_pixels)
+    return ds
+
+
+def _decode_dicom(name, fh, max_pixels):
+    ds = _read_dicom(name, fh, max_pixels)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise ImageReadError(
             f"DICOM file {name!r} has {ds.NumberOfFrames} frames; only single-frame "

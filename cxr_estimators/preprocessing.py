@@ -16,6 +16,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from torchvision.transforms.v2 import functional as F
 
+from .io import ImageReadError
+
 __all__ = ["ImageLoader", "NORMALIZATION_PRESETS"]
 
 #: name → (mean, std) per channel, applied to images scaled to [0, 1].
@@ -229,9 +231,17 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        item = self.items[i]
-        image = self.reader(item) if self.reader is not None else item
-        return self.loader._prepare(image, self.names[i], *self._mean_std, self._size)
+        return self.loader._prepare(self._read(i), self.names[i], *self._mean_std, self._size)
+
+    def _read(self, i):
+        """Image ``i`` as decoded; a read error names the row as well as the file, and
+        keeps its type (an ``ImageNotFoundError`` is still a ``FileNotFoundError``)."""
+        if self.reader is None:
+            return self.items[i]
+        try:
+            return self.reader(self.items[i])
+        except ImageReadError as exc:
+            raise type(exc)(f"image {i} of X: {exc}") from None
 
     @property
     def shape(self):

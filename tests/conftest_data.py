@@ -32,7 +32,9 @@ def noise_image(seed, size=(16, 16)):
 
 
 def write_bad_files(folder):
-    """Zero-byte, truncated JPEG, text-as-PNG and a directory named like an image."""
+    """Zero-byte, truncated JPEG, text-as-PNG, a directory named like an image, and a
+    PNG whose header declares 100000 x 100000 pixels (above Pillow's bomb limit; the
+    file itself is tiny)."""
     os.makedirs(folder, exist_ok=True)
     bad = {}
     bad["empty"] = os.path.join(folder, "empty.png")
@@ -48,7 +50,18 @@ def write_bad_files(folder):
         fh.write("this is not an image\n")
     bad["directory"] = os.path.join(folder, "x.png")
     os.makedirs(bad["directory"])
+    bad["huge"] = png_claiming_size(os.path.join(folder, "huge.png"), 100_000, 100_000)
     return bad
+
+
+def write_csv_with_extra_fields(path, image_names):
+    """A labels CSV (header ``path,label``) over ``image_names`` whose second data row,
+    CSV line 3, has a third field (an unquoted comma, say). Returns the path as str."""
+    rows = [f"{name},{'ab'[k % 2]}" for k, name in enumerate(image_names)]
+    rows[1] += ",stray field"
+    with open(path, "w") as fh:
+        fh.write("path,label\n" + "\n".join(rows) + "\n")
+    return str(path)
 
 
 def png_claiming_size(path, width, height):

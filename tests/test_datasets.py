@@ -9,7 +9,8 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import (GridSearchCV, StratifiedGroupKFold, StratifiedKFold,
                                      train_test_split)
 
-from conftest_data import SHARED_NPZ, kermany_names, noise_image, save, write_bad_files
+from conftest_data import (SHARED_NPZ, kermany_names, noise_image, save, write_bad_files,
+                           write_csv_with_extra_fields)
 from cxr_estimators.datasets import (load_image_csv, load_image_folder, load_medmnist,
                                      parse_kermany_filename)
 from cxr_estimators.io import ImageReadError, clear_cache
@@ -85,24 +86,76 @@ def test_folder_groups_none_for_non_kermany_names(tmp_path):
 
 def test_bad_files_raise_or_are_skipped_and_reported(tree):
     bad = write_bad_files(tree / "PNEUMONIA")
+    # without decoding, the header check still catches empty, non-image and huge files
     with pytest.warns(UserWarning, match="EMPTY"), \
-            pytest.raises(ValueError, match="x.png.*is a directory"):
+            pytest.raises(ImageReadError, match="empty.png.*zero bytes"):
         load_image_folder(tree)
     os.rmdir(bad["directory"])
-    with pytest.warns(UserWarning, match="EMPTY"):
-        unchecked = load_image_folder(tree)  # without decoding, bad files are not noticed
-    assert len(unchecked.filenames) == 8
+    with pytest.warns(UserWarning) as record:
+        unchecked = load_image_folder(tree, on_error="skip")
+    assert any("3 file(s) skipped" in str(w.message) for w in record)
+    assert {os.path.basename(p) for p, _ in unchecked.skipped} == {"empty.png", "notes.png",
+                                                                   "huge.png"}
+    assert len(unchecked.filenames) == 6  # truncated.jpg has a valid header: only decoding fails
     with pytest.warns(UserWarning, match="EMPTY"), \
             pytest.raises(ImageReadError, match="empty.png.*zero bytes"):
         load_image_folder(tree, check_images=True)
     os.makedirs(bad["directory"])
     with pytest.warns(UserWarning) as record:
         data = load_image_folder(tree, check_images=True, on_error="skip")
-    assert any("4 file(s) skipped" in str(w.message) for w in record)
+    assert any("5 file(s) skipped" in str(w.message) for w in record)
     skipped = {os.path.basename(p): reason for p, reason in data.skipped}
-    assert set(skipped) == {"empty.png", "truncated.jpg", "notes.png", "x.png"}
+    assert set(skipped) == {"empty.png", "truncated.jpg", "notes.png", "x.png", "huge.png"}
     assert "truncated" in skipped["truncated.jpg"] and "directory" in skipped["x.png"]
+    assert "100000x100000" in skipped["huge.png"]
     assert len(data.filenames) == 5
+
+
+@pytest.mark.parametrize("kind, reason, exc_type", [
+    ("empty", "zero bytes", ImageReadError),
+    ("text", "not a recognised image", ImageReadError),
+    ("directory", "is a directory", ValueError),
+    ("huge", r"100000x100000.*decompression-bomb", ImageReadError),
+    ("truncated", "truncated or corrupt", ImageReadError),  # found by decoding only
+])
+@pytest.mark.parametrize("check_images", [False, True])
+def test_each_bad_file_raises_naming_it(tmp_path, kind, reason, exc_type, check_images):
+    save(tmp_path / "a" / "ok.png", noise_image(0))
+    bad = write_bad_files(tmp_path / "b")
+    for other, path in bad.items():
+        if other != kind:
+            (os.rmdir if os.path.isdir(path) else os.remove)(path)
+    name = os.path.basename(bad[kind])
+    if kind == "truncated" and not check_images:
+        assert len(load_image_folder(tmp_path).filenames) == 2
+        return
+    with pytest.raises(exc_type, match=f"{name}.*{reason}"):
+        load_image_folder(tmp_path, check_images=check_images)
+
+
+def test_class_folders_differing_by_case_or_whitespace_are_an_error(tmp_path):
+    save(tmp_path / "NORMAL" / "a.png", noise_image(0))
+    save(tmp_path / "normal " / "b.png", noise_image(1))
+    save(tmp_path / "PNEUMONIA" / "c.png", noise_image(2))
+    with pytest.raises(ValueError, match=r"differing only by case.*'NORMAL' at folder .*NORMAL"
+                                         r".*'normal ' at folder .*normal ") as info:
+        load_image_folder(tmp_path)
+    assert "PNEUMONIA" not in str(info.value)
+
+
+def test_unreadable_file_keeps_its_permission_error_type(tree, monkeypatch):
+    from cxr_estimators import io as cio
+
+    def deny(name):
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(cio, "_open_file", deny)
+    with pytest.warns(UserWarning, match="EMPTY"), \
+            pytest.raises(PermissionError, match="IM-0115-0001.jpeg.*permission denied"):
+        load_image_folder(tree)
+    csv = _write_csv(tree / "l.csv", "path,label\nNORMAL/IM-0115-0001.jpeg,normal\n")
+    with pytest.raises(PermissionError, match="line 2.*IM-0115-0001.jpeg.*permission denied"):
+        load_image_csv(csv)
 
 
 def test_bad_parameters_are_named(tree):
@@ -158,8 +211,9 @@ def test_csv_duplicate_rows(csv_images):
 
 def test_csv_labels_differing_only_by_case_are_an_error(csv_images):
     path = _write_csv(csv_images / "case.csv",
-                      "path,label\nimg/0.png,Normal\nimg/1.png,normal\n")
-    with pytest.raises(ValueError, match=r"differing only by case.*\['Normal', 'normal'\]"):
+                      "path,label\nimg/0.png,Normal\nimg/1.png,normal\nimg/2.png,Normal\n")
+    with pytest.raises(ValueError, match=r"differing only by case.*\['Normal', 'normal'\]"
+                                         r".*'Normal' at line 2, 4; 'normal' at line 3"):
         load_image_csv(path)
 
 
@@ -169,13 +223,41 @@ def test_csv_missing_and_bad_files_name_the_row(csv_images):
                       "path,label\nimg/0.png,normal\nimg/gone.png,normal\nimg/empty.png,x\n")
     with pytest.raises(FileNotFoundError, match="gone.png.*line 3.*does not exist"):
         load_image_csv(path)
-    with pytest.warns(UserWarning, match="1 file"):
-        data = load_image_csv(path, on_error="skip")  # empty.png not decoded: kept
-    assert len(data.filenames) == 2 and "line 3" in data.skipped[0][1]
+    with pytest.warns(UserWarning, match="2 file"):
+        data = load_image_csv(path, on_error="skip")  # empty.png fails the header check
+    assert len(data.filenames) == 1 and "line 3" in data.skipped[0][1]
+    assert "line 4" in data.skipped[1][1] and "zero bytes" in data.skipped[1][1]
     with pytest.raises(ImageReadError, match="line 4.*empty.png.*zero bytes"):
         load_image_csv(_write_csv(csv_images / "e.csv",
                                   "path,label\nimg/0.png,a\nimg/1.png,b\nimg/empty.png,b\n"),
                        check_images=True)
+
+
+def test_csv_missing_file_is_a_file_not_found_error_naming_the_line(csv_images):
+    path = _write_csv(csv_images / "m.csv", "path,label\nimg/0.png,a\nimg/gone.png,b\n")
+    for check_images in (False, True):
+        with pytest.raises(FileNotFoundError, match="gone.png.*line 3"):
+            load_image_csv(path, check_images=check_images)
+
+
+@pytest.mark.parametrize("check_images", [False, True])
+def test_csv_bad_rows_and_files_raise_naming_the_row_or_are_skipped(csv_images,
+                                                                    check_images):
+    bad = write_bad_files(csv_images / "img")
+    names = ["img/0.png", "img/1.png", "img/2.png", "img/huge.png"]
+    path = write_csv_with_extra_fields(csv_images / "x.csv", names)
+    with pytest.raises(ValueError, match=r"1.png.*line 3: 1 field\(s\) more than the "
+                                         r"header's 2 columns"):
+        load_image_csv(path, check_images=check_images)
+    with pytest.warns(UserWarning, match="2 file"):
+        data = load_image_csv(path, check_images=check_images, on_error="skip")
+    assert [os.path.basename(f) for f in data.filenames] == ["0.png", "2.png"]
+    reasons = dict(data.skipped)
+    assert "line 3" in reasons[os.path.normpath(csv_images / "img" / "1.png")]
+    assert "line 5" in reasons[bad["huge"]] and "100000x100000" in reasons[bad["huge"]]
+    huge_only = _write_csv(csv_images / "y.csv", "path,label\nimg/0.png,a\nimg/huge.png,b\n")
+    with pytest.raises(ImageReadError, match=r"line 3.*huge.png.*100000x100000"):
+        load_image_csv(huge_only, check_images=check_images)
 
 
 def test_csv_image_dir(csv_images, tmp_path_factory):

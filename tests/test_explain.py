@@ -123,6 +123,28 @@ def test_pipeline_with_uint8_input(square_model):
     np.testing.assert_allclose(heatmaps, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [4, 32])
+def test_pipeline_with_lazy_loader_matches_eager(square_model, tmp_path, batch_size):
+    clf, X, _ = square_model
+    images = np.round(X[:6, 0] * 255).astype(np.uint8)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+
+    def pipe(lazy):
+        return Pipeline([("load", ImageLoader(size=SIZE, channels=1, normalize="unit",
+                                              lazy=lazy)), ("clf", clf)])
+
+    lazy = grad_cam(pipe(True), paths, batch_size=batch_size)
+    assert lazy.shape == (6, SIZE, SIZE) and lazy.dtype == np.float32 and lazy.max() > 0
+    np.testing.assert_allclose(lazy, grad_cam(pipe(False), paths, batch_size=batch_size),
+                               atol=1e-6)
+    np.testing.assert_allclose(grad_cam(pipe(True), paths, target="pos", layer="trunk.features.1"),
+                               grad_cam(pipe(False), paths, target="pos", layer="trunk.features.1"),
+                               atol=1e-6)
+
+
 def test_model_left_unchanged(square_model):
     clf, X, _ = square_model
     module = clf.module_
@@ -139,6 +161,34 @@ def test_model_left_unchanged(square_model):
     with torch.no_grad():  # an outer no_grad context must not break it
         grad_cam(clf, X[:2])
     _assert_untouched(module, before)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_batchnorm_model_in_train_mode_left_unchanged(freeze):
+    """deep_cnn has BatchNorm: a forward pass in train mode would update running stats."""
+    X, y = _square_task(n=16)
+    clf = CXRClassifier(backbone="deep_cnn", freeze=freeze, max_epochs=1, neurons=8,
+                        random_state=0, validation_fraction=0, device="cpu").fit(X, y)
+    module = clf.module_
+    bn = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.track_running_stats for m in bn)
+    module.zero_grad(set_to_none=True)
+    module.train()  # with freeze=True, CXRNet.train keeps the frozen trunk in eval mode
+    assert module.training and all(m.training for m in bn) is not freeze
+    try:
+        before = _snapshot(module)
+        running = [(m.running_mean.clone(), m.running_var.clone(),
+                    m.num_batches_tracked.clone()) for m in bn]
+        heatmaps = grad_cam(clf, X, batch_size=5)
+        assert heatmaps.shape == (16, SIZE, SIZE) and np.isfinite(heatmaps).all()
+        _assert_untouched(module, before)  # every parameter and buffer, flags, hooks
+        for m, (mean, var, count) in zip(bn, running):
+            assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+            assert torch.equal(m.num_batches_tracked, count)
+        assert module.training and all(m.training for m in bn) is not freeze
+        assert all(p.grad is None for p in module.parameters())
+    finally:
+        module.eval()
 
 
 def test_hooks_removed_after_error(square_model):
@@ -227,9 +277,28 @@ def test_default_layer(backbone, size, layer):
     assert _default_layer(model, torch.rand(1, 1, size, size)) == layer
 
 
+def test_default_layer_of_a_vgg_style_stack_is_before_the_final_pool():
+    """vgg's trunk.features ends in a max-pool (1x1 maps at small sizes); the default is the
+    activation after its last convolution. The same rule, on a small stand-in."""
+    from cxr_estimators.backbones import CXRNet
+
+    layers = []
+    for c_in, c_out in [(1, 4), (4, 8)]:
+        layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.BatchNorm2d(c_out),
+                   torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(2)]
+    trunk = torch.nn.Sequential()
+    trunk.features = torch.nn.Sequential(*layers)
+    trunk.pool = torch.nn.AdaptiveAvgPool2d(1)
+    trunk.flat = torch.nn.Flatten()
+    trunk.classifier = torch.nn.Linear(8, 8)  # as vgg's: the trunk has two blocks
+    model = CXRNet(trunk, 8, 2, neurons=4, in_channels=1).eval()
+    assert _default_layer(model, torch.rand(1, 1, 8, 8)) == "trunk.features.6"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone, size, layer", [
-    ("vgg16", 32, "trunk.features"), ("resnet50", 64, "trunk.layer4"),
+    ("vgg16", 32, "trunk.features.29"),  # the last ReLU before the final max-pool
+    ("resnet50", 64, "trunk.layer4"),
     ("convnext_tiny", 32, "trunk.features"), ("efficientnet_b4", 64, "trunk.features.8"),
 ])
 def test_default_layer_large_backbones(backbone, size, layer):

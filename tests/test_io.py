@@ -15,14 +15,15 @@ from conftest_data import gradient, noise_image, png_claiming_size, save, write_
     write_dicom
 from cxr_estimators import io as cio
 from cxr_estimators.io import (ImageNotFoundError, ImagePermissionError, ImageReadError,
-                               cache_info, clear_cache, read_image, set_cache_size)
+                               cache_info, check_image_file, clear_cache, read_image,
+                               set_cache_bytes)
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
     clear_cache()
     yield
-    set_cache_size(cio.DEFAULT_CACHE_SIZE)
+    set_cache_bytes(cio.DEFAULT_CACHE_BYTES)
     clear_cache()
 
 
@@ -104,7 +105,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 @pytest.mark.parametrize("kind,reason", [("empty", "zero bytes"), ("truncated", "truncated"),
                                          ("text", "not a recognised image"),
-                                         ("directory", "is a directory")])
+                                         ("directory", "is a directory"),
+                                         ("huge", "100000x100000")])
 def test_bad_files_raise_naming_file_and_reason(tmp_path, kind, reason):
     path = write_bad_files(tmp_path)[kind]
     with pytest.raises(ImageReadError, match=reason) as info:
@@ -198,18 +200,35 @@ def test_cache_returns_read_only_arrays_and_counts_hits(tmp_path):
     assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
 
 
-def test_cache_sees_changed_files_and_is_bounded(tmp_path):
+def test_cache_sees_changed_files(tmp_path):
     path = save(tmp_path / "c.png", gradient())
     old = read_image(path)
     save(path, np.zeros((3, 3), dtype=np.uint8))
     os.utime(path, ns=(0, 1))  # a different mtime even on coarse file systems
     assert read_image(path).shape == (3, 3) and old.shape == (12, 16)
-    set_cache_size(2)
-    for k in range(4):
-        read_image(save(tmp_path / f"n{k}.png", noise_image(k)))
-    assert cache_info().currsize == 2 and cache_info().maxsize == 2
-    with pytest.raises(ValueError, match="non-negative"):
-        set_cache_size(-1)
+    assert cache_info().nbytes == 3 * 3 * 4 + 12 * 16 * 4  # the stale entry ages out
+
+
+def test_cache_is_bounded_by_bytes_and_evicts_least_recent(tmp_path):
+    paths = [save(tmp_path / f"n{k}.png", noise_image(k)) for k in range(4)]  # 1 kB each
+    per_image = 16 * 16 * 4
+    set_cache_bytes(2 * per_image + 10)
+    for path in paths:
+        read_image(path)
+    info = cache_info()
+    assert (info.currsize, info.nbytes, info.max_bytes) == (2, 2 * per_image, 2 * per_image + 10)
+    read_image(paths[3])  # most recent: still cached
+    read_image(paths[0])  # evicted first: decoded again
+    assert (cache_info().hits, cache_info().misses) == (1, 5)
+    set_cache_bytes(per_image - 1)  # shrinking evicts; a too-large image is not cached
+    assert cache_info().currsize == 0
+    read_image(paths[1])
+    assert cache_info().nbytes == 0
+    set_cache_bytes(0)
+    assert read_image(paths[2]).shape == (16, 16) and cache_info().currsize == 0
+    with pytest.raises(ValueError, match="max_bytes must be a non-negative int"):
+        set_cache_bytes(-1)
+    assert cio.DEFAULT_CACHE_BYTES == 2**30
 
 
 def _read_flat(paths):
@@ -225,3 +244,47 @@ def test_grid_search_decodes_each_file_once(tmp_path):
     info = cache_info()
     assert info.misses == len(paths)  # every file decoded exactly once ...
     assert info.hits >= 5 * len(paths)  # ... though 6 fits + refit + scoring read them
+
+
+def test_grid_search_over_more_than_256_files_decodes_nothing_twice(tmp_path):
+    """A count-capped cache (256 entries) missed on every file of a second pass."""
+    paths = [save(tmp_path / f"img{k:03d}.png", noise_image(k, (4, 4))) for k in range(300)]
+    y = np.array([0, 1] * 150)
+    pipe = make_pipeline(FunctionTransformer(_read_flat), LogisticRegression(max_iter=50))
+    GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2).fit(np.array(paths), y)
+    first = cache_info()
+    assert first.misses == len(paths) and first.currsize == len(paths)
+    _read_flat(paths)  # a second pass
+    assert cache_info().misses == len(paths)
+    assert cache_info().hits == first.hits + len(paths)
+
+
+@pytest.mark.parametrize("kind,reason", [("empty", "zero bytes"),
+                                         ("text", "not a recognised image"),
+                                         ("directory", "is a directory"),
+                                         ("huge", "100000x100000")])
+def test_check_image_file_catches_bad_files_from_the_header(tmp_path, kind, reason):
+    path = write_bad_files(tmp_path)[kind]
+    with pytest.raises(ImageReadError, match=reason) as info:
+        check_image_file(path)
+    assert path in str(info.value)
+
+
+def test_check_image_file_reads_headers_only(tmp_path):
+    bad = write_bad_files(tmp_path)
+    check_image_file(bad["truncated"])  # the header is intact: only decoding finds it
+    check_image_file(save(tmp_path / "ok.png", gradient()))
+    with pytest.raises(ImageReadError, match="max_pixels=100"):
+        check_image_file(save(tmp_path / "big.png", gradient()), max_pixels=100)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        check_image_file(tmp_path / "nope.png")
+    assert cache_info().misses == 0  # nothing decoded
+
+
+def test_check_image_file_dicom(tmp_path):
+    pytest.importorskip("pydicom")
+    check_image_file(write_dicom(tmp_path / "ok.dcm", np.zeros((2, 3), np.uint16)))
+    fake = tmp_path / "fake.dcm"
+    fake.write_text("not dicom at all")
+    with pytest.raises(ImageReadError, match="fake.dcm.*could not be parsed"):
+        check_image_file(fake)

@@ -107,6 +107,19 @@ def test_missing_file_named(tmp_path):
         ImageLoader().fit_transform([str(missing)])
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_read_errors_name_the_row_and_the_file(tmp_path, lazy):
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(good)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    loader = ImageLoader(size=6, lazy=lazy)
+    with pytest.raises(FileNotFoundError, match=r"image 1 of X: .*nope.png.*does not exist"):
+        np.asarray(loader.fit_transform([str(good), str(tmp_path / "nope.png")]))
+    with pytest.raises(ValueError, match=r"image 2 of X: .*empty.png.*zero bytes"):
+        np.asarray(loader.fit_transform([str(good), str(good), str(empty)]))
+
+
 def test_clone_and_stateless():
     loader = ImageLoader(size=16, channels=1, center_crop=0.8)
     assert clone(loader).get_params() == loader.get_params()
