@@ -17,7 +17,7 @@ for a second look. This example trains a small CNN on PneumoniaMNIST and then:
    split, which nothing above has seen;
 5. draws the training curves, the ROC curve and the confusion matrix.
 
-Run from the repository root (about a minute on a laptop CPU)::
+Run from the repository root (seconds on a CPU)::
 
     python examples/plot_clinical_evaluation.py [path/to/pneumoniamnist.npz] [out_dir]
 
