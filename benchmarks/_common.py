@@ -108,27 +108,26 @@ def reset_peak_rss():
         return False
 
 
-def current_peak_rss_mb():
-    """VmHWM of /proc/self/status in MiB (the peak since :func:`reset_peak_rss`), or None."""
+def _proc_status_mb(field):
+    """A memory field of /proc/self/status (e.g. "VmRSS") in MiB, or None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def current_peak_rss_mb():
+    """VmHWM in MiB: the peak since :func:`reset_peak_rss`, or None."""
+    return _proc_status_mb("VmHWM")
 
 
 def current_rss_mb():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """VmRSS in MiB, or None."""
+    return _proc_status_mb("VmRSS")
 
 
 class Timer:
