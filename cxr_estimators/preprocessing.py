@@ -31,8 +31,11 @@ NORMALIZATION_PRESETS = {
 def _is_path_list(X):
     if isinstance(X, (str, os.PathLike)):
         raise ValueError("X must be a list of image paths or an image array, not a single path")
-    if isinstance(X, np.ndarray):
-        return X.dtype.kind in "US" or X.dtype == object
+    if isinstance(X, np.ndarray) and X.dtype.kind in "US":
+        return True
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        return False
+    # a list, or an object array: paths, or images of different sizes
     return all(isinstance(x, (str, os.PathLike)) for x in X)
 
 
@@ -175,7 +178,8 @@ class ImageLoader(TransformerMixin, BaseEstimator):
             from .io import read_image
 
             return list(X), [f"{i} ({os.fspath(p)!r})" for i, p in enumerate(X)], read_image
-        if not isinstance(X, np.ndarray) and all(np.ndim(x) in (2, 3) for x in X):
+        ragged = not isinstance(X, np.ndarray) or X.dtype == object
+        if ragged and all(np.ndim(x) in (2, 3) for x in X):
             return list(X), [str(i) for i in range(len(X))], None  # differently sized images
         X = np.asarray(X)
         if X.ndim not in (3, 4):

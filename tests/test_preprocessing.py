@@ -126,3 +126,15 @@ def test_clone_and_stateless():
     X = np.zeros((2, 10, 10), np.uint8)
     np.testing.assert_array_equal(ImageLoader(size=16).transform(X),
                                   ImageLoader(size=16).fit(X).transform(X))
+
+
+def test_differently_sized_images_as_list_or_object_array():
+    """Images of several sizes come as a list or a ragged object array, never as paths."""
+    rng = np.random.default_rng(0)
+    images = [(rng.random(shape) * 255).astype(np.uint8) for shape in [(20, 30), (40, 40)]]
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = images
+    loader = ImageLoader(size=16, channels=1, normalize="unit")
+    from_list = loader.fit_transform(images)
+    assert from_list.shape == (2, 1, 16, 16)
+    np.testing.assert_array_equal(loader.fit_transform(ragged), from_list)
