@@ -4,7 +4,10 @@
 * ``lazy``: ``ImageLoader(lazy=True).transform`` → an ``ImageDataset`` that skorch's
   DataLoader decodes batch by batch;
 * ``chunked``: :func:`benchmarks._common.predict_proba_in_chunks` (eager loader on chunks
-  of 256 images).
+  of 256 images);
+* ``lazy_skorch``: as ``lazy``, but through skorch's own ``NeuralNet.predict_proba``
+  (which keeps a list of per-batch arrays) instead of ``CXRClassifier.predict_proba``
+  (which fills one array allocated up front): the reason the latter exists.
 
 Each (path, N) runs in a fresh subprocess. The peak of the predict phase alone is read from
 VmHWM after resetting it once the model is fitted (Linux ``/proc/self/clear_refs``; where
@@ -25,7 +28,7 @@ import numpy as np
 
 from benchmarks import _common
 
-MODES = ("eager", "lazy", "chunked")
+MODES = ("eager", "lazy", "chunked", "lazy_skorch")
 CHUNK = 256
 
 
@@ -51,8 +54,13 @@ def child(mode, n, size, seed):
         elif mode == "lazy":
             proba = clf.predict_proba(ImageLoader(**{**loader.get_params(), "lazy": True})
                                       .fit_transform(raw))
-        else:
+        elif mode == "chunked":
             proba = _common.predict_proba_in_chunks(clf, raw, loader, CHUNK)
+        else:
+            from cxr_estimators._training import _Labelled
+
+            proba = clf.net_.predict_proba(_Labelled(
+                ImageLoader(**{**loader.get_params(), "lazy": True}).fit_transform(raw)))
     assert proba.shape == (n, 2)
     peak = _common.current_peak_rss_mb() if reset else _common.peak_rss_mb()
     return {"mode": mode, "n": n, "size": size, "predict_peak_rss_mb": peak,
@@ -76,7 +84,7 @@ def main(argv=None):
         print(json.dumps(child(args.child[0], int(args.child[1]), size, args.seed)))
         return None
     ns = args.n or ([16, 64] if args.quick else [500, 2000])
-    modes = args.modes or (["lazy"] if args.quick else list(MODES))
+    modes = args.modes or (["lazy"] if args.quick else ["eager", "lazy", "chunked"])
     rows = []
     for mode in modes:
         for n in ns:

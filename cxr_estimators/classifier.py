@@ -443,8 +443,26 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 logits = head(torch.tensor(features, device=self.device_))
             proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
         else:
-            proba = self.net_.predict_proba(X).astype(np.float64)
+            proba = self._stream_proba(X)
         return proba / proba.sum(axis=1, keepdims=True)
+
+    def _stream_proba(self, X):
+        """skorch's ``predict_proba``, but writing each batch into one array allocated up
+        front.
+
+        skorch collects a list of small per-batch arrays and concatenates them at the
+        end. ``benchmarks/memory.py`` (modes ``lazy`` and ``lazy_skorch``, 224 px, up to
+        10,000 images; docs/benchmarks.md) measured the process growing with the number
+        of images that way, and not this way. Our reading, not verified further: the
+        small arrays, allocated between the large per-batch buffers, keep glibc from
+        reusing or returning the freed ones."""
+        proba = np.empty((len(X), len(self.classes_)), dtype=np.float64)
+        start = 0
+        for logits in self.net_.forward_iter(X, training=False):
+            batch = torch.softmax(logits.float(), dim=1).numpy()
+            proba[start:start + len(batch)] = batch
+            start += len(batch)
+        return proba
 
     def decision_function(self, X):
         """Log-odds of ``classes_[1]`` for binary problems, else per-class log-probabilities."""

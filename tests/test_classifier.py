@@ -469,3 +469,20 @@ def test_feature_cache_keyed_by_trunk_weights(toy_binary, small_clf_params):
     plain_b = CXRClassifier(**{**params, "random_state": 1}).fit(X, y)
     np.testing.assert_allclose(b.predict_proba(X), plain_b.predict_proba(X), atol=1e-5)
     assert not np.allclose(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_streamed_predict_proba_equals_skorch(toy_binary, small_clf_params):
+    """predict_proba fills one preallocated array batch by batch (bounded memory, see
+    benchmarks/memory.py); it must give skorch's own predict_proba, also for a last
+    partial batch and for lazily loaded images."""
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params).fit(X, y)
+    X_odd = X[:37]  # batch_size 16: 16 + 16 + 5
+    np.testing.assert_allclose(clf.predict_proba(X_odd), clf.net_.predict_proba(X_odd),
+                               rtol=1e-6)
+    lazy = ImageLoader(size=16, channels=1, normalize="unit", lazy=True).fit_transform(
+        (X_odd[:, 0] * 255).astype(np.uint8))
+    from cxr_estimators._training import _Labelled
+
+    np.testing.assert_allclose(clf.predict_proba(lazy), clf.net_.predict_proba(_Labelled(lazy)),
+                               rtol=1e-6)
