@@ -1,4 +1,4 @@
-"""The README's main job still runs end to end (quick mode). Slow: run with -m slow."""
+"""The README's main job and the clinical-evaluation example still run end to end."""
 
 import ast
 import subprocess
@@ -11,7 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_demo_quick(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--quick", "--out", str(tmp_path)],
