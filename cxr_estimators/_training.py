@@ -34,18 +34,22 @@ class _Net(NeuralNetClassifier):
             return self.module_(x, **fit_params).float()
 
 
+def _mps_available():
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def _resolve_device(device):
     if device != "auto":
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' but no CUDA GPU is available; use device='auto'")
-        mps = getattr(torch.backends, "mps", None)
-        if device == "mps" and not (mps is not None and mps.is_available()):
+        if device == "mps" and not _mps_available():
             raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
                              "device='auto'")
         return device
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
 
