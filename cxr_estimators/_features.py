@@ -19,6 +19,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from . import _feed
+
 __all__ = ["trunk_digest", "trunk_features", "clear_cache", "cache_info"]
 
 _MAX_ENTRIES = 8
@@ -30,7 +32,8 @@ def _digest(X):
     if hasattr(X, "fingerprint"):  # a lazy ImageDataset: paths + mtimes + loader params
         return X.fingerprint()
     h = hashlib.blake2b(digest_size=16)
-    h.update(str((X.shape, X.dtype.str)).encode())
+    # compact images: the normalisation the model applies is part of what they mean
+    h.update(str((X.shape, X.dtype.str, getattr(X, "normalization", None))).encode())
     h.update(memoryview(np.ascontiguousarray(X)).cast("B"))
     return h.hexdigest()
 
@@ -43,8 +46,8 @@ def compute_features(trunk_forward, X, device, batch_size, amp=False):
     out = []
     if isinstance(X, torch.utils.data.Dataset):
         batches = torch.utils.data.DataLoader(X, batch_size=batch_size)
-    else:
-        batches = (X[start:start + batch_size] for start in range(0, len(X), batch_size))
+    else:  # in memory: gathered batches, pinned and prefetched on CUDA
+        batches = _feed.device_batches(X, batch_size, device)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         for xb in batches:
             xb = torch.as_tensor(xb).to(device)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from skorch import NeuralNetClassifier
+from skorch.callbacks import ProgressBar
+from skorch.dataset import get_len
 
 class _Net(NeuralNetClassifier):
     """skorch net whose forward pass may run under bf16 autocast with channels_last input."""
@@ -32,6 +34,35 @@ class _Net(NeuralNetClassifier):
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             return self.module_(x, **fit_params).float()
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """skorch's epoch, but the batch losses stay on the device until the epoch ends.
+
+        skorch records ``loss.item()`` after every step, which makes the host wait for
+        the GPU each batch. Here each batch's history entry holds the detached 0-d loss
+        tensor while the epoch runs (a callback reading it mid-epoch still gets a number
+        it can format or compare) and the floats are written in one transfer at the end,
+        before the epoch's callbacks average them. With a progress bar, which shows every
+        batch's loss, skorch's per-batch ``item()`` is kept."""
+        if iterator is None:
+            return
+        if any(isinstance(cb, ProgressBar) for _, cb in self.callbacks_):
+            return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        key = prefix + "_loss"
+        losses = []
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            losses.append(step["loss"].detach())
+            self.history.record_batch(key, losses[-1])
+            self.history.record_batch(prefix + "_batch_size", get_len(
+                batch[0] if isinstance(batch, (tuple, list)) else batch))
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+        if losses:
+            values = torch.stack(losses).float().cpu().tolist()
+            for entry, value in zip(self.history[-1]["batches"][-len(losses):], values):
+                entry[key] = value
+        self.history.record(prefix + "_batch_count", len(losses))
 
 
 def _mps_available():

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 import torchvision
 
+from .preprocessing import InputNormalization
+
 __all__ = [
     "CXRNet",
     "SimpleCNN",
@@ -92,11 +94,16 @@ class CXRNet(nn.Module):
         repeated to three channels, so ImageNet first-layer weights are used unchanged.
     augment : nn.Module or None
         Applied to the input only in training mode (see :mod:`cxr_estimators.augment`).
+    input_norm : nn.Module or None
+        The first step: a :class:`~cxr_estimators.preprocessing.InputNormalization` turns
+        uint8/uint16 images into normalised float ones on the model's device (float input
+        passes unchanged); before the channel repeat and the augmentation.
     """
 
     def __init__(self, trunk, n_features, n_classes, neurons=128, dropout=0.5, in_channels=3,
-                 augment=None):
+                 augment=None, input_norm=None):
         super().__init__()
+        self.input_norm = input_norm
         self.trunk = trunk
         self.in_channels = in_channels
         self.n_features = n_features
@@ -111,6 +118,8 @@ class CXRNet(nn.Module):
     def forward_features(self, x):
         if x.ndim == 3:
             x = x.unsqueeze(1)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         if x.shape[1] == 1 and self.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
         if self.training and self.augment is not None:
@@ -304,15 +313,22 @@ def apply_freeze(trunk, freeze):
 
 
 def build_model(backbone, n_classes, *, weights=None, in_channels=3, neurons=128,
-                dropout=0.5, freeze=False, augment=None):
-    """Build a :class:`CXRNet` for ``n_classes`` outputs. See :class:`CXRClassifier`."""
+                dropout=0.5, freeze=False, augment=None, normalization=None):
+    """Build a :class:`CXRNet` for ``n_classes`` outputs. See :class:`CXRClassifier`.
+
+    ``normalization``: ``(mean, std)`` (one value per input channel) that the model
+    applies to uint8/uint16 input (:class:`~cxr_estimators.preprocessing.CompactImages`);
+    None: mean 0, std 1. The model always has this ``input_norm`` step, so its
+    ``state_dict`` keys do not depend on the input type."""
     trunk, n_features, trunk_channels, _ = build_trunk(backbone, weights, in_channels)
     if in_channels not in (1, trunk_channels):
         raise ValueError(
             f"X has {in_channels} channels but backbone {backbone!r} takes {trunk_channels}"
         )
     apply_freeze(trunk, freeze)
-    return CXRNet(trunk, n_features, n_classes, neurons, dropout, trunk_channels, augment)
+    mean, std = normalization or ([0.0] * in_channels, [1.0] * in_channels)
+    return CXRNet(trunk, n_features, n_classes, neurons, dropout, trunk_channels, augment,
+                  InputNormalization(mean, std))
 
 
 def find_last_conv(module):

@@ -6,7 +6,8 @@ checkpointing, progress bar and history; this module composes a
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
 (bf16 autocast on CUDA, grouped validation split, seeding) is in
-:mod:`cxr_estimators._training`.
+:mod:`cxr_estimators._training`, the batch-gathered input and the device-resident
+training set in :mod:`cxr_estimators._feed`.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from skorch.dataset import ValidSplit
 from skorch.utils import noop
 from torch import nn
 
-from . import _features
+from . import _feed, _features
 from ._training import (
     _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
     _seed_everything,
 )
 from .augment import make_augmenter
 from .backbones import build_model
+from .preprocessing import CompactImages
 
 __all__ = ["CXRClassifier"]
 
@@ -42,6 +44,10 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": 
 
 
 def _image_shape(X):
+    """(C, H, W) of the model input; C counts the channels a gray CompactImages is
+    repeated to."""
+    if isinstance(X, CompactImages):
+        return (X.channels, *X.shape[2:])
     return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
 
 
@@ -51,8 +57,12 @@ def _as_images(X):
     2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
     estimator checks can run); (n, H, W) as single-channel images. A
     ``torch.utils.data.Dataset`` of ``(C, H, W)`` tensors (e.g. ``ImageLoader(lazy=True)``
-    output) is used lazily: images are produced batch by batch.
+    output) is used lazily: images are produced batch by batch. A
+    :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 with its
+    normalisation) is kept as it is: the model normalises it on its device.
     """
+    if isinstance(X, CompactImages) and X.normalization is not None:
+        return CompactImages(X, *X.normalization)  # checks the shape; no copy if contiguous
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
             raise ValueError("X is an empty dataset")
@@ -136,8 +146,17 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
         (T4, V100) train in float32, as do CPU and MPS.
     num_workers : int, default=0
-        DataLoader worker processes (useful with lazily decoded images,
-        ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
+        DataLoader worker processes for lazily decoded images (``ImageLoader(lazy=True)``);
+        batches are pinned in memory on CUDA. In-memory arrays are gathered batch by batch
+        in the main process (one indexing operation per batch; on CUDA into pinned staging
+        buffers, copied asynchronously while the previous batch computes).
+    data_device : {"auto", "cpu", "cuda"}, default="auto"
+        Where an in-memory training set lives during fit. "cuda": copied to the GPU once,
+        batches gathered there (a ValueError if the fit is not on CUDA or the data take
+        more than half the free GPU memory). "auto": "cuda" when the fit runs on CUDA and
+        the data fit, else host memory (with ``verbose``, one line says why). "cpu": host
+        memory. Lazy datasets are always read from the host. Pass uint8 images
+        (``ImageLoader(dtype="uint8")``) to fit 4x more images.
     random_state : int or None, default=None
         Seeds torch (weight init, dropout, augmentation), the data order and the
         validation split; same seed → same model on CPU.
@@ -147,6 +166,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+    input_normalization_ : (tuple, tuple) or None
+        ``(mean, std)`` of the :class:`~cxr_estimators.preprocessing.CompactImages` seen in
+        fit, which the model applies to uint8/uint16 input (buffers of its ``input_norm``
+        step); None when fitted on float images. Predicting on compact images with another
+        normalisation is an error.
+    data_device_ : str
+        Where the training set lived during fit ("cpu" or "cuda").
     n_features_in_ : int
         Number of values per image (C·H·W); images at predict time must have the same shape.
     image_shape_ : tuple
@@ -191,6 +217,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "cache": ["boolean", str, os.PathLike, None],
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+        "data_device": [StrOptions({"auto", "cpu", "cuda"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -199,7 +226,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
                  class_weight=None, augment=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, random_state=None, verbose=0):
+                 device="auto", num_workers=0, data_device="auto", random_state=None,
+                 verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -219,6 +247,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.cache = cache
         self.device = device
         self.num_workers = num_workers
+        self.data_device = data_device
         self.random_state = random_state
         self.verbose = verbose
 
@@ -322,6 +351,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             train_split=train_split,
             callbacks=self._callbacks(train_split is not None),
             classes=np.arange(len(self.classes_)),
+            # in-memory arrays: batch-gathered (_feed); datasets: a DataLoader with workers
+            dataset=_feed.ArrayDataset,
+            iterator_train=_feed.make_iterator,
+            iterator_valid=_feed.make_iterator,
+            iterator_train__device=device,
+            iterator_valid__device=device,
             iterator_train__shuffle=True,
             iterator_train__generator=torch.Generator().manual_seed(self._seed)
             if self._seed is not None else None,
@@ -367,6 +402,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                                  f"{len(y_enc)} labels")
         self.image_shape_ = _image_shape(X)
         self.n_features_in_ = int(np.prod(self.image_shape_))
+        self.input_normalization_ = getattr(X, "normalization", None)
         self._seed = _seed_everything(self.random_state)
         self.device_ = _resolve_device(self.device)
         amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
@@ -374,7 +410,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             self.backbone, len(self.classes_), weights=self.weights,
             in_channels=self.image_shape_[0],
             neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=make_augmenter(self.augment),
+            augment=make_augmenter(self.augment), normalization=self.input_normalization_,
         )
         if amp:
             module = module.to(memory_format=torch.channels_last)
@@ -385,17 +421,30 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
             features = self._cached_features(module, X, amp)
             self.net_ = self._make_net(module.head, y_enc, self.device_, amp, groups)
-            self.net_.fit(np.array(features), y_enc)
+            self.net_.fit(self._place(np.array(features), y_enc), y_enc)
             # The head was trained in place; serve predictions with the whole model.
             self.net_.module_ = module.to(self.device_)
             self.net_.module = module
         else:
             self.net_ = self._make_net(module, y_enc, self.device_, amp, groups)
-            self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
-                          else X, y_enc)
+            self.net_.fit(self._place(X, y_enc), y_enc)
         self.net_.module_.eval()
         _drop_training_state(self.net_)
         return self
+
+    def _place(self, X, y_enc):
+        """The training data as the net's dataset, on the host or the GPU (``data_device``)."""
+        if isinstance(X, torch.utils.data.Dataset):
+            if self.data_device == "cuda":
+                raise ValueError("data_device='cuda' keeps an in-memory training set on the "
+                                 "GPU, but X is a lazy dataset (decoded batch by batch); use "
+                                 "data_device='auto' or 'cpu', or ImageLoader(lazy=False)")
+            self.data_device_ = "cpu"
+            return _Labelled(X, y_enc)
+        dataset, self.data_device_, why = _feed.place(X, y_enc, self.data_device, self.device_)
+        if why and self.verbose:
+            print(why)
+        return dataset
 
     @property
     def module_(self):
@@ -414,7 +463,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self, "net_")
+        kind = getattr(getattr(X, "dtype", None), "kind", None)
         X = _as_images(X)
+        X = self._match_normalization(X, kind)
         shape = _image_shape(X)
         if shape != self.image_shape_:
             raise ValueError(
@@ -423,6 +474,27 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 f"{shape} vs {self.image_shape_} seen in fit)"
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
+
+    def _match_normalization(self, X, kind):
+        """Compact X for a model fitted on float images is normalised on the host; compact
+        X normalised otherwise than in fit, or bare integers for a model fitted on compact
+        images, are errors."""
+        given = getattr(X, "normalization", None)
+        fitted = getattr(self, "input_normalization_", None)
+        if given is not None and fitted is None:
+            return X.to_float32()
+        if given is not None and tuple(map(tuple, given)) != tuple(map(tuple, fitted)):
+            raise ValueError(
+                f"X is compact images normalised with (mean, std) = {given}, but "
+                f"{type(self).__name__} was fitted on images normalised with {fitted}; "
+                "transform X with the ImageLoader used in fit")
+        if given is None and fitted is not None and kind in ("u", "i"):
+            raise ValueError(
+                f"{type(self).__name__} was fitted on compact images (uint8/uint16 with "
+                f"normalisation (mean, std) = {fitted}), but X is a plain integer array "
+                "without its normalisation; transform X with the ImageLoader used in fit, "
+                "or wrap it: CompactImages(X, *clf.input_normalization_)")
+        return X
 
     def _cached_features(self, module, X, amp):
         return _features.trunk_features(
