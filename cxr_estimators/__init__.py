@@ -1,13 +1,14 @@
 """cxr_estimators: scikit-learn classifiers for chest X-rays over torchvision backbones.
 
-Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
+Public API: :class:`CXRClassifier`, :class:`ImageLoader` (and the :class:`CompactImages`
+it returns with ``dtype="uint8"``), and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
 ``backbones``, ``augment`` and ``io``.
 """
 
 from . import audit, augment, backbones, datasets, evaluation, explain, io, metrics, plotting
 from .classifier import CXRClassifier
-from .preprocessing import ImageDataset, ImageLoader
+from .preprocessing import CompactImages, ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "CXRClassifier",
     "ImageLoader",
     "ImageDataset",
+    "CompactImages",
     "audit",
     "augment",
     "backbones",

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 __all__ = ["ArrayDataset", "BatchFeed", "RESIDENT_FRACTION", "choose_data_device",
-           "device_batches", "make_iterator", "place"]
+           "device_batches", "make_iterator", "match_normalization", "place"]
 
 #: ``data_device="auto"`` keeps the training set on the GPU when it takes at most this
 #: share of the GPU's free memory at the start of fit (the rest is for the model,
@@ -181,15 +181,24 @@ class BatchFeed:
             yield self.data.batch(order[start:start + len(idx)])
             start += len(idx)
 
+    def staged(self, pin_memory=True):
+        """The host half of the CUDA path: batch k gathered into staging buffer k % 2
+        (pinned with ``pin_memory``); yields ``(slot, x, y)``, views valid until the
+        slot is filled again, two batches later."""
+        if self._slots is None or self._slots[0].x.is_pinned() != pin_memory:
+            self._slots = [_StagingSlot(self.data, self.batch_size, pin_memory)
+                           for _ in range(2)]
+        for k, idx in enumerate(self._rows()):
+            slot = self._slots[k % 2]
+            yield (slot, *slot.gather(idx))
+
     def _staged(self):
-        """Host data to CUDA: gather into pinned slot k % 2, copy on a side stream, hand
-        batch k over (the compute stream waits for its copy) once k + 1 is on its way."""
-        if self._slots is None:
-            self._slots = [_PinnedSlot(self.data, self.batch_size) for _ in range(2)]
+        """Host data to CUDA: staged, copied on a side stream, batch k handed over (the
+        compute stream waits for its copy) once batch k + 1 is on its way."""
         stream = torch.cuda.Stream(self.device)
         pending = None
-        for k, idx in enumerate(self._rows()):
-            ready = self._slots[k % 2].fill(idx, self.device, stream)
+        for slot, x, y in self.staged():
+            ready = slot.copy(x, y, self.device, stream)
             if pending is not None:
                 yield _hand_over(*pending)
             pending = ready
@@ -197,29 +206,33 @@ class BatchFeed:
             yield _hand_over(*pending)
 
 
-class _PinnedSlot:
-    """One pinned staging buffer for images (and labels) and the event of its last copy."""
+class _StagingSlot:
+    """A staging buffer for one batch of images (and labels), and the event of the copy
+    that last read it."""
 
-    def __init__(self, data, batch_size):
-        X = data.X
-        dtype = torch.from_numpy(X[:0]).dtype
-        self.x = torch.empty((batch_size, *X.shape[1:]), dtype=dtype, pin_memory=True)
-        self.x_np = self.x.numpy()
-        self.y = None if data.y is None else torch.empty(
-            batch_size, dtype=torch.from_numpy(data.y[:0]).dtype, pin_memory=True)
+    def __init__(self, data, batch_size, pin_memory=True):
+        X, y = data.X, data.y
+        self.x = torch.empty((batch_size, *X.shape[1:]), dtype=torch.from_numpy(X[:0]).dtype,
+                             pin_memory=pin_memory)
+        self.y = None if y is None else torch.empty(
+            batch_size, dtype=torch.from_numpy(y[:0]).dtype, pin_memory=pin_memory)
         self.data = data
         self.copied = None
 
-    def fill(self, idx, device, stream):
+    def gather(self, idx):
         if self.copied is not None:
             self.copied.synchronize()  # the copy that last read this buffer is done
         m = len(idx)
-        np.take(self.data.X, idx, axis=0, out=self.x_np[:m], mode="clip")
-        if self.y is not None:
-            np.take(self.data.y, idx, out=self.y.numpy()[:m], mode="clip")
+        np.take(self.data.X, idx, axis=0, out=self.x.numpy()[:m], mode="clip")
+        if self.y is None:
+            return self.x[:m], None
+        np.take(self.data.y, idx, out=self.y.numpy()[:m], mode="clip")
+        return self.x[:m], self.y[:m]
+
+    def copy(self, x, y, device, stream):
         with torch.cuda.stream(stream):
-            x = self.x[:m].to(device, non_blocking=True)
-            y = None if self.y is None else self.y[:m].to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True)
+            y = None if y is None else y.to(device, non_blocking=True)
             self.copied = stream.record_event()
         return x, y, self.copied
 
@@ -274,7 +287,14 @@ def choose_data_device(data_device, device, nbytes, free_bytes=None,
 
 def place(X, y, data_device, device, free_bytes=None):
     """The training set as an :class:`ArrayDataset` where :func:`choose_data_device`
-    says, copied to the GPU once if there; returns ``(dataset, where, why)``."""
+    says, copied to the GPU once if there; returns ``(dataset, where, why)``. A torch
+    ``Dataset`` (lazy images) is returned as it is: it is read from the host."""
+    if isinstance(X, torch.utils.data.Dataset):
+        if data_device == "cuda":
+            raise ValueError("data_device='cuda' keeps an in-memory training set on the GPU, "
+                             "but X is a lazy dataset (decoded batch by batch); use "
+                             "data_device='auto' or 'cpu', or ImageLoader(lazy=False)")
+        return X, "cpu", None
     dataset = ArrayDataset(X, y)
     X = dataset.X
     nbytes = X.nbytes if isinstance(X, np.ndarray) else X.numel() * X.element_size()
@@ -283,3 +303,28 @@ def place(X, y, data_device, device, free_bytes=None):
         dataset.X = torch.as_tensor(X).to(device)
         dataset.y = torch.as_tensor(dataset.y).to(device)
     return dataset, where, why
+
+
+def match_normalization(X, kind, fitted, name="CXRClassifier"):
+    """Predict-time input ``X`` (after validation) for a model fitted on images with
+    normalisation ``fitted`` (None: float images); ``kind`` is the dtype kind X came with.
+
+    Compact X for a model fitted on float images is normalised on the host; compact X
+    normalised otherwise than in fit, or bare integers for a model fitted on compact
+    images, are errors. Float X is taken as normalised, as always."""
+    given = getattr(X, "normalization", None)
+    if given is not None and fitted is None:
+        return X.to_float32()
+    if given is not None and tuple(map(tuple, given)) != tuple(map(tuple, fitted)):
+        raise ValueError(
+            f"X is compact images normalised with (mean, std) = {given}, but {name} was "
+            f"fitted on images normalised with {fitted}; transform X with the ImageLoader "
+            "used in fit")
+    if given is None and fitted is not None and kind in ("u", "i"):
+        raise ValueError(
+            f"{name} was fitted on compact images (uint8/uint16 with normalisation "
+            f"(mean, std) = {fitted}), but X is a plain integer array without its "
+            "normalisation; transform X with the ImageLoader used in fit, or wrap it: "
+            "CompactImages(X, *clf.input_normalization_)")
+    return X
+

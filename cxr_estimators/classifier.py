@@ -379,6 +379,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
+            Normalised float images, or
+            :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 from
+            ``ImageLoader(dtype="uint8")``), normalised inside the model.
         y : array-like of shape (n,)
         groups : array-like of shape (n,), default=None
             Patient ids. The internal validation split (early stopping, LR schedule,
@@ -434,17 +437,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def _place(self, X, y_enc):
         """The training data as the net's dataset, on the host or the GPU (``data_device``)."""
-        if isinstance(X, torch.utils.data.Dataset):
-            if self.data_device == "cuda":
-                raise ValueError("data_device='cuda' keeps an in-memory training set on the "
-                                 "GPU, but X is a lazy dataset (decoded batch by batch); use "
-                                 "data_device='auto' or 'cpu', or ImageLoader(lazy=False)")
-            self.data_device_ = "cpu"
-            return _Labelled(X, y_enc)
         dataset, self.data_device_, why = _feed.place(X, y_enc, self.data_device, self.device_)
         if why and self.verbose:
             print(why)
-        return dataset
+        return _Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset) else dataset
 
     @property
     def module_(self):
@@ -465,7 +461,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         kind = getattr(getattr(X, "dtype", None), "kind", None)
         X = _as_images(X)
-        X = self._match_normalization(X, kind)
+        X = _feed.match_normalization(X, kind, getattr(self, "input_normalization_", None),
+                                      type(self).__name__)
         shape = _image_shape(X)
         if shape != self.image_shape_:
             raise ValueError(
@@ -474,27 +471,6 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 f"{shape} vs {self.image_shape_} seen in fit)"
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
-
-    def _match_normalization(self, X, kind):
-        """Compact X for a model fitted on float images is normalised on the host; compact
-        X normalised otherwise than in fit, or bare integers for a model fitted on compact
-        images, are errors."""
-        given = getattr(X, "normalization", None)
-        fitted = getattr(self, "input_normalization_", None)
-        if given is not None and fitted is None:
-            return X.to_float32()
-        if given is not None and tuple(map(tuple, given)) != tuple(map(tuple, fitted)):
-            raise ValueError(
-                f"X is compact images normalised with (mean, std) = {given}, but "
-                f"{type(self).__name__} was fitted on images normalised with {fitted}; "
-                "transform X with the ImageLoader used in fit")
-        if given is None and fitted is not None and kind in ("u", "i"):
-            raise ValueError(
-                f"{type(self).__name__} was fitted on compact images (uint8/uint16 with "
-                f"normalisation (mean, std) = {fitted}), but X is a plain integer array "
-                "without its normalisation; transform X with the ImageLoader used in fit, "
-                "or wrap it: CompactImages(X, *clf.input_normalization_)")
-        return X
 
     def _cached_features(self, module, X, amp):
         return _features.trunk_features(

@@ -238,6 +238,10 @@ class ImageLoader(TransformerMixin, BaseEstimator):
     >>> from cxr_estimators import ImageLoader
     >>> ImageLoader(size=32, channels=1).fit_transform(np.zeros((2, 28, 28), np.uint8)).shape
     (2, 1, 32, 32)
+    >>> compact = ImageLoader(size=32, channels=3, dtype="uint8").fit_transform(
+    ...     np.zeros((2, 28, 28), np.uint8))
+    >>> compact.dtype, compact.shape, compact.channels  # gray: stored once, used as RGB
+    (dtype('uint8'), (2, 1, 32, 32), 3)
     """
 
     _parameter_constraints = {
@@ -434,6 +438,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __array__(self, dtype=None, copy=None):
         arr = np.asarray(self._stack())
+        if arr.shape[1] < self.loader.channels:  # as the items: gray repeated
+            arr = np.repeat(arr, self.loader.channels, axis=1)
         return arr if dtype is None else arr.astype(dtype)
 
     def fingerprint(self):
