@@ -29,9 +29,11 @@ from skorch.utils import noop
 from torch import nn
 
 from . import _features
+from . import distributed
 from ._training import (
-    _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
-    _seed_everything,
+    _bf16_supported, _check_sample_weight, _drop_training_state, _FitRandomness,
+    _fit_seed, _GroupedValidSplit, _Labelled, _Net, _resolve_device, _training_data,
+    _user_callbacks,
 )
 from .augment import make_augmenter
 from .backbones import build_model
@@ -131,18 +133,33 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
-    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
-        channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
-        (T4, V100) train in float32, as do CPU and MPS.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
+        "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
+        ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
+        distributed launcher (torchrun) sets ``LOCAL_RANK`` — so one Dask worker or
+        rank per GPU needs no code (docs/scale_out.md). "cuda:N" picks GPU N. On CUDA,
+        bf16 mixed precision and channels_last are used when the GPU supports bf16
+        (Ampere and newer); older GPUs (T4, V100) train in float32, as do CPU and MPS.
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
-    random_state : int or None, default=None
-        Seeds torch (weight init, dropout, augmentation), the data order and the
-        validation split; same seed → same model on CPU.
+    random_state : int, RandomState or None, default=None
+        Seeds weight init, dropout, augmentation, the data order and the validation
+        split; same seed → same model on CPU, also for fits running in parallel threads.
+        Each fit draws from its own random stream: torch's global RNG is left as the
+        caller had it (see ``_training._FitRandomness`` for the lock this needs).
     verbose : int, default=0
         0 silent, 1 epoch table, 2 epoch table and progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks (a logger such as ``skorch.callbacks.TensorBoard``, an
+        ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
+        fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
+        as a writer, cannot be deep-copied), so the given objects are never changed. A
+        name that one of ours already has is an error.
+    warm_start : bool, default=False
+        True: a second ``fit`` starts from the fitted weights (with a new optimizer)
+        instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
+        the image shape must be those of the first fit.
 
     Attributes
     ----------
@@ -189,17 +206,20 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "augment": ["boolean", dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
-        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "device": [str],  # "cuda:N" too: checked in _training._resolve_device
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [list, None],
+        "warm_start": ["boolean"],
     }
 
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
                  class_weight=None, augment=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, random_state=None, verbose=0):
+                 device="auto", num_workers=0, random_state=None, verbose=0,
+                 callbacks=None, warm_start=False):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -221,9 +241,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit helpers
-    def _encode_targets(self, y):
+    def _encode_targets(self, y):  # -> (classes, y encoded as 0..n_classes-1)
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None"
@@ -285,6 +307,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         # predictions skorch already made: no extra forward pass
         callbacks = [("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
                                                 lower_is_better=False))]
+        if distributed.is_active():  # before anything that reads the epoch's scores
+            callbacks.append(("sync_ranks", distributed.SyncEpochScores()))
         if self.early_stopping is not None:
             callbacks.append(("early_stopping", EarlyStopping(
                 monitor=monitor, patience=self.early_stopping, load_best=True, threshold=0,
@@ -295,20 +319,22 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(("lr_schedule", LRScheduler(
                 policy=torch.optim.lr_scheduler.ReduceLROnPlateau, monitor=monitor, **kwargs
             )))
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and distributed.is_main_process():
             callbacks.append(("checkpoint", Checkpoint(
                 monitor=f"{monitor}_best", dirname=str(self.checkpoint_dir)
             )))
         if self.verbose and self.verbose > 1:
             callbacks.append(("progress", ProgressBar()))
-        return callbacks
+        return callbacks + _user_callbacks(self.callbacks, [name for name, _ in callbacks])
 
-    def _make_net(self, module, y_enc, device, amp, groups=None):
+    def _make_net(self, module, y_enc, device, amp, rng, groups=None, weighted=False):
         weights = self._class_weights(y_enc)
         train_split = self._train_split(y_enc, groups)
         kwargs = {}
         if weights is not None:
             kwargs["criterion__weight"] = weights
+        if weighted:  # per-image losses, weighted in _Net.get_loss
+            kwargs["criterion__reduction"] = "none"
         if not self.verbose:
             kwargs["callbacks__print_log"] = None
         net = _Net(
@@ -323,28 +349,34 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             callbacks=self._callbacks(train_split is not None),
             classes=np.arange(len(self.classes_)),
             iterator_train__shuffle=True,
-            iterator_train__generator=torch.Generator().manual_seed(self._seed)
-            if self._seed is not None else None,
+            iterator_train__generator=rng.generator(),
             iterator_train__num_workers=self.num_workers,
             iterator_valid__num_workers=self.num_workers,
-            iterator_train__pin_memory=device == "cuda",
-            iterator_valid__pin_memory=device == "cuda",
+            iterator_train__pin_memory=device.startswith("cuda"),
+            iterator_valid__pin_memory=device.startswith("cuda"),
             device=device,
             amp=amp,
             channels_last=amp,
             verbose=int(bool(self.verbose)),
             **kwargs,
         )
+        net.fit_rng_ = rng
+        distributed.begin_fit(net, rng.seed)
         return net
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, groups=None):
+    def fit(self, X, y, sample_weight=None, *, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
 
         Parameters
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
         y : array-like of shape (n,)
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each image's loss, in training and in the internal
+            validation loss (each batch's loss is the weighted mean of its images'
+            losses, times their class weights if any). Under metadata routing request
+            it with ``set_fit_request(sample_weight=True)``.
         groups : array-like of shape (n,), default=None
             Patient ids. The internal validation split (early stopping, LR schedule,
             checkpoint) then keeps each patient on one side, like the outer CV should.
@@ -356,7 +388,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self : CXRClassifier
         """
         self._validate_params()
-        self.classes_, y_enc = self._encode_targets(y)
+        classes, y_enc = self._encode_targets(y)
         X = _as_images(X)
         if len(X) != len(y_enc):
             raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
@@ -365,37 +397,73 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             if len(groups) != len(y_enc):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
+        sample_weight = _check_sample_weight(sample_weight, len(y_enc))
+        previous = self._warm_start_module(classes, _image_shape(X))
+        distributed.check_same_data(len(y_enc), classes)
+        self.classes_ = classes
         self.image_shape_ = _image_shape(X)
         self.n_features_in_ = int(np.prod(self.image_shape_))
-        self._seed = _seed_everything(self.random_state)
         self.device_ = _resolve_device(self.device)
-        amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
-        module = build_model(
-            self.backbone, len(self.classes_), weights=self.weights,
-            in_channels=self.image_shape_[0],
-            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=make_augmenter(self.augment),
-        )
+        self._seed = distributed.same_on_all_ranks(_fit_seed(self.random_state))
+        rng = _FitRandomness(self._seed, self.device_)
+        amp = _bf16_supported(self.device_)
+        with rng.global_stream():  # weight init draws from this fit's stream
+            module = build_model(
+                self.backbone, len(self.classes_),
+                weights=self.weights if previous is None else None,
+                in_channels=self.image_shape_[0],
+                neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
+                augment=make_augmenter(self.augment),
+            )
+        if previous is not None:
+            self._load_previous(module, previous)
+        if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
+            rng.reseed(distributed.rank())
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
         self._uses_cache = use_cache
+        weighted = sample_weight is not None
         if use_cache:
             self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
             features = self._cached_features(module, X, amp)
-            self.net_ = self._make_net(module.head, y_enc, self.device_, amp, groups)
-            self.net_.fit(np.array(features), y_enc)
+            self.net_ = self._make_net(module.head, y_enc, self.device_, amp, rng, groups,
+                                       weighted)
+            self.net_.fit(_training_data(np.array(features), y_enc, sample_weight), y_enc)
             # The head was trained in place; serve predictions with the whole model.
             self.net_.module_ = module.to(self.device_)
             self.net_.module = module
         else:
-            self.net_ = self._make_net(module, y_enc, self.device_, amp, groups)
-            self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
-                          else X, y_enc)
+            self.net_ = self._make_net(module, y_enc, self.device_, amp, rng, groups,
+                                       weighted)
+            self.net_.fit(_training_data(X, y_enc, sample_weight), y_enc)
+        distributed.finish_fit(self.net_)
         self.net_.module_.eval()
         _drop_training_state(self.net_)
         return self
+
+    def _warm_start_module(self, classes, image_shape):
+        """The fitted module to continue from (``warm_start=True``), or None."""
+        if not (self.warm_start and hasattr(self, "net_")):
+            return None
+        if not np.array_equal(classes, self.classes_):
+            raise ValueError(f"warm_start=True: y has classes {classes.tolist()} but the "
+                             f"fitted model has {self.classes_.tolist()}; fit a new model "
+                             "(warm_start=False) to change the classes")
+        if tuple(image_shape) != tuple(self.image_shape_):
+            raise ValueError(f"warm_start=True: X has images of shape {tuple(image_shape)}"
+                             f" but the fitted model was trained on {self.image_shape_}")
+        return self.net_.module_
+
+    def _load_previous(self, module, previous):
+        try:
+            module.load_state_dict(previous.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(
+                "warm_start=True: the fitted model's weights do not fit the model these "
+                f"parameters build (backbone={self.backbone!r}, neurons={self.neurons}); "
+                f"{str(exc).splitlines()[0]}") from None
 
     @property
     def module_(self):
