@@ -350,6 +350,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             classes=np.arange(len(self.classes_)),
             iterator_train__shuffle=True,
             iterator_train__generator=rng.generator(),
+            # a DataLoader without a generator draws its base seed from torch's global RNG
+            iterator_valid__generator=rng.generator(1),
             iterator_train__num_workers=self.num_workers,
             iterator_valid__num_workers=self.num_workers,
             iterator_train__pin_memory=device.startswith("cuda"),

@@ -20,6 +20,8 @@ from sklearn.metrics import (
     f1_score, get_scorer, make_scorer, multilabel_confusion_matrix,
     recall_score, roc_auc_score,
 )
+from sklearn.utils._metadata_requests import MetadataRequest, _MetadataRequester
+from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
 from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
@@ -173,13 +175,39 @@ def _ratio(num, den, zero_division, metric, cases):
 
 
 # ------------------------------------------------------------------------------- scorers
-class _ClinicalScorer:
-    """Scorer ``f(estimator, X, y)`` that builds the binary or multiclass sklearn scorer
-    from ``estimator.classes_`` at call time, so one dict serves both problems."""
+class _ClinicalScorer(_MetadataRequester):
+    """Scorer ``f(estimator, X, y, sample_weight=None)`` that builds the binary or
+    multiclass sklearn scorer from ``estimator.classes_`` at call time, so one dict serves
+    both problems. Under metadata routing, ``set_score_request(sample_weight=True)``
+    asks for the weights, as sklearn's own scorers do."""
 
     def __init__(self, name, pos_label=None):
         self.name = name
         self.pos_label = pos_label
+        self._metadata_request = MetadataRequest(owner=self)
+
+    def set_score_request(self, *, sample_weight=None):
+        """Request ``sample_weight`` for scoring (sklearn metadata routing).
+
+        Parameters
+        ----------
+        sample_weight : bool, str or None
+            True: pass ``sample_weight`` to this scorer; False: do not; a str: pass the
+            metadata of that name as ``sample_weight``; None: error if it is given.
+
+        Returns
+        -------
+        self
+        """
+        if not _routing_enabled():
+            raise RuntimeError("set_score_request is only available when metadata routing "
+                               "is enabled: sklearn.set_config(enable_metadata_routing=True)")
+        self._metadata_request = MetadataRequest(owner=self)
+        self._metadata_request.score.add_request(param="sample_weight", alias=sample_weight)
+        return self
+
+    def _get_metadata_request(self):
+        return self._metadata_request
 
     def __repr__(self):
         return f"clinical_scorers(pos_label={self.pos_label!r})[{self.name!r}]"
@@ -187,6 +215,8 @@ class _ClinicalScorer:
     def __getattr__(self, name):
         # sklearn's TunedThresholdClassifierCV reads a fixed scorer's private metric
         # function; this scorer only picks its metric at call time.
+        if name == "_metadata_request":  # not yet set while unpickling
+            raise AttributeError(name)
         if name in ("_score_func", "_sign", "_kwargs", "_response_method"):
             raise AttributeError(
                 f"{self!r} chooses its sklearn scorer from estimator.classes_ at call time "
