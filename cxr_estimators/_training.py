@@ -197,7 +197,7 @@ def _check_sample_weight(sample_weight, n):
             raise ValueError(f"sample_weight[{i}] = {w[i]!r} is {what}; sample weights "
                              "must be finite and >= 0")
     if not w.any():
-        raise ValueError(f"sample_weight is 0 for all {n} images; nothing to train on")
+        raise ValueError(f"sample_weight is zero for all {n} images; nothing to train on")
     if np.all(w == w[0]):
         return None
     return w.astype(np.float32)

@@ -213,7 +213,7 @@ def test_weights_change_the_model_lazy_and_cached_alike(toy_binary, small_clf_pa
     (np.r_[np.ones(5), -0.5, np.ones(42)], r"sample_weight\[5\] = .*-0.5.* is negative"),
     (np.r_[np.ones(7), np.nan, np.ones(40)], r"sample_weight\[7\] = .*nan.* is not finite"),
     (np.r_[np.ones(2), np.inf, np.ones(45)], r"sample_weight\[2\] = .*inf.* is not finite"),
-    (np.zeros(48), r"sample_weight is 0 for all 48 images"),
+    (np.zeros(48), r"sample_weight is zero for all 48 images"),
     (["a"] * 48, r"sample_weight must be numbers"),
 ])
 def test_bad_sample_weight(toy_binary, small_clf_params, weights, message):
