@@ -23,16 +23,19 @@ from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
-from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
+from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring, ProgressBar
 from skorch.dataset import ValidSplit
 from skorch.utils import noop
 from torch import nn
 
 from . import _features
+from ._averaging import WeightAveraging, check_average_weights
+from ._schedules import check_lr_schedule, make_lr_scheduler
 from ._training import (
     _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
     _seed_everything,
 )
+from ._tta import check_tta, tta_context
 from .augment import make_augmenter
 from .backbones import build_model
 
@@ -113,10 +116,26 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     early_stopping : int or None, default=5
         Patience in epochs on the validation loss (train loss without validation); the
         weights of the best epoch are restored at the end. None disables it.
-    lr_schedule : None, "plateau" or dict, default=None
-        Reduce-on-plateau schedule on the monitored loss; a dict gives
-        ``torch.optim.lr_scheduler.ReduceLROnPlateau`` arguments (e.g. ``{"patience": 2,
-        "factor": 0.5}``).
+    lr_schedule : None, {"plateau", "cosine", "onecycle"} or dict, default=None
+        "plateau": reduce-on-plateau on the monitored loss, every epoch; "cosine": cosine
+        decay from ``lr`` to 0 over ``max_epochs``, per batch; "onecycle": torch's
+        ``OneCycleLR`` peaking at ``lr``, per batch. A dict names the schedule under
+        ``"policy"`` (default "plateau") and passes the torch scheduler's arguments, e.g.
+        ``{"patience": 2, "factor": 0.5}``, ``{"policy": "cosine", "warmup_epochs": 1}``
+        or ``{"policy": "onecycle", "pct_start": 0.2}`` (:mod:`cxr_estimators._schedules`).
+        The learning rate used is recorded in the history: per epoch
+        (``history_[:, "event_lr"]``) for "plateau", per training batch
+        (``history_[-1, "batches", 0, "event_lr"]``) for the others.
+    label_smoothing : float in [0, 1), default=0.0
+        Label smoothing of the cross-entropy loss (``torch.nn.CrossEntropyLoss``'s own).
+    average_weights : None, {"ema", "swa"} or dict, default=None
+        Weight averaging with ``torch.optim.swa_utils``; the averaged weights are the
+        fitted ones. "ema": exponential moving average after every batch (``{"method":
+        "ema", "decay": 0.99}``); "swa": equal average of the weights at the end of each
+        epoch from ``start`` (default 0.75 of ``max_epochs``; ``{"method": "swa",
+        "start": 0.5}``), BatchNorm statistics then recomputed on the training split.
+        Early stopping still decides when training ends, but the averaged weights replace
+        its best epoch's. Needs ``max_epochs >= 2`` (:mod:`cxr_estimators._averaging`).
     validation_fraction : float in [0, 1), default=0.1
         Stratified internal validation split used for early stopping, LR schedule and the
         history. 0 disables it.
@@ -125,6 +144,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
         predict time. True uses mild defaults without horizontal flip.
+    tta : None, int >= 0 or dict, default=None
+        Test-time augmentation: ``predict_proba`` averages the probabilities of each image
+        and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
+        mild defaults if training did not augment); a dict gives augmentation settings
+        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
+        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
@@ -183,10 +209,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "lr_schedule": [StrOptions({"plateau"}), dict, None],
+        "lr_schedule": [str, dict, None],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "average_weights": [StrOptions({"ema", "swa"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "augment": ["boolean", dict, None],
+        "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
@@ -197,8 +226,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
-                 max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
-                 class_weight=None, augment=None, checkpoint_dir=None, cache=None,
+                 max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
+                 average_weights=None, validation_fraction=0.1,
+                 class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
                  device="auto", num_workers=0, random_state=None, verbose=0):
         self.backbone = backbone
         self.weights = weights
@@ -212,9 +242,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
         self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.average_weights = average_weights
         self.validation_fraction = validation_fraction
         self.class_weight = class_weight
         self.augment = augment
+        self.tta = tta
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
@@ -291,16 +324,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 sink=print if self.verbose else noop,
             )))
         if self.lr_schedule is not None:
-            kwargs = {} if self.lr_schedule == "plateau" else dict(self.lr_schedule)
-            callbacks.append(("lr_schedule", LRScheduler(
-                policy=torch.optim.lr_scheduler.ReduceLROnPlateau, monitor=monitor, **kwargs
-            )))
+            callbacks.append(("lr_schedule", make_lr_scheduler(
+                self.lr_schedule, self.max_epochs, monitor)))
         if self.checkpoint_dir is not None:
             callbacks.append(("checkpoint", Checkpoint(
                 monitor=f"{monitor}_best", dirname=str(self.checkpoint_dir)
             )))
         if self.verbose and self.verbose > 1:
             callbacks.append(("progress", ProgressBar()))
+        averaging = check_average_weights(self.average_weights, self.max_epochs)
+        if averaging is not None:  # last: replaces early stopping's restored weights
+            method, options = averaging
+            callbacks.append(("average_weights", WeightAveraging(method, **options)))
         return callbacks
 
     def _make_net(self, module, y_enc, device, amp, groups=None):
@@ -314,6 +349,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         net = _Net(
             module=module,
             criterion=nn.CrossEntropyLoss,
+            criterion__label_smoothing=float(self.label_smoothing),
             optimizer=_OPTIMIZERS[self.optimizer],
             optimizer__weight_decay=self.weight_decay,
             lr=self.lr,
@@ -356,6 +392,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self : CXRClassifier
         """
         self._validate_params()
+        check_lr_schedule(self.lr_schedule, self.max_epochs)
+        check_average_weights(self.average_weights, self.max_epochs)
+        check_tta(self.tta, self.augment)
         self.classes_, y_enc = self._encode_targets(y)
         X = _as_images(X)
         if len(X) != len(y_enc):
@@ -433,7 +472,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
-        if getattr(self, "_uses_cache", False):
+        tta = check_tta(self.tta, self.augment)
+        if tta is not None:
+            with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                proba = self._stream_proba(X)
+        elif getattr(self, "_uses_cache", False):
             # frozen trunk: features of X come from the cache shared by all grid points
             # (a CV test fold is the same for every one); only the head runs here
             images = X.images if isinstance(X, _Labelled) else X
