@@ -119,29 +119,3 @@ def test_averaging_changes_the_fitted_model(toy_binary, small_clf_params, method
     plain = CXRClassifier(**small_clf_params).fit(X, y)
     averaged = CXRClassifier(**small_clf_params, average_weights=method).fit(X, y)
     assert not np.allclose(plain.predict_proba(X), averaged.predict_proba(X))
-
-
-@pytest.mark.parametrize("value, message", [
-    ("ema", r"average_weights='ema' averages weights across epochs and needs "
-            r"max_epochs >= 2; got max_epochs=1"),
-    ("swa", r"average_weights='swa' .* got max_epochs=1"),
-])
-def test_averaging_with_one_epoch_is_a_value_error(toy_binary, small_clf_params, value,
-                                                  message):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match=message):
-        CXRClassifier(**{**small_clf_params, "max_epochs": 1}, average_weights=value).fit(X, y)
-
-
-@pytest.mark.parametrize("value, message", [
-    ("mean", r"'average_weights' parameter .* Got 'mean'"),
-    ({"method": "polyak"}, r"method 'polyak' is not one of \['ema', 'swa'\]"),
-    ({"method": "ema", "decay": 1.0}, r"decay=1.0 must be in \(0, 1\)"),
-    ({"method": "ema", "start": 2}, r"'ema' has no option \['start'\]"),
-    ({"method": "swa", "start": 4}, r"start=4 must be .* epoch number in \[1, 3\]"),
-])
-def test_bad_averaging_is_a_value_error_naming_it(toy_binary, small_clf_params, value,
-                                                  message):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match=message):
-        CXRClassifier(**small_clf_params, average_weights=value).fit(X, y)

@@ -66,18 +66,3 @@ def test_plateau_dict_without_policy_passes_arguments(toy_binary, small_clf_para
     assert callback.policy is ReduceLROnPlateau
     assert callback.factor == 0.5 and callback.patience == 0
     assert len(clf.history_[:, "event_lr"]) == clf.max_epochs
-
-
-@pytest.mark.parametrize("schedule, message", [
-    ("cosin", r"lr_schedule='cosin' is not a known schedule.*did you mean 'cosine'"),
-    ({"policy": "one_cycle"}, r"'one_cycle'.*did you mean 'onecycle'"),
-    ({"policy": "cosine", "warmup": 1}, r"no argument 'warmup'.*did you mean 'warmup_epochs'"),
-    ({"policy": "onecycle", "max_lr": 1}, r"no argument 'max_lr'"),
-    ({"pateince": 2}, r"'plateau' has no argument 'pateince'.*did you mean 'patience'"),
-    ({"policy": "cosine", "warmup_epochs": 3}, r"warmup_epochs=3 must be .* max_epochs=3"),
-])
-def test_bad_schedule_is_a_value_error_naming_it(toy_binary, small_clf_params, schedule,
-                                                 message):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match=message):
-        CXRClassifier(**small_clf_params, lr_schedule=schedule).fit(X, y)
