@@ -1,28 +1,35 @@
 """skorch and torch plumbing of :class:`~cxr_estimators.CXRClassifier`.
 
 The skorch net with the CUDA bf16-autocast / channels_last forward pass (skorch's own AMP
-needs ``accelerate``), per-image loss weights (``sample_weight``), device resolution, the
-grouped validation split, the dataset wrapper that pairs lazily decoded images with
-labels, the per-fit random streams, and what is dropped from a fitted net before
-pickling. Written here because skorch does none of these as we need.
+needs ``accelerate``), per-image loss weights (``sample_weight``), its construction from
+the estimator's parameters, the validation set (skorch's ``predefined_split`` for a given
+one, a stratified or grouped split otherwise), the dataset wrapper that pairs lazily
+decoded images with labels, and what is dropped from a fitted net before pickling.
+Written here because skorch does none of these as we need. Device resolution is in
+:mod:`cxr_estimators.distributed`, the per-fit random streams in
+:mod:`cxr_estimators._rng`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import os
-import re
-import threading
+import functools
+import warnings
 
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.utils import check_random_state
+from sklearn.utils import compute_class_weight
 from skorch import NeuralNetClassifier
+from skorch.dataset import Dataset, ValidSplit
+from skorch.helper import predefined_split
 from skorch.utils import to_tensor
+from torch import nn
 
 from . import distributed
+from ._callbacks import make_callbacks
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
 
 class _Net(NeuralNetClassifier):
@@ -72,83 +79,17 @@ class _Net(NeuralNetClassifier):
         ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
         as torch's own class-weighted mean), as sklearn's ``MLPClassifier`` weights its
         batches. A batch whose weights are all 0 has loss 0."""
-        if not (isinstance(X, dict) and "sample_weight" in X):
-            return super().get_loss(y_pred, y_true, X=X, training=training)
-        per_image = super().get_loss(y_pred, y_true, X=X, training=training)  # reduction none
-        w = to_tensor(X["sample_weight"], device=per_image.device).to(per_image.dtype)
+        per_image = super().get_loss(y_pred, y_true, X=X, training=training)
+        if per_image.ndim == 0:  # trained without sample_weight: torch's own mean
+            return per_image
+        if isinstance(X, dict) and "sample_weight" in X:
+            w = to_tensor(X["sample_weight"], device=per_image.device).to(per_image.dtype)
+        else:  # an unweighted validation set (X_val) of a weighted fit
+            w = torch.ones_like(per_image)
         class_weight = getattr(self.criterion_, "weight", None)
         norm = w if class_weight is None else w * class_weight[
             to_tensor(y_true, device=per_image.device)]
         return (w * per_image).sum() / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
-
-
-# ----------------------------------------------------------------------------- devices
-_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def _mps_available():
-    mps = getattr(torch.backends, "mps", None)
-    return mps is not None and mps.is_available()
-
-
-def _resolve_device(device):
-    """``device`` → the torch device string fit uses.
-
-    "auto": CUDA, then MPS, then CPU. On CUDA it is "cuda" (the first GPU that
-    ``CUDA_VISIBLE_DEVICES`` shows this process; dask-cuda and ``CUDA_VISIBLE_DEVICES=N
-    dask worker ...`` give each worker its own that way), or ``"cuda:<LOCAL_RANK>"``
-    under a distributed launcher (torchrun) that sets ``LOCAL_RANK``: one rank per GPU
-    with no user code. "cuda:N" must name a visible GPU."""
-    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
-        close = difflib.get_close_matches(str(device), ["auto", "cpu", "cuda", "mps"], n=1)
-        raise ValueError(
-            f"device={device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU "
-            f"index) or 'mps'" + (f"; did you mean {close[0]!r}?" if close else ""))
-    if device == "auto":
-        if torch.cuda.is_available():
-            return _cuda_for_local_rank()
-        return "mps" if _mps_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but no CUDA GPU is available; use "
-                             "device='auto'")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r} but {_visible_gpus()}")
-    if device == "mps" and not _mps_available():
-        raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
-                         "device='auto'")
-    return device
-
-
-def _visible_gpus():
-    n = torch.cuda.device_count()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (f"this process sees {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0 to "
-            f"cuda:{n - 1})" + ("" if visible is None else
-                                f" with CUDA_VISIBLE_DEVICES={visible!r}"))
-
-
-def _cuda_for_local_rank():
-    rank = distributed.local_rank()
-    if rank is None:
-        return "cuda"
-    n = torch.cuda.device_count()
-    if rank < n:
-        return f"cuda:{rank}"
-    if n == 1:  # the launcher gave each rank its own GPU through CUDA_VISIBLE_DEVICES
-        return "cuda:0"
-    raise ValueError(f"device='auto' with LOCAL_RANK={rank}, but {_visible_gpus()}; give "
-                     "each rank its GPU (one GPU per rank, or CUDA_VISIBLE_DEVICES per "
-                     "rank) or pass device='cuda:N'")
-
-
-def _bf16_supported(device):
-    """Whether autocast to bf16 pays off on ``device`` (CUDA Ampere or newer)."""
-    if not str(device).startswith("cuda"):
-        return False
-    with torch.cuda.device(torch.device(device)):
-        return torch.cuda.is_bf16_supported()
 
 
 class _Labelled(torch.utils.data.Dataset):
@@ -203,59 +144,6 @@ def _check_sample_weight(sample_weight, n):
     return w.astype(np.float32)
 
 
-#: Callback names skorch's NeuralNetClassifier gives its own default callbacks.
-_SKORCH_DEFAULT_CALLBACKS = ("epoch_timer", "train_loss", "valid_loss", "valid_acc",
-                             "print_log")
-
-
-def _user_callbacks(callbacks, ours):
-    """``callbacks=`` validated and cloned, as skorch ``(name, callback)`` pairs.
-
-    Clones: :func:`sklearn.base.clone` (how skorch callbacks are meant to be copied);
-    where a parameter cannot be deep-copied (an open writer, a lock), a shallow copy —
-    the callback's fitted state, set up again by skorch at every fit, is its own either
-    way, while such a parameter is shared with the object given."""
-    from skorch.callbacks import Callback
-
-    taken = set(ours) | set(_SKORCH_DEFAULT_CALLBACKS)
-    scores = {"train_loss", "train_acc", "valid_loss", "valid_acc"}  # history keys of ours
-    out = []
-    for i, item in enumerate(callbacks or []):
-        name, cb = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
-        is_callback = isinstance(cb, Callback) or (isinstance(cb, type)
-                                                   and issubclass(cb, Callback))
-        if not is_callback or not (name is None or isinstance(name, str)):
-            raise ValueError(f"callbacks[{i}] = {item!r} is not a skorch callback (an "
-                             "instance or class of skorch.callbacks.Callback, or a "
-                             "(name, callback) pair)")
-        shown = name or (cb.__name__ if isinstance(cb, type) else type(cb).__name__)
-        if shown in taken:
-            raise ValueError(f"callbacks[{i}] is named {shown!r}, which CXRClassifier "
-                             f"already uses (taken: {sorted(taken)}); give it another "
-                             f"name, e.g. ('my_{shown}', callback)")
-        key = getattr(cb, "name", None) if not isinstance(cb, type) else None
-        if isinstance(key, str) and key in scores:
-            raise ValueError(f"callbacks[{i}] records its score as {key!r}, which "
-                             "CXRClassifier's own history already has; pass another "
-                             "name= to it")
-        if name is not None:  # skorch numbers unnamed callbacks of one class itself
-            taken.add(name)
-        cb = cb if isinstance(cb, type) else _clone_callback(cb)
-        out.append(cb if name is None else (name, cb))
-    return out
-
-
-def _clone_callback(cb):
-    import copy
-
-    from sklearn.base import clone
-
-    try:
-        return clone(cb)
-    except Exception:  # noqa: BLE001 - any failure to deep-copy: share the parameters
-        return copy.copy(cb)
-
-
 class _GroupedValidSplit:
     """skorch ``train_split``: a validation part of about ``fraction`` of the images that
     shares no group (patient) with the training part, stratified as far as groups allow.
@@ -278,6 +166,134 @@ class _GroupedValidSplit:
                 torch.utils.data.Subset(dataset, valid))
 
 
+def class_weights(class_weight, classes, y_enc):
+    """Cross-entropy class weights (float32 tensor) or None, as sklearn's ``class_weight``."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, dict):
+        unknown = set(class_weight) - set(classes.tolist())
+        if unknown:
+            raise ValueError(
+                f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
+                f"{classes.tolist()}"
+            )
+        weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+    else:
+        weights = compute_class_weight(class_weight, classes=np.arange(len(classes)), y=y_enc)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
+    """skorch ``train_split``: ``valid`` (a dataset) as is, else a stratified (or, with
+    ``groups``, patient-grouped) split of ``validation_fraction``; None without one."""
+    if valid is not None:
+        return predefined_split(valid)
+    frac = validation_fraction
+    if frac == 0:
+        return None
+    counts = np.bincount(y_enc)
+    n_valid = int(np.ceil(frac * len(y_enc)))
+    too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        too_few = too_few or n_groups < max(2, round(1 / frac))
+    if too_few:
+        warnings.warn(
+            f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
+            f"{counts.min()}{'' if groups is None else f', {n_groups} groups'}) for a "
+            "stratified validation split; training without one",
+            UserWarning, stacklevel=4,
+        )
+        return None
+    if groups is not None:
+        return _GroupedValidSplit(frac, groups, seed)
+    return ValidSplit(frac, stratified=True, random_state=seed)
+
+
+def valid_dataset(X_val, y_val_enc):
+    """The given validation set as a dataset skorch's ``predefined_split`` takes."""
+    if isinstance(X_val, torch.utils.data.Dataset):
+        return _Labelled(X_val, y_val_enc)
+    return Dataset(X_val, y_val_enc)
+
+
+def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
+             weighted=False):
+    """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
+    ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`);
+    ``weighted``: the data will carry ``sample_weight``."""
+    n_classes = len(classes)
+    kwargs = {}
+    weights = class_weights(est.class_weight, classes, y_enc)
+    if weights is not None:
+        kwargs["criterion__weight"] = weights
+    if weighted:  # per-image losses, weighted in _Net.get_loss
+        kwargs["criterion__reduction"] = "none"
+    if not est.verbose:
+        kwargs["callbacks__print_log"] = None
+    callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
+                               max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
+                               average_weights=est.average_weights,
+                               checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
+                               extra=est.callbacks, sync_ranks=distributed.is_active(),
+                               writes_files=distributed.is_main_process())
+    net = _Net(
+        module=module,
+        criterion=nn.CrossEntropyLoss,
+        criterion__label_smoothing=float(est.label_smoothing),
+        optimizer=OPTIMIZERS[est.optimizer],
+        optimizer__weight_decay=est.weight_decay,
+        lr=est.lr,
+        batch_size=est.batch_size,
+        max_epochs=est.max_epochs,
+        train_split=split,
+        callbacks=callbacks,
+        classes=np.arange(n_classes),
+        iterator_train__shuffle=True,
+        iterator_train__generator=rng.generator(),
+        # a DataLoader without a generator draws its base seed from torch's global RNG
+        iterator_valid__generator=rng.generator(1),
+        iterator_train__num_workers=est.num_workers,
+        iterator_valid__num_workers=est.num_workers,
+        iterator_train__pin_memory=device.startswith("cuda"),
+        iterator_valid__pin_memory=device.startswith("cuda"),
+        device=device,
+        amp=amp,
+        channels_last=amp,
+        verbose=int(bool(est.verbose)),
+        **kwargs,
+    )
+    net.fit_rng_ = rng  # not a skorch parameter: training only (_drop_training_state)
+    distributed.begin_fit(net, rng.seed)
+    return net
+
+
+def warm_start_module(est, classes, image_shape):
+    """The fitted module ``est`` continues from (``warm_start=True``), or None; the classes
+    and image shape must be those it was fitted on."""
+    if not (est.warm_start and hasattr(est, "net_")):
+        return None
+    if not np.array_equal(classes, est.classes_):
+        raise ValueError(f"warm_start=True: y has classes {classes.tolist()} but the "
+                         f"fitted model has {est.classes_.tolist()}; fit a new model "
+                         "(warm_start=False) to change the classes")
+    if tuple(image_shape) != tuple(est.image_shape_):
+        raise ValueError(f"warm_start=True: X has images of shape {tuple(image_shape)} "
+                         f"but the fitted model was trained on {est.image_shape_}")
+    return est.net_.module_
+
+
+def load_warm_start(est, module, previous):
+    """Load the fitted ``previous`` module's weights into the newly built ``module``."""
+    try:
+        module.load_state_dict(previous.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(
+            "warm_start=True: the fitted model's weights do not fit the model these "
+            f"parameters build (backbone={est.backbone!r}, neurons={est.neurons}); "
+            f"{str(exc).splitlines()[0]}") from None
+
+
 def _drop_training_state(net):
     """Free what only training needs: EarlyStopping's copy of the best weights (already
     restored into the module) and the LR scheduler. They would bloat the pickle and, for a
@@ -290,74 +306,7 @@ def _drop_training_state(net):
     # The ``module`` *parameter* is the same instance as ``module_``; skorch maps only
     # ``module_`` to the CPU on load, so keep the class here, not the CUDA instance.
     net.module = type(net.module_)
-    net.fit_rng_ = None
+    if isinstance(net.train_split, functools.partial):  # predefined_split holds X_val
+        net.train_split = None  # the validation images must not travel with the model
+    net.fit_rng_ = None  # the random stream and the DDP state only serve training
     net.ddp_ = None
-
-
-# ------------------------------------------------------------------------ randomness
-#: Held while torch's global RNG serves one fit (see :class:`_FitRandomness`).
-_GLOBAL_RNG_LOCK = threading.RLock()
-
-
-def _fit_seed(random_state):
-    """The int seed of one fit: ``random_state`` itself, or drawn from it (a
-    ``RandomState``, or numpy's global one for None, as sklearn estimators do)."""
-    if isinstance(random_state, (int, np.integer)):
-        return int(random_state)
-    return int(check_random_state(random_state).randint(0, 2**31 - 1))
-
-
-class _FitRandomness:
-    """One fit's random stream for what cannot take a ``torch.Generator``.
-
-    Weight initialisation (``nn.Module`` constructors), dropout and torchvision's random
-    transforms draw from torch's *global* RNG and accept no generator. So each fit keeps
-    its own RNG state (CPU, and the fit's CUDA device), seeded from ``random_state``, and
-    :meth:`global_stream` swaps it into the global RNG for the duration of a block, under
-    one process-wide lock, then swaps the caller's state back. The caller's global torch
-    RNG is left as it was, and threaded fits with the same seed do not interleave their
-    draws. Shuffling takes a ``torch.Generator`` directly (:meth:`generator`), outside
-    the lock.
-
-    The lock serialises the *training forward passes* of fits running in threads of one
-    process (backward passes and everything else run concurrently);
-    ``benchmarks/scale_out.py`` measures what this costs (``rng_lock`` in its JSON).
-    """
-
-    def __init__(self, seed, device="cpu"):
-        self.seed = seed
-        self.cuda_index = (torch.device(device).index or 0
-                           if str(device).startswith("cuda") else None)
-        self.cpu_state = torch.Generator().manual_seed(seed).get_state()
-        self.cuda_state = None
-        if self.cuda_index is not None:
-            g = torch.Generator(device=f"cuda:{self.cuda_index}").manual_seed(seed)
-            self.cuda_state = g.get_state()
-
-    def generator(self, offset=0):
-        """A fresh CPU ``torch.Generator`` seeded from this fit's seed (+ ``offset``)."""
-        return torch.Generator().manual_seed(self.seed + offset)
-
-    def reseed(self, offset):
-        """Restart the stream from ``seed + offset`` (e.g. one stream per DDP rank)."""
-        self.__init__(self.seed + offset, f"cuda:{self.cuda_index}"
-                      if self.cuda_index is not None else "cpu")
-
-    @contextlib.contextmanager
-    def global_stream(self):
-        """Run the block with torch's global RNG set to this fit's stream."""
-        with _GLOBAL_RNG_LOCK:
-            saved_cpu = torch.get_rng_state()
-            saved_cuda = (torch.cuda.get_rng_state(self.cuda_index)
-                          if self.cuda_index is not None else None)
-            torch.set_rng_state(self.cpu_state)
-            if saved_cuda is not None:
-                torch.cuda.set_rng_state(self.cuda_state, self.cuda_index)
-            try:
-                yield
-            finally:
-                self.cpu_state = torch.get_rng_state()
-                torch.set_rng_state(saved_cpu)
-                if saved_cuda is not None:
-                    self.cuda_state = torch.cuda.get_rng_state(self.cuda_index)
-                    torch.cuda.set_rng_state(saved_cuda, self.cuda_index)

@@ -1,4 +1,5 @@
-"""One fit on several processes (GPUs) with torch DDP, and device placement per rank.
+"""One fit on several processes (GPUs) with torch DDP, and device placement per rank or
+worker (:func:`resolve_device`).
 
 Launch a script with ``torchrun --nproc_per_node N script.py``; in the script, open the
 process group with :func:`process_group` and call ``fit`` as usual::
@@ -27,8 +28,10 @@ only. docs/scale_out.md says why this uses torch DDP directly rather than skorch
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -40,6 +43,7 @@ __all__ = [
     "local_rank",
     "process_group",
     "rank",
+    "resolve_device",
     "world_size",
 ]
 
@@ -58,6 +62,76 @@ def local_rank():
     return index
 
 
+# ------------------------------------------------------------------ device placement
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _mps_available():
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def resolve_device(device):
+    """``CXRClassifier(device=...)`` → the torch device string fit uses.
+
+    "auto": CUDA, then MPS, then CPU. On CUDA it is "cuda" — the first GPU that
+    ``CUDA_VISIBLE_DEVICES`` shows this process, which is how dask-cuda's
+    ``LocalCUDACluster`` and ``CUDA_VISIBLE_DEVICES=N dask worker ...`` give each worker
+    its own GPU — or ``"cuda:<LOCAL_RANK>"`` under a launcher that sets ``LOCAL_RANK``
+    (torchrun), so one rank per GPU needs no user code. "cuda:N" must name a visible GPU.
+    """
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        close = difflib.get_close_matches(str(device), ["auto", "cpu", "cuda", "mps"], n=1)
+        raise ValueError(
+            f"device={device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU "
+            f"index) or 'mps'" + (f"; did you mean {close[0]!r}?" if close else ""))
+    if device == "auto":
+        if torch.cuda.is_available():
+            return _cuda_for_local_rank()
+        return "mps" if _mps_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but no CUDA GPU is available; use "
+                             "device='auto'")
+        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but {_visible_gpus()}")
+    if device == "mps" and not _mps_available():
+        raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
+                         "device='auto'")
+    return device
+
+
+def _visible_gpus():
+    n = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"this process sees {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0 to "
+            f"cuda:{n - 1})" + ("" if visible is None else
+                                f" with CUDA_VISIBLE_DEVICES={visible!r}"))
+
+
+def _cuda_for_local_rank():
+    index = local_rank()
+    if index is None:
+        return "cuda"
+    n = torch.cuda.device_count()
+    if index < n:
+        return f"cuda:{index}"
+    if n == 1:  # the launcher gave each rank its own GPU through CUDA_VISIBLE_DEVICES
+        return "cuda:0"
+    raise ValueError(f"device='auto' with LOCAL_RANK={index}, but {_visible_gpus()}; give "
+                     "each rank its GPU (one GPU per rank, or CUDA_VISIBLE_DEVICES per "
+                     "rank) or pass device='cuda:N'")
+
+
+def bf16_supported(device):
+    """Whether fit trains in bf16 autocast on ``device`` (a CUDA GPU that supports it)."""
+    if not str(device).startswith("cuda"):
+        return False
+    with torch.cuda.device(torch.device(device)):
+        return torch.cuda.is_bf16_supported()
+
+
+# ------------------------------------------------------------------- process groups
 def is_active():
     """Whether a torch.distributed process group of more than one process is open."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

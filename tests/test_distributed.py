@@ -39,8 +39,8 @@ def test_grid_search_on_dask_local_cluster_matches_n_jobs_1(toy_binary):
         with dd.get_task_stream(client) as tasks, joblib.parallel_backend("dask"):
             on_dask = _grid(-1).fit(X, y)
         workers = {t["worker"] for t in tasks.data}
-        devices = client.run(lambda: __import__("cxr_estimators")._training
-                             ._resolve_device("auto"))
+        devices = client.run(lambda: __import__("cxr_estimators").distributed
+                             .resolve_device("auto"))
     assert workers and workers <= set(devices)  # the fits ran on the cluster's workers
     assert set(devices.values()) == {"cpu"}
     for key in _RESULT_KEYS:

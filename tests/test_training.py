@@ -12,7 +12,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.callbacks import Callback, EarlyStopping, EpochScoring
 
 from cxr_estimators import CXRClassifier, ImageLoader
-from cxr_estimators import _training
+from cxr_estimators import _rng, distributed
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_random_state_none_follows_numpys_global_seed(toy_binary, small_clf_para
 
 
 def test_fit_random_stream_swaps_and_restores():
-    rng = _training._FitRandomness(5)
+    rng = _rng.FitRandomness(5)
     torch.manual_seed(0)
     caller = torch.get_rng_state()
     with rng.global_stream():
@@ -99,11 +99,11 @@ def two_gpus(monkeypatch):
 
 
 def test_device_cuda_index(two_gpus):
-    assert _training._resolve_device("cuda:1") == "cuda:1"
-    assert _training._resolve_device("auto") == "cuda"
+    assert distributed.resolve_device("cuda:1") == "cuda:1"
+    assert distributed.resolve_device("auto") == "cuda"
     with pytest.raises(ValueError, match=r"device='cuda:7' but this process sees 2 CUDA "
                                          r"GPUs \(cuda:0 to cuda:1\)"):
-        _training._resolve_device("cuda:7")
+        distributed.resolve_device("cuda:7")
 
 
 @pytest.mark.parametrize("local_rank, n_gpus, expected", [
@@ -113,7 +113,7 @@ def test_device_cuda_index(two_gpus):
 def test_device_auto_follows_local_rank(two_gpus, monkeypatch, local_rank, n_gpus, expected):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
-    assert _training._resolve_device("auto") == expected
+    assert distributed.resolve_device("auto") == expected
 
 
 def test_device_auto_with_more_ranks_than_gpus(two_gpus, monkeypatch):
@@ -121,7 +121,7 @@ def test_device_auto_with_more_ranks_than_gpus(two_gpus, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     with pytest.raises(ValueError, match=r"LOCAL_RANK=5.*sees 2 CUDA GPUs.*"
                                          r"CUDA_VISIBLE_DEVICES='2,3'"):
-        _training._resolve_device("auto")
+        distributed.resolve_device("auto")
 
 
 @pytest.mark.parametrize("device, message", [
