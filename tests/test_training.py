@@ -189,6 +189,18 @@ def test_validation_loss_is_weighted(toy_binary, small_clf_params):
     assert not np.isclose(expected, losses.mean(), rtol=1e-2)  # the weights mattered
 
 
+def test_given_validation_set_is_scored_unweighted(toy_binary, small_clf_params):
+    X, y = toy_binary
+    w = np.where(y == "pneumonia", 5.0, 1.0)
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 2, "early_stopping": None}).fit(
+        X[8:], y[8:], sample_weight=w[8:], X_val=X[:8], y_val=y[:8])
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(
+            clf.module_(torch.as_tensor(X[:8])),
+            torch.as_tensor((y[:8] == "pneumonia").astype(np.int64)))
+    assert clf.history_[-1, "valid_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_weights_change_the_model_lazy_and_cached_alike(toy_binary, small_clf_params):
     X, y = toy_binary
     w = np.where(y == "pneumonia", 4.0, 1.0)
