@@ -55,7 +55,7 @@ class _Staged:
         self.feed = feed
 
     def __iter__(self):
-        return ((x, y) for _, x, y in self.feed.staged(pin_memory=False))
+        return ((x, y) for _, x, y, _ in self.feed.staged(pin_memory=False))
 
 
 def time_epochs(iterator, n, epochs):

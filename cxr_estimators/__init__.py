@@ -3,10 +3,13 @@
 Public API: :class:`CXRClassifier`, :class:`ImageLoader` (and the :class:`CompactImages`
 it returns with ``dtype="uint8"``), and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment`` and ``io``.
+``backbones``, ``augment``, ``io`` and ``distributed``.
 """
 
-from . import audit, augment, backbones, datasets, evaluation, explain, io, metrics, plotting
+from . import (
+    audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
+    plotting,
+)
 from .classifier import CXRClassifier
 from .preprocessing import CompactImages, ImageDataset, ImageLoader
 
@@ -21,6 +24,7 @@ __all__ = [
     "augment",
     "backbones",
     "datasets",
+    "distributed",
     "evaluation",
     "explain",
     "io",

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 __all__ = ["ArrayDataset", "BatchFeed", "RESIDENT_FRACTION", "choose_data_device",
-           "device_batches", "make_iterator", "match_normalization", "place"]
+           "device_batches", "make_iterator", "match_normalization", "pack", "place"]
 
 #: ``data_device="auto"`` keeps the training set on the GPU when it takes at most this
 #: share of the GPU's free memory at the start of fit (the rest is for the model,
@@ -40,35 +40,51 @@ RESIDENT_FRACTION = 0.5
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """Images ``X`` (n, C, H, W) and labels ``y`` (n,) or None, indexed by batches.
+    """Images ``X`` (n, C, H, W), labels ``y`` (n,) or None and per-image loss weights
+    ``sample_weight`` (n,) or None, indexed by batches.
 
     ``X`` is a numpy array (float32, or uint8/uint16 from
     :class:`~cxr_estimators.preprocessing.CompactImages`, whose ``normalization`` is kept)
-    or a torch tensor (e.g. on the GPU). ``dataset[i]`` is one ``(image, label)`` pair;
-    :class:`BatchFeed` reads whole batches. ``X`` and ``y`` are attributes, as in
-    ``skorch.dataset.Dataset``.
+    or a torch tensor (e.g. on the GPU), or skorch's form of weighted data,
+    ``{"X": images, "sample_weight": w}``. A batch is ``(images, labels)``, with images
+    ``{"X": images, "sample_weight": w}`` when weighted (what the net's ``infer`` and
+    ``get_loss`` read). ``dataset[i]`` is one such pair; :class:`BatchFeed` reads whole
+    batches. ``X`` and ``y`` are attributes, as in ``skorch.dataset.Dataset``.
     """
 
-    def __init__(self, X, y=None):
+    def __init__(self, X, y=None, sample_weight=None):
+        if isinstance(X, dict):
+            X, sample_weight = X["X"], X.get("sample_weight", sample_weight)
         self.normalization = getattr(X, "normalization", None)
-        self.X = X if isinstance(X, torch.Tensor) else np.asarray(X)
-        self.y = y if y is None or isinstance(y, torch.Tensor) else np.asarray(y)
+        self.X, self.y, self.sample_weight = (
+            a if a is None or isinstance(a, torch.Tensor) else np.asarray(a)
+            for a in (X, y, sample_weight))
 
     def __len__(self):
         return len(self.X)
 
     def __getitem__(self, i):
         x, y = self.batch(np.array([i]))
-        return x[0], (0 if y is None else y[0])
+        x = {k: v[0] for k, v in x.items()} if isinstance(x, dict) else x[0]
+        return x, (0 if y is None else y[0])
+
+    def columns(self):
+        """``(X, y, sample_weight)``, the arrays a batch is gathered from (None: absent)."""
+        return self.X, self.y, self.sample_weight
 
     def batch(self, idx):
-        """Rows ``idx`` (int64 array) of X and y as tensors, one gather each."""
+        """Rows ``idx`` (an int64 array, or a tensor on the data's device), one gather
+        per column."""
         if isinstance(self.X, torch.Tensor):
             idx = torch.as_tensor(idx, device=self.X.device)
-            return (_take_rows(self.X, idx),
-                    None if self.y is None else self.y.index_select(0, idx.to(self.y.device)))
-        return (torch.from_numpy(_gather(self.X, idx)),
-                None if self.y is None else torch.from_numpy(self.y[idx]))
+            return pack(*(None if a is None else _take_rows(a, idx) for a in self.columns()))
+        return pack(*(None if a is None else torch.from_numpy(_gather(a, idx))
+                      for a in self.columns()))
+
+
+def pack(x, y, w=None):
+    """A batch as the net takes it: ``(x, y)``, or ``({"X": x, "sample_weight": w}, y)``."""
+    return ({"X": x, "sample_weight": w} if w is not None else x), y
 
 
 def _gather(X, idx):
@@ -111,16 +127,17 @@ def _identity(batch):
 
 
 def make_iterator(dataset, batch_size, shuffle=False, generator=None, num_workers=0,
-                  pin_memory=False, device="cpu", **kwargs):
+                  pin_memory=False, device="cpu", sampler=None, **kwargs):
     """skorch iterator: a :class:`BatchFeed` over an :class:`ArrayDataset` (or a Subset of
-    one), else a ``torch.utils.data.DataLoader`` with the same arguments."""
+    one), else a ``torch.utils.data.DataLoader`` with the same arguments. ``sampler``
+    (e.g. DDP's ``DistributedSampler``) replaces shuffling on both."""
     source = _array_source(dataset)
     if source is None:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           generator=generator, num_workers=num_workers,
-                          pin_memory=pin_memory, **kwargs)
+                          pin_memory=pin_memory, sampler=sampler, **kwargs)
     return BatchFeed(*source, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                     device=device)
+                     device=device, sampler=sampler)
 
 
 class BatchFeed:
@@ -140,17 +157,21 @@ class BatchFeed:
         Where the batches are needed. On CUDA host arrays go through pinned staging
         buffers and a copy stream; tensors already on the GPU are gathered there. Else the
         batches are the gathered host tensors.
+    sampler : torch Sampler or None, default=None
+        Positions to visit (e.g. a ``DistributedSampler``: this rank's share), instead of
+        ``shuffle``.
     """
 
     def __init__(self, data, indices=None, batch_size=32, shuffle=False, generator=None,
-                 device="cpu"):
+                 device="cpu", sampler=None):
         self.data = data
         self.indices = indices
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         rows = range(len(data) if indices is None else len(indices))
-        sampler = (RandomSampler(rows, generator=generator) if shuffle
-                   else SequentialSampler(rows))
+        if sampler is None:
+            sampler = (RandomSampler(rows, generator=generator) if shuffle
+                       else SequentialSampler(rows))
         self._order = DataLoader(_Positions(), batch_size=None, generator=generator,
                                  sampler=BatchSampler(sampler, self.batch_size, False),
                                  collate_fn=_identity)
@@ -182,10 +203,10 @@ class BatchFeed:
             start += len(idx)
 
     def staged(self, pin_memory=True):
-        """The host half of the CUDA path: batch k gathered into staging buffer k % 2
-        (pinned with ``pin_memory``); yields ``(slot, x, y)``, views valid until the
-        slot is filled again, two batches later."""
-        if self._slots is None or self._slots[0].x.is_pinned() != pin_memory:
+        """The host half of the CUDA path: batch k gathered into staging buffers k % 2
+        (pinned with ``pin_memory``); yields ``(slot, x, y, w)``, views valid until the
+        slot is filled again, two batches later (``y``, ``w``: None when absent)."""
+        if self._slots is None or self._slots[0].pinned != pin_memory:
             self._slots = [_StagingSlot(self.data, self.batch_size, pin_memory)
                            for _ in range(2)]
         for k, idx in enumerate(self._rows()):
@@ -197,55 +218,56 @@ class BatchFeed:
         compute stream waits for its copy) once batch k + 1 is on its way."""
         stream = torch.cuda.Stream(self.device)
         pending = None
-        for slot, x, y in self.staged():
-            ready = slot.copy(x, y, self.device, stream)
+        for slot, *views in self.staged():
+            ready = slot.copy(views, self.device, stream)
             if pending is not None:
-                yield _hand_over(*pending)
+                yield _hand_over(*pending, self.device)
             pending = ready
         if pending is not None:
-            yield _hand_over(*pending)
+            yield _hand_over(*pending, self.device)
 
 
 class _StagingSlot:
-    """A staging buffer for one batch of images (and labels), and the event of the copy
-    that last read it."""
+    """Staging buffers for one batch of each column (images, labels, weights) and the
+    event of the copy that last read them."""
 
     def __init__(self, data, batch_size, pin_memory=True):
-        X, y = data.X, data.y
-        self.x = torch.empty((batch_size, *X.shape[1:]), dtype=torch.from_numpy(X[:0]).dtype,
-                             pin_memory=pin_memory)
-        self.y = None if y is None else torch.empty(
-            batch_size, dtype=torch.from_numpy(y[:0]).dtype, pin_memory=pin_memory)
-        self.data = data
+        self.pinned = pin_memory
+        self.columns = list(data.columns())
+        self.buffers = [None if a is None else torch.empty(
+            (batch_size, *a.shape[1:]), dtype=torch.from_numpy(a[:0]).dtype,
+            pin_memory=pin_memory) for a in self.columns]
         self.copied = None
 
     def gather(self, idx):
         if self.copied is not None:
-            self.copied.synchronize()  # the copy that last read this buffer is done
+            self.copied.synchronize()  # the copy that last read these buffers is done
         m = len(idx)
-        np.take(self.data.X, idx, axis=0, out=self.x.numpy()[:m], mode="clip")
-        if self.y is None:
-            return self.x[:m], None
-        np.take(self.data.y, idx, out=self.y.numpy()[:m], mode="clip")
-        return self.x[:m], self.y[:m]
+        views = []
+        for a, buffer in zip(self.columns, self.buffers):
+            if a is None:
+                views.append(None)
+                continue
+            np.take(a, idx, axis=0, out=buffer.numpy()[:m], mode="clip")
+            views.append(buffer[:m])
+        return views
 
-    def copy(self, x, y, device, stream):
+    def copy(self, views, device, stream):
         with torch.cuda.stream(stream):
-            x = x.to(device, non_blocking=True)
-            y = None if y is None else y.to(device, non_blocking=True)
+            moved = [None if v is None else v.to(device, non_blocking=True) for v in views]
             self.copied = stream.record_event()
-        return x, y, self.copied
+        return moved, self.copied
 
 
-def _hand_over(x, y, copied):
+def _hand_over(tensors, copied, device):
     """Make the current (compute) stream wait for the copy, and keep the allocator from
     reusing the batch's memory before the compute stream is done with it."""
-    current = torch.cuda.current_stream(x.device)
+    current = torch.cuda.current_stream(device)
     current.wait_event(copied)
-    x.record_stream(current)
-    if y is not None:
-        y.record_stream(current)
-    return x, y
+    for t in tensors:
+        if t is not None:
+            t.record_stream(current)
+    return pack(*tensors)
 
 
 def device_batches(X, batch_size, device):
@@ -285,7 +307,7 @@ def choose_data_device(data_device, device, nbytes, free_bytes=None,
     return "cpu", f"data_device='auto': {why}; it stays in host memory"
 
 
-def place(X, y, data_device, device, free_bytes=None):
+def place(X, y, data_device, device, sample_weight=None, free_bytes=None):
     """The training set as an :class:`ArrayDataset` where :func:`choose_data_device`
     says, copied to the GPU once if there; returns ``(dataset, where, why)``. A torch
     ``Dataset`` (lazy images) is returned as it is: it is read from the host."""
@@ -295,19 +317,19 @@ def place(X, y, data_device, device, free_bytes=None):
                              "but X is a lazy dataset (decoded batch by batch); use "
                              "data_device='auto' or 'cpu', or ImageLoader(lazy=False)")
         return X, "cpu", None
-    dataset = ArrayDataset(X, y)
-    X = dataset.X
-    nbytes = X.nbytes if isinstance(X, np.ndarray) else X.numel() * X.element_size()
+    dataset = ArrayDataset(X, y, sample_weight)
+    nbytes = sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size()
+                 for a in dataset.columns() if a is not None)
     where, why = choose_data_device(data_device, device, nbytes, free_bytes)
     if where == "cuda":
-        dataset.X = torch.as_tensor(X).to(device)
-        dataset.y = torch.as_tensor(dataset.y).to(device)
+        dataset.X, dataset.y, dataset.sample_weight = (
+            None if a is None else torch.as_tensor(a).to(device) for a in dataset.columns())
     return dataset, where, why
 
 
-def match_normalization(X, kind, fitted, name="CXRClassifier"):
-    """Predict-time input ``X`` (after validation) for a model fitted on images with
-    normalisation ``fitted`` (None: float images); ``kind`` is the dtype kind X came with.
+def match_normalization(X, kind, fitted, name="CXRClassifier", input_name="X"):
+    """Input ``X`` (after validation) for a model fitted on images with normalisation
+    ``fitted`` (None: float images); ``kind`` is the dtype kind X came with.
 
     Compact X for a model fitted on float images is normalised on the host; compact X
     normalised otherwise than in fit, or bare integers for a model fitted on compact
@@ -317,14 +339,14 @@ def match_normalization(X, kind, fitted, name="CXRClassifier"):
         return X.to_float32()
     if given is not None and tuple(map(tuple, given)) != tuple(map(tuple, fitted)):
         raise ValueError(
-            f"X is compact images normalised with (mean, std) = {given}, but {name} was "
-            f"fitted on images normalised with {fitted}; transform X with the ImageLoader "
-            "used in fit")
+            f"{input_name} is compact images normalised with (mean, std) = {given}, but "
+            f"{name} was fitted on images normalised with {fitted}; transform "
+            f"{input_name} with the ImageLoader used in fit")
     if given is None and fitted is not None and kind in ("u", "i"):
         raise ValueError(
             f"{name} was fitted on compact images (uint8/uint16 with normalisation "
-            f"(mean, std) = {fitted}), but X is a plain integer array without its "
-            "normalisation; transform X with the ImageLoader used in fit, or wrap it: "
-            "CompactImages(X, *clf.input_normalization_)")
+            f"(mean, std) = {fitted}), but {input_name} is a plain integer array without "
+            f"its normalisation; transform {input_name} with the ImageLoader used in "
+            "fit, or wrap it: CompactImages(X, *clf.input_normalization_)")
     return X
 

@@ -59,6 +59,33 @@ def test_batched_path_gives_the_same_model_as_the_per_item_path(toy_binary, extr
         assert batched.history_[:, key] == per_item.history_[:, key]
 
 
+def test_weighted_batches_give_the_same_model_as_the_per_item_path(toy_binary):
+    X, y = toy_binary
+    w = np.random.default_rng(0).random(len(y)).astype(np.float32) + 0.1
+    batched = CXRClassifier(**PARAMS).fit(X, y, sample_weight=w)
+    per_item = CXRClassifier(**PARAMS).fit(_PerItem(X), y, sample_weight=w)
+    unweighted = CXRClassifier(**PARAMS).fit(X, y)
+    np.testing.assert_array_equal(batched.predict_proba(X), per_item.predict_proba(X))
+    assert not np.allclose(batched.predict_proba(X), unweighted.predict_proba(X))
+    labels = np.arange(len(y)) % 2
+    data = _feed.ArrayDataset({"X": X, "sample_weight": w}, labels)
+    xb, yb = next(iter(_feed.make_iterator(data, batch_size=4)))
+    np.testing.assert_array_equal(xb["sample_weight"], w[:4])
+    assert xb["X"].shape == (4, *X.shape[1:]) and yb.tolist() == [0, 1, 0, 1]
+
+
+def test_a_given_sampler_replaces_shuffling():
+    """DDP hands the iterator a DistributedSampler: each rank gets its share, batched."""
+    data = _feed.ArrayDataset(np.arange(20, dtype=np.float32)[:, None, None, None],
+                              np.arange(20))
+    for rank in (0, 1):
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=rank,
+                                                      shuffle=True, seed=5)
+        feed = _feed.make_iterator(data, batch_size=4, sampler=sampler)
+        assert isinstance(feed, _feed.BatchFeed)
+        assert [i for _, yb in feed for i in yb.tolist()] == list(sampler)
+
+
 def test_shuffled_order_is_torch_dataloaders_and_follows_the_seed():
     data = _feed.ArrayDataset(np.arange(50, dtype=np.float32)[:, None, None, None],
                               np.arange(50))
@@ -120,7 +147,7 @@ def test_staging_buffers_hold_each_batch_until_refilled():
                                generator=torch.Generator().manual_seed(1))
 
     expected = list(feed())
-    staged = [(slot, x.clone(), y.clone(), x) for slot, x, y in feed().staged(False)]
+    staged = [(slot, x.clone(), y.clone(), x) for slot, x, y, _ in feed().staged(False)]
     assert len(staged) == len(expected) == 7
     assert len({id(s[0]) for s in staged}) == 2
     for (_, x, y, _), (xe, ye) in zip(staged, expected):
