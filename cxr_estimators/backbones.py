@@ -65,6 +65,7 @@ class SimpleCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Identity()  # keeps the "last Linear replaced" convention
+        self.classifier_name = "fc"
         self.num_features = widths[-1]
 
     def forward(self, x):
@@ -361,7 +362,7 @@ def build_model(backbone, n_classes, *, weights=None, in_channels=3, neurons=128
             f"X has {in_channels} channels but backbone {backbone!r} takes {trunk_channels}"
         )
     if pooling is not None:
-        trunk = conv_map_trunk(trunk, getattr(trunk, "classifier_name", "fc"))
+        trunk = conv_map_trunk(trunk, trunk.classifier_name)
         map_shape = probe_map_shape(trunk, trunk_channels, image_size, backbone)
         check_map(pooling, map_shape, backbone)
         n_features = map_shape[0] * (map_shape[1] * map_shape[2] if pooling == "flatten" else 1)

@@ -97,8 +97,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
         children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
         resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
-        transitions, a VGG's ``features`` and ``classifier``; k above their number is an
-        error. Frozen BatchNorm layers stay in inference mode.
+        transitions, a VGG's ``features`` and ``classifier`` (with ``pooling`` set, the
+        layers of its conv base); k above their number is an error. Frozen BatchNorm
+        layers stay in inference mode. With ``weights=None`` a frozen part of a
+        torchvision backbone gives random features: a UserWarning; frozen features that
+        do not vary over the training images are an error.
     pooling : None, "avg", "max" or "flatten", default=None
         How the backbone's output becomes the head's input (:mod:`cxr_estimators.heads`).
         None: as the torchvision model does before its classifier (global average pooling
@@ -154,7 +157,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         validation set is not resampled.
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
-        predict time. True uses mild defaults without horizontal flip.
+        predict time. True uses mild defaults without horizontal flip. A dict names the
+        transforms to apply, with Keras ``ImageDataGenerator``'s meaning: ``rotation``,
+        ``shift``, ``shear`` (degrees), ``zoom`` (float or ``(min, max)`` scale),
+        ``horizontal_flip``, ``fill`` ("constant", "nearest", "reflect"), ``brightness``
+        (float: additive; ``(lo, hi)``: multiplicative), ``contrast``; **a key it omits
+        is off**.
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
