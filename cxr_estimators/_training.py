@@ -310,8 +310,6 @@ def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
     groups = decay_param_groups(module, est.weight_decay_scope)
     if groups is not None:
         kwargs["optimizer__param_groups"] = groups
-    if est.sampling == "balanced":
-        kwargs["iterator_train"] = balanced_loader
     callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
                                max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
                                average_weights=est.average_weights,
@@ -332,7 +330,7 @@ def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
         classes=np.arange(n_classes),
         # in-memory arrays: batch-gathered (_feed); datasets: a DataLoader with workers
         dataset=_feed.ArrayDataset,
-        iterator_train=_feed.make_iterator,
+        iterator_train=balanced_loader if est.sampling == "balanced" else _feed.make_iterator,
         iterator_valid=_feed.make_iterator,
         iterator_train__device=device,
         iterator_valid__device=device,
