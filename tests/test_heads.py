@@ -203,3 +203,12 @@ def test_constant_frozen_features_are_refused(small_clf_params):
             pytest.raises(ValueError, match=r"the frozen part of backbone 'efficientnet_b0' "
                                             r"gives the same features for every training"):
         clf.fit(X, y)
+
+
+@pytest.mark.parametrize("pooling", [None, "max", "flatten"])
+def test_grad_cam_layer_names_unchanged_by_pooling(pooling):
+    from cxr_estimators.explain import _default_layer
+
+    model = build_model("resnet18", 2, in_channels=1, pooling=pooling,
+                        image_size=(64, 64)).eval()
+    assert _default_layer(model, torch.rand(1, 1, 64, 64)) == "trunk.layer4"
