@@ -2,11 +2,13 @@
 
 Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment`` and ``io``.
+``backbones``, ``augment`` and ``io``; :func:`save` / :func:`load` write and read
+model files that cannot run code (:mod:`cxr_estimators.persistence`).
 """
 
 from . import audit, augment, backbones, datasets, evaluation, explain, io, metrics, plotting
 from .classifier import CXRClassifier
+from .persistence import load, save
 from .preprocessing import ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
@@ -15,6 +17,8 @@ __all__ = [
     "CXRClassifier",
     "ImageLoader",
     "ImageDataset",
+    "save",
+    "load",
     "audit",
     "augment",
     "backbones",

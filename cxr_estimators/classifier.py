@@ -337,6 +337,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         )
         return net
 
+    def _build_module(self, n_classes, in_channels, weights):
+        return build_model(
+            self.backbone, n_classes, weights=weights, in_channels=in_channels,
+            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
+            augment=make_augmenter(self.augment),
+        )
+
     # ------------------------------------------------------------------ public API
     def fit(self, X, y, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
@@ -370,12 +377,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self._seed = _seed_everything(self.random_state)
         self.device_ = _resolve_device(self.device)
         amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
-        module = build_model(
-            self.backbone, len(self.classes_), weights=self.weights,
-            in_channels=self.image_shape_[0],
-            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=make_augmenter(self.augment),
-        )
+        module = self._build_module(len(self.classes_), self.image_shape_[0], self.weights)
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
@@ -396,6 +398,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.net_.module_.eval()
         _drop_training_state(self.net_)
         return self
+
+    def _initialize_net(self):
+        """The skorch net ``fit`` builds for ``classes_``, ``image_shape_`` and ``device_``,
+        initialised but not trained (``weights`` is not read: random init), in eval mode.
+        :func:`cxr_estimators.load` puts the saved weights into it."""
+        amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
+        module = self._build_module(len(self.classes_), self.image_shape_[0], weights=None)
+        net = self._make_net(module, np.arange(len(self.classes_)), self.device_, amp)
+        net.initialize()
+        net.module_.eval()
+        _drop_training_state(net)
+        return net
 
     @property
     def module_(self):
