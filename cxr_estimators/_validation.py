@@ -1,0 +1,148 @@
+"""Input checks shared by the estimators: each names the culprit and its value.
+
+sklearn's ``_parameter_constraints`` does most parameter validation; it cannot say that
+``True`` is not a patience of 1 (``bool`` is an ``int``), put an upper bound that keeps
+an allocation sane, or look at the data. Those checks are here, written by hand:
+
+* :class:`StrictParamsMixin`: booleans refused for integer parameters, upper bounds;
+* labels that differ only by case or surrounding whitespace (``"normal"``/``"normal "``);
+* 2-D ``X`` that is clearly flattened images, a single image where a batch is expected;
+* class weights that are NaN, infinite, negative or all zero;
+* memory: an estimate of what a step allocates against the memory available, so a step
+  that cannot fit is refused before it allocates instead of swapping or being killed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from sklearn.utils._param_validation import Interval
+
+__all__ = ["StrictParamsMixin", "available_memory", "check_labels", "check_class_weights",
+           "check_flattened", "check_image_batch", "check_memory", "format_bytes"]
+
+#: Fraction of the available memory one step may plan to use.
+MEMORY_FRACTION = 0.8
+
+
+class StrictParamsMixin:
+    """``_validate_params`` that also refuses booleans for integer parameters and values
+    above ``_param_upper_bounds`` (``{name: bound}``; ints, or tuples/lists of ints)."""
+
+    _param_upper_bounds: dict = {}
+
+    def _validate_params(self):
+        super()._validate_params()
+        params = self.get_params(deep=False)
+        for name, constraints in self._parameter_constraints.items():
+            value = params.get(name)
+            if isinstance(value, bool) and "boolean" not in constraints and any(
+                    isinstance(c, Interval) and c.type is numbers.Integral
+                    for c in constraints):
+                raise ValueError(
+                    f"The '{name}' parameter of {type(self).__name__} must be an int, not "
+                    f"the boolean {value!r} (a bool is not taken as {int(value)})")
+        for name, bound in self._param_upper_bounds.items():
+            value = params.get(name)
+            values = value if isinstance(value, (tuple, list)) else [value]
+            for v in values:
+                if isinstance(v, numbers.Real) and not isinstance(v, bool) and v > bound:
+                    raise ValueError(
+                        f"The '{name}' parameter of {type(self).__name__} is {value!r}; "
+                        f"values above {bound} are refused (they would allocate more "
+                        "memory than any machine has)")
+
+
+def available_memory():
+    """Bytes of memory available to this process now (Linux ``MemAvailable``, else
+    psutil, else None when unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def format_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def check_memory(needed, what, hint):
+    """Refuse a step that would need ``needed`` bytes when less is available."""
+    available = available_memory()
+    if available is not None and needed > MEMORY_FRACTION * available:
+        raise MemoryError(
+            f"{what} needs about {format_bytes(needed)} but only "
+            f"{format_bytes(available)} of memory is available; {hint}")
+
+
+def _label_key(label):
+    return label.strip().casefold()
+
+
+def check_labels(classes, name="y"):
+    """Refuse string classes that differ only by case or surrounding whitespace."""
+    by_key = {}
+    for label in classes:
+        if isinstance(label, str):
+            by_key.setdefault(_label_key(label), []).append(label)
+    clashes = [v for v in by_key.values() if len(v) > 1]
+    if clashes:
+        raise ValueError(
+            f"{name} has labels that differ only by case or surrounding whitespace: "
+            f"{clashes}; they would become separate classes. Fix the spelling so that "
+            "each class has one name")
+
+
+def check_class_weights(weights, classes):
+    """Refuse NaN, infinite or negative class weights, and all-zero ones."""
+    weights = np.asarray(weights, dtype=np.float64)
+    bad = [(c, w) for c, w in zip(np.asarray(classes).tolist(), weights.tolist())
+           if not math.isfinite(w) or w < 0]
+    if bad:
+        raise ValueError(
+            f"class_weight gives {', '.join(f'class {c!r} the weight {w!r}' for c, w in bad)}; "
+            "class weights must be finite and >= 0 (NaN or inf make every loss NaN)")
+    if not weights.any():
+        raise ValueError(f"class_weight gives every class the weight 0 ({weights.tolist()}); "
+                         "the loss would be 0/0 = NaN")
+
+
+def check_flattened(X):
+    """Refuse 2-D ``X`` of shape (n, d) whose d is the pixel count of square images
+    (784 = 28x28, 3 x 64 x 64, ...): such X is flattened images, which would train on
+    1 x 1 x d strips. Small d (tabular data, sklearn's estimator checks) passes."""
+    d = X.shape[1]
+    for channels in (1, 3):
+        side = math.isqrt(d // channels)
+        if d >= 256 and d % channels == 0 and side * side * channels == d:
+            shape = (X.shape[0], channels, side, side)
+            raise ValueError(
+                f"X is 2-D with shape {X.shape}: that looks like flattened {side}x{side}"
+                f"{'' if channels == 1 else ' RGB'} images, which would be read as "
+                f"1x1x{d} strips. Pass images shaped (n, C, H, W), e.g. "
+                f"X.reshape{shape}")
+
+
+def check_image_batch(shape, fit_shape=None):
+    """Refuse a single (C, H, W) image where a batch (n, C, H, W) is expected: 3-D input
+    equal to the fitted image shape with C = 3 (a grayscale (1, H, W) is a batch of one
+    anyway)."""
+    if fit_shape is not None and tuple(shape) == tuple(fit_shape) and fit_shape[0] == 3:
+        raise ValueError(
+            f"X has shape {tuple(shape)}: a single image of the fitted shape {fit_shape}, "
+            "not a batch; it would be read as 3 grayscale images. Pass X[None] for one "
+            "image")
+
