@@ -18,10 +18,12 @@ import math
 import numbers
 
 import numpy as np
+import torch
 from sklearn.utils._param_validation import Interval
 
 __all__ = ["StrictParamsMixin", "available_memory", "check_labels", "check_class_weights",
-           "check_flattened", "check_image_batch", "check_memory", "format_bytes"]
+           "check_fit_memory", "check_flattened", "check_image_batch", "check_memory",
+           "format_bytes"]
 
 #: Fraction of the available memory one step may plan to use.
 MEMORY_FRACTION = 0.8
@@ -79,10 +81,10 @@ def format_bytes(n):
         n /= 1024
 
 
-def check_memory(needed, what, hint):
+def check_memory(needed, what, hint, available=None, fraction=MEMORY_FRACTION):
     """Refuse a step that would need ``needed`` bytes when less is available."""
-    available = available_memory()
-    if available is not None and needed > MEMORY_FRACTION * available:
+    available = available_memory() if available is None else available
+    if available is not None and needed > fraction * available:
         raise MemoryError(
             f"{what} needs about {format_bytes(needed)} but only "
             f"{format_bytes(available)} of memory is available; {hint}")
@@ -97,7 +99,7 @@ def check_labels(classes, name="y"):
     by_key = {}
     for label in classes:
         if isinstance(label, str):
-            by_key.setdefault(_label_key(label), []).append(label)
+            by_key.setdefault(_label_key(label), []).append(str(label))
     clashes = [v for v in by_key.values() if len(v) > 1]
     if clashes:
         raise ValueError(
@@ -146,3 +148,57 @@ def check_image_batch(shape, fit_shape=None):
             "not a batch; it would be read as 3 grayscale images. Pass X[None] for one "
             "image")
 
+
+
+def _activation_bytes(module, image_shape, probe=80):
+    """Bytes of the activations one image of ``image_shape`` makes in ``module``'s forward
+    pass, estimated from one forward pass at ``probe`` pixels (activations of a
+    convolutional network grow with the pixel count); None if the probe fails."""
+    c, h, w = image_shape
+    scale = min(1.0, probe / max(h, w))
+    ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
+    seen, total = set(), [0]
+
+    def record(mod, inputs, out):
+        if isinstance(out, torch.Tensor) and out.data_ptr() not in seen:  # in-place ops once
+            seen.add(out.data_ptr())
+            total[0] += out.numel() * 4
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, c, ph, pw))
+    except Exception:  # a backbone that needs larger input fails later, with its own error
+        return None
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total[0] * (h * w) / (ph * pw)
+
+
+def check_fit_memory(module, image_shape, batch_size, device, amp=False, training=True,
+                     available=None):
+    """Refuse a fit whose batch of activations (kept for the backward pass and matched by
+    their gradients when ``training``) cannot fit in the memory of ``device``.
+
+    A rough estimate that errs high only by the activations' gradients, and compared with
+    all of the available memory: it refuses fits that cannot run (two 4096 x 4096 images
+    on a laptop), not ones that merely come close."""
+    per_image = _activation_bytes(module, image_shape)
+    if per_image is None:
+        return
+    needed = per_image * batch_size * (2 if training else 1) * (0.5 if amp else 1)
+    needed += sum(p.numel() * 4 for p in module.parameters()) * (4 if training else 1)
+    if available is None:
+        if str(device).startswith("cuda"):
+            available = torch.cuda.mem_get_info(torch.device(device))[0]
+        elif str(device) == "cpu":
+            available = available_memory()
+    check_memory(needed, f"training on batches of {batch_size} images of shape "
+                 f"{tuple(image_shape)} on {device}",
+                 "use smaller images (ImageLoader(size=...)), a smaller batch_size, or a "
+                 "frozen backbone with cache=True", available=available, fraction=1.0)

@@ -215,6 +215,11 @@ def _load_local_weights(model, trunk, path):
         state = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
     own = trunk.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    broken = [k for k, v in usable.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"weights file {str(path)!r} has tensors with NaN or inf values ({len(broken)}, "
+            f"e.g. {broken[:3]}): it was saved from a diverged model or is corrupt")
     if not usable:
         raise ValueError(
             f"weights file {str(path)!r} has no parameter matching backbone "

@@ -24,11 +24,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _features
-from ._callbacks import best_epoch, early_stopping_spec
+from ._callbacks import best_epoch, early_stopping_spec, raise_if_interrupted
 from ._training import (
     OPTIMIZERS, _drop_training_state, _Labelled, _Net, _resolve_device, _seed_everything,
     make_net, train_split, valid_dataset,
 )
+from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
+                          check_image_batch, check_labels, check_memory)
 from .augment import make_augmenter
 from .backbones import build_model
 
@@ -56,9 +58,13 @@ def _as_images(X, name="X"):
         return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    if getattr(X, "dtype", np.float32) != np.float32:
+        check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
+                     "float32", "pass float32 images or fewer of them at a time")
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)
     if X.ndim == 2:
+        check_flattened(X)
         X = X[:, None, None, :]
     elif X.ndim == 3:
         X = X[:, None]
@@ -73,7 +79,7 @@ def _as_images(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-class CXRClassifier(ClassifierMixin, BaseEstimator):
+class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     """Chest X-ray classifier: a torchvision backbone + dense head, trained with skorch.
 
     Parameters
@@ -204,6 +210,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
+    #: Upper bounds that keep allocations sane (neurons=10**9 is a 512 GB head).
+    _param_upper_bounds = {"neurons": 65536}
+
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
@@ -242,6 +251,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
+        check_labels(encoder.classes_)
         if len(encoder.classes_) < 2:
             raise ValueError(
                 f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
@@ -310,6 +320,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
+        check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device, amp,
+                         training=not use_cache)
         digest = _features.trunk_digest(module.trunk) if use_cache else None  # frozen: fixed
         if use_cache:
             X = np.array(self._cached_features(module, X, amp, device, digest))
@@ -336,6 +348,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self._trunk_digest = digest
         self.net_ = net
         self.best_epoch_ = best_epoch(net)
+        raise_if_interrupted(net)  # after the state above: usable, and marked as such
         return self
 
     def _validation_set(self, X_val, y_val, classes, image_shape):
@@ -397,6 +410,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self, "net_")
+        if getattr(X, "ndim", None) == 3:
+            check_image_batch(X.shape, self.image_shape_)
         X = _as_images(X)
         shape = _image_shape(X)
         if shape != self.image_shape_:
