@@ -34,6 +34,17 @@ _ES_KEYS = ("patience", "monitor", "min_delta", "pos_label")
 _ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None}
 
 
+def _check_kwargs(param, kwargs, target, exclude=()):
+    """Refuse keys of a dict parameter that ``target`` does not take, naming the closest."""
+    import inspect
+
+    known = [p for p in inspect.signature(target).parameters if p not in exclude]
+    for key in kwargs:
+        if key not in known:
+            raise ValueError(f"{param} has an unknown key {key!r} ({target.__name__} takes "
+                             f"{known}){_did_you_mean(key, known)}")
+
+
 def _did_you_mean(value, options):
     close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -139,6 +150,8 @@ def make_callbacks(spec, *, n_classes, has_valid, lr_schedule=None, checkpoint_d
         )))
     if lr_schedule is not None:
         kwargs = {} if lr_schedule == "plateau" else dict(lr_schedule)
+        _check_kwargs("lr_schedule", kwargs, torch.optim.lr_scheduler.ReduceLROnPlateau,
+                      exclude=("self", "optimizer"))
         # on the loss of the same set (ReduceLROnPlateau's mode="min")
         callbacks.append(("lr_schedule", LRScheduler(
             policy=torch.optim.lr_scheduler.ReduceLROnPlateau,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import warnings
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from sklearn.utils._param_validation import Interval
 
 __all__ = ["StrictParamsMixin", "available_memory", "check_labels", "check_class_weights",
            "check_fit_memory", "check_flattened", "check_image_batch", "check_memory",
-           "format_bytes"]
+           "check_not_paths", "format_bytes", "warn_unnormalised"]
 
 #: Fraction of the available memory one step may plan to use.
 MEMORY_FRACTION = 0.8
@@ -94,10 +96,25 @@ def _label_key(label):
     return label.strip().casefold()
 
 
-def check_labels(classes, name="y"):
-    """Refuse string classes that differ only by case or surrounding whitespace."""
+def check_labels(labels, name="y", missing=False):
+    """Refuse string labels that differ only by case or surrounding whitespace; with
+    ``missing``, also None/NaN labels and labels mixing strings and numbers (all rows)."""
+    labels = np.asarray(labels)
+    if missing and labels.dtype == object:
+        gone = [i for i, v in enumerate(labels.tolist())
+                if v is None or (isinstance(v, float) and math.isnan(v))]
+        if gone:
+            raise ValueError(f"{name} has missing labels (None or NaN) at rows "
+                             f"{gone[:10]}{' ...' if len(gone) > 10 else ''}")
+        kinds = {"str" if isinstance(v, str) else type(v).__name__ for v in labels.tolist()}
+        if any(isinstance(v, str) for v in labels.tolist()) and len(kinds) > 1:
+            first = next(i for i, v in enumerate(labels.tolist()) if not isinstance(v, str))
+            raise ValueError(f"{name} mixes label types {sorted(kinds)} (e.g. row {first}: "
+                             f"{labels[first]!r}); use one type for every label")
+    if missing:
+        return
     by_key = {}
-    for label in classes:
+    for label in labels.tolist():
         if isinstance(label, str):
             by_key.setdefault(_label_key(label), []).append(str(label))
     clashes = [v for v in by_key.values() if len(v) > 1]
@@ -106,6 +123,25 @@ def check_labels(classes, name="y"):
             f"{name} has labels that differ only by case or surrounding whitespace: "
             f"{clashes}; they would become separate classes. Fix the spelling so that "
             "each class has one name")
+
+
+def check_not_paths(X, name="X"):
+    """Refuse file paths given where images are expected."""
+    first = X[0] if isinstance(X, (list, tuple)) and len(X) else (
+        X.flat[0] if isinstance(X, np.ndarray) and X.dtype.kind in "USO" and X.size else None)
+    if isinstance(first, (str, bytes, os.PathLike)):
+        raise ValueError(f"{name} holds file paths or strings (e.g. {first!r}), not images; "
+                         "put an ImageLoader before CXRClassifier in a Pipeline")
+
+
+def warn_unnormalised(X, raw_dtype, name="X"):
+    """Warn when integer pixels (0-255) reach the network unnormalised."""
+    if raw_dtype is not None and np.dtype(raw_dtype).kind in "ui" and X.size \
+            and X.ndim >= 3 and X.max() > 1:
+        warnings.warn(
+            f"{name} is {np.dtype(raw_dtype)} with values up to {X.max():g}: the network gets "
+            "raw pixel values, not normalised images; use ImageLoader (or scale X) first",
+            UserWarning, stacklevel=4)
 
 
 def check_class_weights(weights, classes):

@@ -264,9 +264,13 @@ def build_trunk(backbone, weights=None, in_channels=3):
                     setattr(trunk, aux, None)
         in_channels = 3
     else:
+        import difflib
+
+        close = difflib.get_close_matches(backbone, available_backbones(), n=3)
         raise ValueError(
             f"backbone={backbone!r} is not a torchvision classification model nor one of "
-            f"{SMALL_CNNS}; see cxr_estimators.backbones.available_backbones()"
+            f"{SMALL_CNNS}{f'; did you mean {close}?' if close else ''} (see "
+            "cxr_estimators.backbones.available_backbones())"
         )
     n_features = trunk.num_features if backbone in SMALL_CNNS else _strip_classifier(trunk)
     if path is not None:

@@ -30,7 +30,8 @@ from ._training import (
     make_net, train_split, valid_dataset,
 )
 from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
-                          check_image_batch, check_labels, check_memory)
+                          check_image_batch, check_labels, check_memory, check_not_paths,
+                          warn_unnormalised)
 from .augment import make_augmenter
 from .backbones import build_model
 
@@ -52,17 +53,24 @@ def _as_images(X, name="X"):
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
             raise ValueError(f"{name} is an empty dataset")
+        if not hasattr(X, "shape") and not hasattr(X[0], "shape"):
+            raise ValueError(f"{name}'s items must be (C, H, W) arrays or tensors; got "
+                             f"{type(X[0]).__name__} (a TensorDataset yields tuples: pass "
+                             "the tensor itself)")
         shape = _image_shape(X)
         if len(shape) != 3 or shape[0] not in (1, 3):
             raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
         return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    check_not_paths(X, name)
     if getattr(X, "dtype", np.float32) != np.float32:
         check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
                      "float32", "pass float32 images or fewer of them at a time")
+    raw_dtype = getattr(X, "dtype", None)
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)
+    warn_unnormalised(X, raw_dtype, name)
     if X.ndim == 2:
         check_flattened(X)
         X = X[:, None, None, :]
@@ -247,6 +255,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None"
             )
         y = column_or_1d(y, warn=True)
+        check_labels(y, missing=True)
         if len(y) < 2:
             raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
         check_classification_targets(y)

@@ -221,6 +221,9 @@ def _stat(name):
         raise ImageReadError(f"image path {name!r} is not a valid path: {exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageReadError(f"image path {name!r} is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageReadError(f"image path {name!r} is not a regular file (a pipe, socket "
+                             "or device)")
     return st
 
 

@@ -172,6 +172,7 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"normalize must be a preset name or (mean, std); got {self.normalize!r}"
                 ) from None
+            mean, std = [float(m) for m in mean], [float(s) for s in std]
             if not np.isfinite(np.asarray(mean + std, dtype=float)).all():
                 raise ValueError(f"normalize must be finite; got mean {mean}, std {std}")
             if min(std) <= 0:
@@ -223,6 +224,10 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
             for i, x in enumerate(X):
                 _warn_uint16_8bit(np.asarray(x), f"image {i} of X")
             return list(X), [str(i) for i in range(len(X))], None  # differently sized images
+        if ragged and any(isinstance(x, (str, os.PathLike)) for x in X):
+            first = next(i for i, x in enumerate(X) if not isinstance(x, (str, os.PathLike)))
+            raise ValueError(f"X mixes file paths and other values: item {first} is "
+                             f"{type(X[first]).__name__} {X[first]!r:.40}")
         X = np.asarray(X)
         _check_array_batch(X)
         if X.ndim not in (3, 4):
