@@ -13,7 +13,7 @@ import sys
 
 from benchmarks import _common
 
-BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory")
+BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory", "robustness")
 
 
 def main(argv=None):

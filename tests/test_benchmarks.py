@@ -29,7 +29,7 @@ def test_quick_benchmarks_write_their_results(tmp_path):
                     "--out-dir", str(tmp_path)], check=True, cwd=ROOT, timeout=600)
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
-                            "memory"}
+                            "memory", "robustness"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -59,6 +59,10 @@ def test_quick_benchmarks_write_their_results(tmp_path):
 
     for row in results["memory"]["rows"]:
         assert _finite_positive(row["predict_peak_rss_mb"])
+
+    robust = results["robustness"]
+    assert sum(robust["counts"].values()) == robust["n_cases"] > 0
+    assert robust["code_executed"] == 0 and robust["joblib_load_runs_payload"] is True
 
     page = (tmp_path / "benchmarks.md").read_text()
     assert "python -m benchmarks.overhead --out-dir" in page
