@@ -2,11 +2,14 @@
 
 Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment`` and ``io``; :func:`save` / :func:`load` write and read
-model files that cannot run code (:mod:`cxr_estimators.persistence`).
+``backbones``, ``augment``, ``io`` and ``distributed``; :func:`save` / :func:`load` write
+and read model files that cannot run code (:mod:`cxr_estimators.persistence`).
 """
 
-from . import audit, augment, backbones, datasets, evaluation, explain, io, metrics, plotting
+from . import (
+    audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
+    plotting,
+)
 from .classifier import CXRClassifier
 from .persistence import load, save
 from .preprocessing import ImageDataset, ImageLoader
@@ -23,6 +26,7 @@ __all__ = [
     "augment",
     "backbones",
     "datasets",
+    "distributed",
     "evaluation",
     "explain",
     "io",

@@ -5,8 +5,9 @@ checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
-(bf16 autocast on CUDA, grouped validation split, seeding) is in
-:mod:`cxr_estimators._training`.
+(bf16 autocast on CUDA, grouped validation split, sample weights, warm start) is in
+:mod:`cxr_estimators._training`, the per-fit random streams in :mod:`cxr_estimators._rng`,
+device placement and data-parallel training in :mod:`cxr_estimators.distributed`.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import _features
+from . import _features, distributed
 from ._callbacks import best_epoch, early_stopping_spec, raise_if_interrupted
+from ._rng import FitRandomness, fit_seed
 from ._training import (
-    OPTIMIZERS, _drop_training_state, _Labelled, _Net, _resolve_device, _seed_everything,
-    make_net, train_split, valid_dataset,
+    OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
+    _training_data, load_warm_start, make_net, train_split, valid_dataset,
+    warm_start_module,
 )
 from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
                           check_image_batch, check_labels, check_memory, check_not_paths,
                           warn_unnormalised)
+from ._averaging import check_average_weights
+from ._callbacks import check_lr_schedule
+from ._tta import check_tta, tta_context
 from .augment import make_augmenter
 from .backbones import build_model
 
@@ -130,10 +136,27 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         sklearn's ``f1_score``); multiclass f1 is macro-averaged, multiclass roc_auc
         one-vs-rest. Without a validation set the training batches' value is watched
         (``train_<metric>``). None disables early stopping.
-    lr_schedule : None, "plateau" or dict, default=None
-        Reduce-on-plateau schedule on the validation loss (train loss without
-        validation); a dict gives ``torch.optim.lr_scheduler.ReduceLROnPlateau``
-        arguments (e.g. ``{"patience": 2, "factor": 0.5}``).
+    lr_schedule : None, {"plateau", "cosine", "onecycle"} or dict, default=None
+        "plateau": reduce-on-plateau on the validation loss (train loss without
+        validation), every epoch; "cosine": cosine decay from ``lr`` to 0 over
+        ``max_epochs``, every batch; "onecycle": torch's ``OneCycleLR`` peaking at
+        ``lr``, every batch. A dict names the schedule under ``"policy"`` (default
+        "plateau") and passes the torch scheduler's arguments, e.g. ``{"patience": 2,
+        "factor": 0.5}``, ``{"policy": "cosine", "warmup_epochs": 1}`` (linear warm-up)
+        or ``{"policy": "onecycle", "pct_start": 0.2}``. The learning rate used is in the
+        history, per epoch (``history_[:, "event_lr"]``) for "plateau", per training
+        batch (``history_[-1, "batches", 0, "event_lr"]``) for the others.
+    label_smoothing : float in [0, 1), default=0.0
+        Label smoothing of the cross-entropy loss (``torch.nn.CrossEntropyLoss``'s own).
+    average_weights : None, {"ema", "swa"} or dict, default=None
+        Weight averaging with ``torch.optim.swa_utils``; the averaged weights are the
+        fitted ones. "ema": exponential moving average after every training batch
+        (``{"method": "ema", "decay": 0.99}``); "swa": equal average of the weights at the
+        end of each epoch from ``start`` on (default 0.75 of ``max_epochs``; ``{"method":
+        "swa", "start": 0.5}``), BatchNorm statistics then recomputed on the training
+        split. Early stopping still decides when training ends, but the averaged weights
+        replace its best epoch's. Needs ``max_epochs >= 2``
+        (:mod:`cxr_estimators._averaging`).
     validation_fraction : float in [0, 1), default=0.1
         Stratified internal validation split used for early stopping, LR schedule,
         checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
@@ -142,24 +165,49 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
         predict time. True uses mild defaults without horizontal flip.
+    tta : None, int >= 0 or dict, default=None
+        Test-time augmentation: ``predict_proba`` averages the probabilities of each image
+        and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
+        mild defaults if training did not augment); a dict gives augmentation settings
+        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
+        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
-    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
-        channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
-        (T4, V100) train in float32, as do CPU and MPS.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
+        "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
+        ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
+        distributed launcher (torchrun) sets ``LOCAL_RANK`` — so one Dask worker or
+        rank per GPU needs no code (docs/scale_out.md). "cuda:N" picks GPU N. On CUDA,
+        bf16 mixed precision and channels_last are used when the GPU supports bf16
+        (Ampere and newer); older GPUs (T4, V100) train in float32, as do CPU and MPS.
+        While a torch.distributed process group is open, fit trains one model
+        data-parallel over its processes (:mod:`cxr_estimators.distributed`).
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
-    random_state : int or None, default=None
-        Seeds torch (weight init, dropout, augmentation), the data order and the
-        validation split; same seed → same model on CPU.
+    random_state : int, RandomState or None, default=None
+        Seeds weight init, dropout, augmentation, the data order and the validation
+        split; same seed → same model on CPU, also for fits running in parallel threads.
+        Each fit draws from its own random stream: torch's global RNG is left as the
+        caller had it (:mod:`cxr_estimators._rng`). None draws the seed from numpy's
+        global RNG, as sklearn does.
     verbose : int, default=0
         0 silent, 1 epoch table, 2 epoch table and progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks (a logger such as ``skorch.callbacks.TensorBoard``, an
+        ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
+        fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
+        as a writer, cannot be deep-copied), so the given objects are never changed. A
+        name (or score name) that one of ours already has is an error.
+    warm_start : bool, default=False
+        True: a second ``fit`` starts from the fitted weights (with a new optimizer)
+        instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
+        the image shape must be those of the first fit.
 
     Attributes
     ----------
@@ -177,7 +225,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ``valid_<metric>`` of ``early_stopping``.
     best_epoch_ : int
         The epoch (1-based) whose weights the model holds: early stopping's best epoch,
-        else the last one. Retraining on train + validation for that many epochs without
+        else the last one (with ``average_weights``, the last epoch trained: the average
+        runs up to it). Retraining on train + validation for that many epochs without
         an internal split is ``clf.set_params(max_epochs=clf.best_epoch_,
         early_stopping=None, validation_fraction=0).fit(X_all, y_all)``.
     device_ : str
@@ -206,16 +255,21 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), dict, None],
-        "lr_schedule": [StrOptions({"plateau"}), dict, None],
+        "lr_schedule": [str, dict, None],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "average_weights": [StrOptions({"ema", "swa"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "augment": ["boolean", dict, None],
+        "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
-        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "device": [str],  # "cuda:N" too: checked by distributed.resolve_device
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [list, None],
+        "warm_start": ["boolean"],
     }
 
     #: Upper bounds that keep allocations sane (neurons=10**9 is a 512 GB head).
@@ -223,9 +277,11 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
-                 max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
-                 class_weight=None, augment=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, random_state=None, verbose=0):
+                 max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
+                 average_weights=None, validation_fraction=0.1,
+                 class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
+                 device="auto", num_workers=0, random_state=None, verbose=0,
+                 callbacks=None, warm_start=False):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -238,15 +294,20 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
         self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.average_weights = average_weights
         self.validation_fraction = validation_fraction
         self.class_weight = class_weight
         self.augment = augment
+        self.tta = tta
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit helpers
     def _encode_targets(self, y):
@@ -276,7 +337,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         )
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
 
         Every input is checked before anything fitted is replaced, so a fit that fails on
@@ -286,6 +347,12 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
         y : array-like of shape (n,)
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each image's loss, in training and in the internal
+            validation loss: each batch's loss is the weighted mean of its images'
+            losses (times their class weights, if any), as in sklearn's
+            ``MLPClassifier``. A given ``X_val`` is scored unweighted. Under metadata
+            routing request it with ``set_fit_request(sample_weight=True)``.
         X_val : array-like of shape (n_val, C, H, W) or image dataset, default=None
             A validation set (images shaped like ``X``) for early stopping, the LR
             schedule, checkpoints and the per-epoch history, instead of an internal split:
@@ -318,13 +385,27 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
         image_shape = _image_shape(X)
+        sample_weight = _check_sample_weight(sample_weight, len(y_enc))
+        previous = warm_start_module(self, classes, image_shape)
         valid = self._validation_set(X_val, y_val, classes, image_shape)
         es_spec = early_stopping_spec(self.early_stopping, classes)
+        check_lr_schedule(self.lr_schedule, self.max_epochs)
+        check_average_weights(self.average_weights, self.max_epochs)
+        check_tta(self.tta, self.augment)
         augmenter = make_augmenter(self.augment)
-        seed = _seed_everything(self.random_state)
-        device = _resolve_device(self.device)
-        amp = device == "cuda" and torch.cuda.is_bf16_supported()
-        module = self._build_module(len(classes), image_shape[0], self.weights, augmenter)
+        device = distributed.resolve_device(self.device)
+        distributed.check_same_data(len(y_enc), classes)
+        seed = distributed.same_on_all_ranks(fit_seed(self.random_state))
+        rng = FitRandomness(seed, device)
+        amp = distributed.bf16_supported(device)
+        with rng.global_stream():  # weight init draws from this fit's stream
+            module = self._build_module(len(classes), image_shape[0],
+                                        self.weights if previous is None else None,
+                                        augmenter)
+        if previous is not None:
+            load_warm_start(self, module, previous)
+        if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
+            rng.reseed(distributed.rank())
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
@@ -340,8 +421,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         split = train_split(self.validation_fraction, y_enc, groups, seed,
                             valid=None if valid is None else valid_dataset(*valid))
         net = make_net(self, module.head if use_cache else module, classes, y_enc,
-                       device=device, amp=amp, split=split, es_spec=es_spec, seed=seed)
-        net.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset) else X, y_enc)
+                       device=device, amp=amp, split=split, es_spec=es_spec, rng=rng,
+                       weighted=sample_weight is not None)
+        net.fit(_training_data(X, y_enc, sample_weight), y_enc)
+        distributed.finish_fit(net)  # DDP: every rank keeps rank 0's weights
         if use_cache:
             # The head was trained in place; serve predictions with the whole model.
             net.module_ = module.to(device)
@@ -355,6 +438,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.device_ = device
         self._uses_cache = use_cache
         self._trunk_digest = digest
+        self._seed = seed  # also seeds test-time augmentation
         self.net_ = net
         self.best_epoch_ = best_epoch(net)
         raise_if_interrupted(net)  # after the state above: usable, and marked as such
@@ -387,16 +471,17 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         """The skorch net ``fit`` builds for ``classes_``, ``image_shape_`` and ``device_``,
         initialised but not trained (``weights`` is not read: random init), in eval mode.
         :func:`cxr_estimators.load` puts the saved weights into it."""
-        amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
+        device = self.device_
+        amp = distributed.bf16_supported(device)
         with warnings.catch_warnings():  # about the random init this is about to replace
             warnings.simplefilter("ignore", UserWarning)
             module = self._build_module(len(self.classes_), self.image_shape_[0], None,
                                         make_augmenter(self.augment))
         if amp:
             module = module.to(memory_format=torch.channels_last)
-        n_classes = len(self.classes_)
-        net = make_net(self, module, self.classes_, np.arange(n_classes), device=self.device_,
-                       amp=amp, split=None, es_spec=None, seed=None)
+        net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
+                       device=device, amp=amp, split=None, es_spec=None,
+                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device))
         net.initialize()
         net.module_.eval()
         _drop_training_state(net)
@@ -440,7 +525,11 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
-        if getattr(self, "_uses_cache", False):
+        tta = check_tta(self.tta, self.augment)
+        if tta is not None:
+            with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                proba = self._stream_proba(X)
+        elif getattr(self, "_uses_cache", False):
             # frozen trunk: features of X come from the cache shared by all grid points
             # (a CV test fold is the same for every one); only the head runs here
             images = X.images if isinstance(X, _Labelled) else X
