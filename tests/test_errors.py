@@ -711,12 +711,13 @@ PARAMS = [
     _p("freeze", 99, r"freeze=99 asks to train the last 99 blocks"),
     _p("freeze", -1, r"'freeze' parameter"),
     _p("validation_fraction", 1.0, r"'validation_fraction' parameter"),
-    _p("device", "tpu", r"'device' parameter.*'auto'"),
+    _p("device", "tpu", r"device='tpu' is not one of 'auto'"),
     _p("augment", {"rotaton": 10}, r"augment has unknown keys \['rotaton'\]"),
     _p("augment", "yes", r"'augment' parameter"),
-    _p("lr_schedule", {"patiense": 2}, r"lr_schedule has an unknown key 'patiense'.*did you "
-                                       r"mean 'patience'"),
-    _p("lr_schedule", "cosine", r"'lr_schedule' parameter"),
+    _p("lr_schedule", {"patiense": 2}, r"lr_schedule 'plateau' has no argument 'patiense'.*"
+                                       r"did you mean 'patience'"),
+    _p("lr_schedule", "cosin", r"lr_schedule='cosin' is not a known schedule.*did you mean "
+                               r"'cosine'"),
     _p("early_stopping", 0, r"'early_stopping' parameter"),
     _p("random_state", "seed", r"'random_state' parameter"),
     _p("class_weight", "auto", r"'class_weight' parameter"),
