@@ -18,6 +18,7 @@ and, as they stay in inference mode, never recompute.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -163,6 +164,8 @@ class WeightAveraging(Callback):
                   for name, m in averaged.named_modules()
                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training}
         loader = net.get_iterator(self.dataset_train_, training=True)
-        update_bn(loader, self.averaged_, device=net.device)
+        rng = getattr(net, "fit_rng_", None)  # dropout in train mode: the fit's stream
+        with rng.global_stream() if rng is not None else contextlib.nullcontext():
+            update_bn(loader, self.averaged_, device=net.device)
         for name, state in frozen.items():
             averaged.get_submodule(name).load_state_dict(state)

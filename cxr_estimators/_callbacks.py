@@ -1,4 +1,5 @@
-"""The skorch callbacks of :class:`~cxr_estimators.CXRClassifier`.
+"""The skorch callbacks of :class:`~cxr_estimators.CXRClassifier` (ours, and the user's
+``callbacks=`` appended after them: :func:`user_callbacks`).
 
 skorch does the work: :class:`~skorch.callbacks.EpochScoring` computes the monitored
 validation metric every epoch (from the predictions the validation pass already made: no
@@ -33,16 +34,21 @@ rate then never reaches its end value).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import numbers
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.metrics import get_scorer, make_scorer, f1_score
-from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
+from skorch.callbacks import (
+    Callback, Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar,
+)
 from skorch.utils import noop
 from torch.optim import lr_scheduler as torch_lr
 
+from . import distributed
 from ._averaging import WeightAveraging, check_average_weights
 
 #: Metrics ``early_stopping={"monitor": ...}`` accepts.
@@ -133,11 +139,15 @@ class _KeptByEarlyStopping:
 
 
 def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
-                   average_weights=None, checkpoint_dir=None, verbose=0):
+                   average_weights=None, checkpoint_dir=None, verbose=0, extra=None,
+                   sync_ranks=False, writes_files=True):
     """The named skorch callbacks for one fit.
 
     ``spec``: :func:`early_stopping_spec` output. Without a validation set the monitored
-    values are those of the training batches (``train_<metric>``)."""
+    values are those of the training batches (``train_<metric>``). ``extra``: the user's
+    ``callbacks=``, appended after ours (:func:`user_callbacks`). ``sync_ranks``: a
+    data-parallel fit, whose epoch scores are averaged over the ranks before anything
+    reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint)."""
     monitor = monitor_name(spec, has_valid)
     # accuracy of the training batches as trained (dropout, augmentation), from the
     # predictions skorch already made: no extra forward pass
@@ -147,6 +157,8 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
         scoring = _scorer(spec["monitor"], n_classes, spec["pos_index"])
         callbacks.append((monitor, EpochScoring(scoring, name=monitor, on_train=not has_valid,
                                                 lower_is_better=False)))
+    if sync_ranks:  # after the scoring callbacks, before those that read the scores
+        callbacks.append(("sync_ranks", distributed.SyncEpochScores()))
     if spec is not None:
         callbacks.append(("early_stopping", EarlyStopping(
             monitor=monitor, patience=spec["patience"], load_best=True,
@@ -158,7 +170,7 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
         # plateau: on the loss of the same set (ReduceLROnPlateau's mode="min")
         callbacks.append(("lr_schedule", make_lr_scheduler(
             lr_schedule, max_epochs, monitor_name(None, has_valid))))
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and writes_files:
         kept = _KeptByEarlyStopping() if spec is not None else f"{monitor}_best"
         callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=str(checkpoint_dir))))
     if verbose and verbose > 1:
@@ -167,7 +179,55 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
     if averaging is not None:  # last: its weights replace those early stopping restored
         method, options = averaging
         callbacks.append(("average_weights", WeightAveraging(method, **options)))
-    return callbacks
+    return callbacks + user_callbacks(extra, [name for name, _ in callbacks])
+
+
+#: Callback names skorch's NeuralNetClassifier gives its own default callbacks.
+_SKORCH_DEFAULT_CALLBACKS = ("epoch_timer", "train_loss", "valid_loss", "valid_acc",
+                             "print_log")
+
+
+def user_callbacks(callbacks, ours):
+    """``callbacks=`` validated and cloned, as skorch ``(name, callback)`` pairs.
+
+    Clones: :func:`sklearn.base.clone` (how skorch callbacks are meant to be copied);
+    where a parameter cannot be deep-copied (an open writer, a lock), a shallow copy —
+    the callback's fitted state, set up again by skorch at every fit, is its own either
+    way, while such a parameter is shared with the object given."""
+    taken = set(ours) | set(_SKORCH_DEFAULT_CALLBACKS)
+    # history keys of ours (our EpochScorings are named by the key they write)
+    scores = {"train_loss", "train_acc", "valid_loss", "valid_acc"} | set(ours)
+    out = []
+    for i, item in enumerate(callbacks or []):
+        name, cb = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        is_callback = isinstance(cb, Callback) or (isinstance(cb, type)
+                                                   and issubclass(cb, Callback))
+        if not is_callback or not (name is None or isinstance(name, str)):
+            raise ValueError(f"callbacks[{i}] = {item!r} is not a skorch callback (an "
+                             "instance or class of skorch.callbacks.Callback, or a "
+                             "(name, callback) pair)")
+        shown = name or (cb.__name__ if isinstance(cb, type) else type(cb).__name__)
+        if shown in taken:
+            raise ValueError(f"callbacks[{i}] is named {shown!r}, which CXRClassifier "
+                             f"already uses (taken: {sorted(taken)}); give it another "
+                             f"name, e.g. ('my_{shown}', callback)")
+        key = getattr(cb, "name", None) if not isinstance(cb, type) else None
+        if isinstance(key, str) and key in scores:
+            raise ValueError(f"callbacks[{i}] records its score as {key!r}, which "
+                             "CXRClassifier's own history already has; pass another "
+                             "name= to it")
+        if name is not None:  # skorch numbers unnamed callbacks of one class itself
+            taken.add(name)
+        cb = cb if isinstance(cb, type) else _clone_callback(cb)
+        out.append(cb if name is None else (name, cb))
+    return out
+
+
+def _clone_callback(cb):
+    try:
+        return clone(cb)
+    except Exception:  # noqa: BLE001 - any failure to deep-copy: share the parameters
+        return copy.copy(cb)
 
 
 def best_epoch(net):

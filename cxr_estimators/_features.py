@@ -42,7 +42,9 @@ def compute_features(trunk_forward, X, device, batch_size, amp=False):
     uncached training forward pass does, so both paths see the same features."""
     out = []
     if isinstance(X, torch.utils.data.Dataset):
-        batches = torch.utils.data.DataLoader(X, batch_size=batch_size)
+        # its own generator: a DataLoader without one draws from torch's global RNG
+        batches = torch.utils.data.DataLoader(X, batch_size=batch_size,
+                                              generator=torch.Generator())
     else:
         batches = (X[start:start + batch_size] for start in range(0, len(X), batch_size))
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

@@ -2,9 +2,11 @@
 
 ``predict_proba`` averages the class probabilities of each image and of ``views``
 augmented copies of it, drawn by :mod:`cxr_estimators.augment`'s augmenter. The draws come
-from torch's RNG, seeded from ``random_state`` inside :func:`torch.random.fork_rng`: the
-same images in the same batches give the same probabilities on every call, and the
-global RNG is left as it was. (An image's draws depend on its place in its batch, so a
+from torch's RNG, seeded from ``random_state`` inside a
+:meth:`~cxr_estimators._rng.FitRandomness.global_stream` (torch's global RNG set to that
+seed under the lock that fits in other threads share, then restored): the same images in
+the same batches give the same probabilities on every call, and the global RNG is left
+as it was. (An image's draws depend on its place in its batch, so a
 subset of X may get slightly different probabilities than the same images inside X.)
 
 Written here by hand: the wrapper module that averages the views' probabilities, swapped
@@ -20,6 +22,7 @@ import numbers
 import torch
 from torch import nn
 
+from ._rng import FitRandomness
 from .augment import DEFAULT_AUGMENTATION, make_augmenter
 
 __all__ = ["check_tta", "tta_context"]
@@ -74,12 +77,9 @@ class _AveragedViews(nn.Module):
 def tta_context(net, augmenter, views, seed):
     """Within the block, ``net.module_`` predicts the average over augmented views."""
     model = net.module_
-    devices = [torch.device(net.device).index or 0] if str(net.device).startswith("cuda") \
-        else []
     net.module_ = _AveragedViews(model, augmenter.to(net.device), views).eval()
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0 if seed is None else seed)
+        with FitRandomness(0 if seed is None else seed, net.device).global_stream():
             yield
     finally:
         net.module_ = model

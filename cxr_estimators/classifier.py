@@ -5,8 +5,9 @@ checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
-(bf16 autocast on CUDA, grouped validation split, seeding) is in
-:mod:`cxr_estimators._training`.
+(bf16 autocast on CUDA, grouped validation split, sample weights, warm start) is in
+:mod:`cxr_estimators._training`, the per-fit random streams in :mod:`cxr_estimators._rng`,
+device placement and data-parallel training in :mod:`cxr_estimators.distributed`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import _features
+from . import _features, distributed
 from ._callbacks import best_epoch, early_stopping_spec
+from ._rng import FitRandomness, fit_seed
 from ._training import (
-    OPTIMIZERS, _drop_training_state, _Labelled, _Net, _resolve_device, _seed_everything,
-    make_net, train_split, valid_dataset,
+    OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
+    _training_data, load_warm_start, make_net, train_split, valid_dataset,
+    warm_start_module,
 )
 from ._averaging import check_average_weights
 from ._callbacks import check_lr_schedule
@@ -160,18 +163,36 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
-    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
-        channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
-        (T4, V100) train in float32, as do CPU and MPS.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
+        "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
+        ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
+        distributed launcher (torchrun) sets ``LOCAL_RANK`` — so one Dask worker or
+        rank per GPU needs no code (docs/scale_out.md). "cuda:N" picks GPU N. On CUDA,
+        bf16 mixed precision and channels_last are used when the GPU supports bf16
+        (Ampere and newer); older GPUs (T4, V100) train in float32, as do CPU and MPS.
+        While a torch.distributed process group is open, fit trains one model
+        data-parallel over its processes (:mod:`cxr_estimators.distributed`).
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
-    random_state : int or None, default=None
-        Seeds torch (weight init, dropout, augmentation), the data order and the
-        validation split; same seed → same model on CPU.
+    random_state : int, RandomState or None, default=None
+        Seeds weight init, dropout, augmentation, the data order and the validation
+        split; same seed → same model on CPU, also for fits running in parallel threads.
+        Each fit draws from its own random stream: torch's global RNG is left as the
+        caller had it (:mod:`cxr_estimators._rng`). None draws the seed from numpy's
+        global RNG, as sklearn does.
     verbose : int, default=0
         0 silent, 1 epoch table, 2 epoch table and progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks (a logger such as ``skorch.callbacks.TensorBoard``, an
+        ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
+        fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
+        as a writer, cannot be deep-copied), so the given objects are never changed. A
+        name (or score name) that one of ours already has is an error.
+    warm_start : bool, default=False
+        True: a second ``fit`` starts from the fitted weights (with a new optimizer)
+        instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
+        the image shape must be those of the first fit.
 
     Attributes
     ----------
@@ -228,10 +249,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
-        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "device": [str],  # "cuda:N" too: checked by distributed.resolve_device
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [list, None],
+        "warm_start": ["boolean"],
     }
 
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
@@ -239,7 +262,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                  max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
                  average_weights=None, validation_fraction=0.1,
                  class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, random_state=None, verbose=0):
+                 device="auto", num_workers=0, random_state=None, verbose=0,
+                 callbacks=None, warm_start=False):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -264,6 +288,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit helpers
     def _encode_targets(self, y):
@@ -283,7 +309,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
 
         Every input is checked before anything fitted is replaced, so a fit that fails on
@@ -293,6 +319,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
         y : array-like of shape (n,)
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each image's loss, in training and in the internal
+            validation loss: each batch's loss is the weighted mean of its images'
+            losses (times their class weights, if any), as in sklearn's
+            ``MLPClassifier``. A given ``X_val`` is scored unweighted. Under metadata
+            routing request it with ``set_fit_request(sample_weight=True)``.
         X_val : array-like of shape (n_val, C, H, W) or image dataset, default=None
             A validation set (images shaped like ``X``) for early stopping, the LR
             schedule, checkpoints and the per-epoch history, instead of an internal split:
@@ -325,20 +357,30 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
         image_shape = _image_shape(X)
+        sample_weight = _check_sample_weight(sample_weight, len(y_enc))
+        previous = warm_start_module(self, classes, image_shape)
         valid = self._validation_set(X_val, y_val, classes, image_shape)
         es_spec = early_stopping_spec(self.early_stopping, classes)
         check_lr_schedule(self.lr_schedule, self.max_epochs)
         check_average_weights(self.average_weights, self.max_epochs)
         check_tta(self.tta, self.augment)
         augmenter = make_augmenter(self.augment)
-        seed = _seed_everything(self.random_state)
-        device = _resolve_device(self.device)
-        amp = device == "cuda" and torch.cuda.is_bf16_supported()
-        module = build_model(
-            self.backbone, len(classes), weights=self.weights, in_channels=image_shape[0],
-            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=augmenter,
-        )
+        device = distributed.resolve_device(self.device)
+        distributed.check_same_data(len(y_enc), classes)
+        seed = distributed.same_on_all_ranks(fit_seed(self.random_state))
+        rng = FitRandomness(seed, device)
+        amp = distributed.bf16_supported(device)
+        with rng.global_stream():  # weight init draws from this fit's stream
+            module = build_model(
+                self.backbone, len(classes),
+                weights=self.weights if previous is None else None,
+                in_channels=image_shape[0], neurons=self.neurons, dropout=self.dropout,
+                freeze=self.freeze, augment=augmenter,
+            )
+        if previous is not None:
+            load_warm_start(self, module, previous)
+        if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
+            rng.reseed(distributed.rank())
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
@@ -352,8 +394,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         split = train_split(self.validation_fraction, y_enc, groups, seed,
                             valid=None if valid is None else valid_dataset(*valid))
         net = make_net(self, module.head if use_cache else module, classes, y_enc,
-                       device=device, amp=amp, split=split, es_spec=es_spec, seed=seed)
-        net.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset) else X, y_enc)
+                       device=device, amp=amp, split=split, es_spec=es_spec, rng=rng,
+                       weighted=sample_weight is not None)
+        net.fit(_training_data(X, y_enc, sample_weight), y_enc)
+        distributed.finish_fit(net)  # DDP: every rank keeps rank 0's weights
         if use_cache:
             # The head was trained in place; serve predictions with the whole model.
             net.module_ = module.to(device)
