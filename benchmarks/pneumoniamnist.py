@@ -219,7 +219,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n-boot", type=int, default=None)
     args = p.parse_args(argv)
-    cfg = dict(epochs=3, batch_size=64, n_train=800, n_boot=200) if args.quick \
+    cfg = dict(epochs=2, batch_size=64, n_train=800, n_boot=200) if args.quick \
         else dict(epochs=20, batch_size=64, n_train=None, n_boot=1000)
     if args.epochs is not None:
         cfg["epochs"] = args.epochs
