@@ -13,7 +13,9 @@ Written here because skorch does none of these as we need. Device resolution is 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
+import inspect
 import warnings
 
 import numpy as np
@@ -28,6 +30,7 @@ from torch import nn
 
 from . import distributed
 from ._callbacks import make_callbacks
+from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
@@ -217,6 +220,47 @@ def valid_dataset(X_val, y_val_enc):
     return Dataset(X_val, y_val_enc)
 
 
+def optimizer_kwargs(optimizer, kwargs):
+    """``optimizer_kwargs`` checked against the torch optimizer's signature, as skorch
+    ``optimizer__*`` parameters."""
+    kwargs = dict(kwargs or {})
+    cls = OPTIMIZERS[optimizer]
+    known = [name for name in inspect.signature(cls).parameters
+             if name not in ("self", "params", "lr", "weight_decay")]
+    for key in kwargs:
+        if key in ("lr", "weight_decay"):
+            raise ValueError(f"optimizer_kwargs has {key!r}; set the {key}= parameter "
+                             "instead")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(
+                f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
+                f"(optimizer={optimizer!r}); known: {known}"
+                + (f"; did you mean {close[0]!r}?" if close else ""))
+    return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _dataset_labels(dataset):
+    """Encoded labels of a training dataset as skorch hands it to the iterator."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return _dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    return np.asarray(dataset.y)
+
+
+def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
+    """skorch ``iterator_train`` for ``sampling="balanced"``: a DataLoader whose
+    ``WeightedRandomSampler`` draws ``len(dataset)`` images per epoch, each class equally
+    often, with replacement. Built per epoch by skorch on the training part only (after
+    any internal validation split); ``generator`` carries the seed across epochs."""
+    y = _dataset_labels(dataset)
+    weights = 1.0 / np.bincount(y)[y]
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), len(y), replacement=True,
+        generator=generator)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, generator=generator,
+                                       **kwargs)
+
+
 def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
              weighted=False):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
@@ -231,6 +275,12 @@ def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
         kwargs["criterion__reduction"] = "none"
     if not est.verbose:
         kwargs["callbacks__print_log"] = None
+    kwargs.update(optimizer_kwargs(est.optimizer, est.optimizer_kwargs))
+    groups = decay_param_groups(module, est.weight_decay_scope)
+    if groups is not None:
+        kwargs["optimizer__param_groups"] = groups
+    if est.sampling == "balanced":
+        kwargs["iterator_train"] = balanced_loader
     callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
                                max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
                                average_weights=est.average_weights,

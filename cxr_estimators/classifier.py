@@ -35,7 +35,8 @@ from ._averaging import check_average_weights
 from ._callbacks import check_lr_schedule
 from ._tta import check_tta, tta_context
 from .augment import make_augmenter
-from .backbones import build_model
+from .backbones import build_model, check_frozen_features
+from .heads import POOLINGS
 
 __all__ = ["CXRClassifier"]
 
@@ -88,6 +89,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         e.g. "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16",
         "inception_v3"; or a small from-scratch CNN, "simple_cnn" (3 conv blocks) or
         "deep_cnn" (5 conv blocks with BatchNorm).
+    backbone_kwargs : dict or None, default=None
+        Passed to the backbone's builder. Small CNNs: ``widths`` (channels per conv
+        block, one block each, e.g. ``(64, 128, 256)``) and ``batch_norm``; torchvision
+        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet).
     weights : None, str or path, default=None
         None: random init. A torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...):
         loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``).
@@ -98,15 +103,36 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
         children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
         resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
-        transitions, a VGG's ``features`` and ``classifier``; k above their number is an
-        error. Frozen BatchNorm layers stay in inference mode.
-    neurons : int, default=128
-        Width of the dense layer of the head.
+        transitions, a VGG's ``features`` and ``classifier`` (with ``pooling`` set, the
+        layers of its conv base); k above their number is an error. Frozen BatchNorm
+        layers stay in inference mode. With ``weights=None`` a frozen part of a
+        torchvision backbone gives random features: a UserWarning; frozen features that
+        do not vary over the training images are an error.
+    pooling : None, "avg", "max" or "flatten", default=None
+        How the backbone's output becomes the head's input (:mod:`cxr_estimators.heads`).
+        None: as the torchvision model does before its classifier (global average pooling
+        for most; VGG's frozen fc6/fc7 and MobileNetV3's pre-logit layer included).
+        "avg" / "max": global pooling of the last conv feature map; "flatten": that map
+        as is (Keras' ``Flatten()``; for VGG the conv base without fc6/fc7). A 1 × 1 map
+        cannot be flattened meaningfully: an error.
+    neurons : int or tuple of int, default=128
+        Width of the dense layer of the head; a tuple gives several dense layers.
+    head_batch_norm : bool, default=False
+        BatchNorm after each dense layer (``Linear → BatchNorm → ReLU → Dropout``).
     dropout : float in [0, 1), default=0.5
-        Dropout after the dense layer.
+        Dropout after each dense layer.
+    input_dropout : float in [0, 1), default=0.0
+        Dropout on the head's input, before the first dense layer.
     weight_decay : float, default=0.0
         L2 penalty passed to the optimizer.
+    weight_decay_scope : {"all", "head"}, default="all"
+        "all": ``weight_decay`` on every parameter (torch's behaviour); "head": only on
+        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them).
     optimizer : {"adam", "rmsprop", "sgd"}, default="adam"
+    optimizer_kwargs : dict or None, default=None
+        Further arguments of the torch optimizer, e.g. ``{"betas": (0.9, 0.999)}``,
+        ``{"alpha": 0.9, "eps": 1e-7}`` (RMSprop, Keras' defaults) or ``{"momentum":
+        0.9}``; ``lr`` and ``weight_decay`` have their own parameters.
     lr : float, default=1e-3
     batch_size : int, default=32
     max_epochs : int, default=10
@@ -147,9 +173,19 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
+    sampling : None or "balanced", default=None
+        "balanced": every epoch draws as many training images as there are, each class
+        equally often, with replacement (torch's ``WeightedRandomSampler``), so minority
+        images recur under fresh augmentation; seeded by ``random_state``. The
+        validation set is not resampled.
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
-        predict time. True uses mild defaults without horizontal flip.
+        predict time. True uses mild defaults without horizontal flip. A dict names the
+        transforms to apply, with Keras ``ImageDataGenerator``'s meaning: ``rotation``,
+        ``shift``, ``shear`` (degrees), ``zoom`` (float or ``(min, max)`` scale),
+        ``horizontal_flip``, ``fill`` ("constant", "nearest", "reflect"), ``brightness``
+        (float: additive; ``(lo, hi)``: multiplicative), ``contrast``; **a key it omits
+        is off**.
     tta : None, int >= 0 or dict, default=None
         Test-time augmentation: ``predict_proba`` averages the probabilities of each image
         and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
@@ -230,12 +266,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "backbone": [str],
+        "backbone_kwargs": [dict, None],
         "weights": [str, os.PathLike, None],
         "freeze": ["boolean", Interval(numbers.Integral, 0, None, closed="left")],
-        "neurons": [Interval(numbers.Integral, 1, None, closed="left")],
+        "pooling": [StrOptions(set(POOLINGS)), None],
+        "neurons": [Interval(numbers.Integral, 1, None, closed="left"), tuple],
+        "head_batch_norm": ["boolean"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "weight_decay_scope": [StrOptions({"all", "head"})],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "optimizer_kwargs": [dict, None],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -245,6 +287,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "average_weights": [StrOptions({"ema", "swa"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
+        "sampling": [StrOptions({"balanced"}), None],
         "augment": ["boolean", dict, None],
         "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
@@ -263,14 +306,23 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                  average_weights=None, validation_fraction=0.1,
                  class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
                  device="auto", num_workers=0, random_state=None, verbose=0,
-                 callbacks=None, warm_start=False):
+                 callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
+                 head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
+                 optimizer_kwargs=None, sampling=None):
         self.backbone = backbone
+        self.backbone_kwargs = backbone_kwargs
         self.weights = weights
         self.freeze = freeze
+        self.pooling = pooling
         self.neurons = neurons
+        self.head_batch_norm = head_batch_norm
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.weight_decay = weight_decay
+        self.weight_decay_scope = weight_decay_scope
         self.optimizer = optimizer
+        self.optimizer_kwargs = optimizer_kwargs
+        self.sampling = sampling
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -305,6 +357,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         if len(encoder.classes_) < 2:
             raise ValueError(
                 f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
+                + (f" (and sampling={self.sampling!r} needs classes to balance)"
+                   if self.sampling else "")
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
@@ -375,17 +429,20 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 self.backbone, len(classes),
                 weights=self.weights if previous is None else None,
                 in_channels=image_shape[0], neurons=self.neurons, dropout=self.dropout,
-                freeze=self.freeze, augment=augmenter,
+                freeze=self.freeze, augment=augmenter, pooling=self.pooling,
+                head_batch_norm=self.head_batch_norm, input_dropout=self.input_dropout,
+                backbone_kwargs=self.backbone_kwargs, image_size=image_shape[1:],
             )
         if previous is not None:
             load_warm_start(self, module, previous)
+        check_frozen_features(module, X, self.backbone)
         if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
             rng.reseed(distributed.rank())
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
-        digest = _features.trunk_digest(module.trunk) if use_cache else None  # frozen: fixed
+        digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
         if use_cache:
             X = np.array(self._cached_features(module, X, amp, device, digest))
             if valid is not None:

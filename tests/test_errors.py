@@ -36,6 +36,19 @@ BAD_FITS = [
     ("pos_label not a class", {"early_stopping": {"patience": 3, "monitor": "f1",
                                                    "pos_label": "covid"}}, {},
      "pos_label='covid' is not one of y's classes"),
+    ("flatten on a 1 x 1 map", {"backbone": "deep_cnn", "pooling": "flatten"}, {},
+     r"pooling='flatten': backbone 'deep_cnn' reduces these images to a 1 × 1 feature map"),
+    ("unknown augmentation key", {"augment": {"rotation_range": 10}}, {},
+     "augment has an unknown key 'rotation_range'.*did you mean 'rotation'"),
+    ("bad augmentation value", {"augment": {"fill": "wrap"}}, {},
+     "augment fill='wrap' is not one of"),
+    ("balanced sampling of a single class", {"sampling": "balanced"}, {"y": ["a"] * len(Y)},
+     r"y has a single class \['a'\].*sampling='balanced'"),
+    ("neurons tuple with a zero", {"neurons": (8, 0)}, {}, "neurons must be an int >= 1"),
+    ("unknown optimizer argument", {"optimizer_kwargs": {"betas2": 0.9}}, {},
+     "optimizer_kwargs has 'betas2', not an argument of Adam.*did you mean 'betas'"),
+    ("unknown small-CNN argument", {"backbone_kwargs": {"depth": 4}}, {},
+     "backbone_kwargs has an unknown key 'depth' for 'simple_cnn'"),
     # label smoothing, LR schedules, weight averaging (issue #14)
     ("label_smoothing 1", {"label_smoothing": 1.0}, {}, r"'label_smoothing'.*Got 1.0"),
     ("negative label_smoothing", {"label_smoothing": -0.1}, {},
@@ -82,8 +95,10 @@ def test_bad_fit_input_raises_and_keeps_fitted_model(params, fit_kwargs, match,
               "best_epoch": clf.best_epoch_,
               "state": {k: v.clone() for k, v in clf.module_.state_dict().items()}}
     clf.set_params(**params)
+    fit_kwargs = dict(fit_kwargs)
+    y = fit_kwargs.pop("y", Y)
     with pytest.raises(ValueError, match=match):
-        clf.fit(X, Y, **fit_kwargs)
+        clf.fit(X, y, **fit_kwargs)
     assert clf.net_ is before["net"] and clf.classes_ is before["classes"]
     assert clf.best_epoch_ == before["best_epoch"]
     for k, v in clf.module_.state_dict().items():
