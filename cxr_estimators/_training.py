@@ -41,8 +41,8 @@ class _Net(NeuralNetClassifier):
     Also: training forward passes draw from the fit's own random stream
     (:class:`_FitRandomness`, attribute ``fit_rng_``), a batch given as
     ``{"X": images, "sample_weight": w}`` weights each image's loss, and under torch DDP
-    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and a
-    ``DistributedSampler``."""
+    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and
+    each rank trains on its share of the training set."""
 
     def __init__(self, *args, amp=False, channels_last=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -51,8 +51,8 @@ class _Net(NeuralNetClassifier):
 
     def get_iterator(self, dataset, training=False):
         ddp = getattr(self, "ddp_", None)
-        if training and ddp is not None:
-            return ddp.train_iterator(self, dataset)
+        if training and ddp is not None:  # skorch has opened this epoch's history row
+            dataset = ddp.shard(dataset, epoch=len(self.history))
         return super().get_iterator(dataset, training)
 
     def infer(self, x, **fit_params):

@@ -29,7 +29,7 @@ def test_quick_benchmarks_write_their_results(tmp_path):
                     "--out-dir", str(tmp_path)], check=True, cwd=ROOT, timeout=600)
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
-                            "memory"}
+                            "memory", "scale_out"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -69,6 +69,12 @@ def test_quick_benchmarks_write_their_results(tmp_path):
 
     for row in results["memory"]["rows"]:
         assert _finite_positive(row["predict_peak_rss_mb"])
+
+    scale = results["scale_out"]
+    assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2", "n_jobs_1_all_threads"}
+    assert all(_finite_positive(t) for t in scale["time_s"].values())
+    assert all(isinstance(v, bool) for v in scale["cv_results_agree"].values())
+    assert _finite_positive(scale["rng_lock"]["scope_us"])
 
     page = (tmp_path / "benchmarks.md").read_text()
     assert "python -m benchmarks.overhead --out-dir" in page

@@ -4,6 +4,7 @@ previously fitted model left exactly as it was when such a fit fails."""
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import EarlyStopping, EpochScoring
 
 from cxr_estimators import CXRClassifier
 
@@ -83,7 +84,47 @@ BAD_FITS = [
     ("swa start after training", {"average_weights": {"method": "swa", "start": 4},
                                   "max_epochs": 3}, {},
      r"start=4 must be .* an epoch number in \[1, 3\]"),
-]  # bad tta (read at predict time too): tests/test_tta.py
+    # sample weights, warm start, extra callbacks, devices (issue #13)
+    ("sample_weight of another length", {}, {"sample_weight": np.ones(3)},
+     r"sample_weight has shape \(3,\) but y has 32 labels; expected shape \(32,\)"),
+    ("2-D sample_weight", {}, {"sample_weight": np.ones((32, 2))},
+     r"sample_weight has shape \(32, 2\)"),
+    ("negative sample_weight", {}, {"sample_weight": np.r_[np.ones(5), -0.5, np.ones(26)]},
+     r"sample_weight\[5\] = .*-0.5.* is negative"),
+    ("NaN sample_weight", {}, {"sample_weight": np.r_[np.ones(7), np.nan, np.ones(24)]},
+     r"sample_weight\[7\] = .*nan.* is not finite"),
+    ("infinite sample_weight", {}, {"sample_weight": np.r_[np.ones(2), np.inf, np.ones(29)]},
+     r"sample_weight\[2\] = .*inf.* is not finite"),
+    ("all-zero sample_weight", {}, {"sample_weight": np.zeros(32)},
+     "sample_weight is zero for all 32 images"),
+    ("text sample_weight", {}, {"sample_weight": ["a"] * 32}, "sample_weight must be numbers"),
+    ("warm start with other classes", {"warm_start": True},
+     {"y": np.where(Y == "normal", "a", "b")},
+     r"warm_start=True: y has classes \['a', 'b'\] but the fitted model has "
+     r"\['normal', 'pneumonia'\]"),
+    ("warm start with another image shape", {"warm_start": True}, {"X": X[:, :, :8, :8]},
+     r"warm_start=True: X has images of shape \(1, 8, 8\) but the fitted model was "
+     r"trained on \(1, 16, 16\)"),
+    ("warm start with another head", {"warm_start": True, "neurons": 4}, {},
+     r"warm_start=True: the fitted model's weights do not fit .*neurons=4"),
+    ("callback named like one of ours", {"callbacks": [("early_stopping", EarlyStopping())]},
+     {}, r"callbacks\[0\] is named 'early_stopping', which CXRClassifier already uses"),
+    ("callback named like a skorch default", {"callbacks": [("a", EarlyStopping()),
+                                                            ("train_loss", EarlyStopping())]},
+     {}, r"callbacks\[1\] is named 'train_loss'"),
+    ("callback scoring into our history", {"callbacks": [EpochScoring("f1",
+                                                                      name="valid_acc")]},
+     {}, r"callbacks\[0\] records its score as 'valid_acc'"),
+    ("not a callback", {"callbacks": ["tensorboard"]}, {},
+     r"callbacks\[0\] = 'tensorboard' is not a skorch callback"),
+    ("callback name not a string", {"callbacks": [(1, EarlyStopping())]}, {},
+     r"callbacks\[0\] = \(1, .* is not a skorch callback"),
+    ("misspelt device", {"device": "cdua"}, {},
+     r"device='cdua' is not one of .*did you mean 'cuda'\?"),
+    ("device index not a number", {"device": "cuda:x"}, {}, r"device='cuda:x' is not one of"),
+] + ([("a GPU that is not there", {"device": "cuda:7"}, {}, r"device='cuda:7' but")]
+     if torch.cuda.device_count() < 8 else [])
+# bad tta (read at predict time too): tests/test_tta.py
 
 
 @pytest.mark.parametrize("params, fit_kwargs, match",
@@ -96,9 +137,9 @@ def test_bad_fit_input_raises_and_keeps_fitted_model(params, fit_kwargs, match,
               "state": {k: v.clone() for k, v in clf.module_.state_dict().items()}}
     clf.set_params(**params)
     fit_kwargs = dict(fit_kwargs)
-    y = fit_kwargs.pop("y", Y)
+    X_fit, y = fit_kwargs.pop("X", X), fit_kwargs.pop("y", Y)
     with pytest.raises(ValueError, match=match):
-        clf.fit(X, y, **fit_kwargs)
+        clf.fit(X_fit, y, **fit_kwargs)
     assert clf.net_ is before["net"] and clf.classes_ is before["classes"]
     assert clf.best_epoch_ == before["best_epoch"]
     for k, v in clf.module_.state_dict().items():
