@@ -205,8 +205,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Test-time augmentation: ``predict_proba`` averages the probabilities of each image
         and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
         mild defaults if training did not augment); a dict gives augmentation settings
-        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
-        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        plus ``"views"`` (default 8). Seeded by the fit's seed (``random_state``); read
+        at predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
         (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).

@@ -49,6 +49,16 @@ def test_quick_benchmarks_write_their_results(tmp_path):
         low, high = pneu["test_ci95"][key]
         assert 0 <= low <= high <= 1
     assert pneu["test_evaluations"] == 1
+    assert {c["name"] for c in pneu["candidates"]} >= {"baseline", "all tools"}
+    assert pneu["selected"]["name"] in {c["name"] for c in pneu["candidates"]}
+    assert {a["tool"] for a in pneu["ablation"]} >= {"label smoothing 0.1"}
+    for row in pneu["ablation"]:
+        assert row["delta"] == pytest.approx(row["val_roc_auc_with"]
+                                             - row["val_roc_auc_without"])
+    cv = pneu["cv_train_val"]
+    assert len(cv["roc_auc_folds"]) == cv["n_splits"] == 5
+    assert cv["cv_minus_test_roc_auc"] == pytest.approx(cv["roc_auc_mean"]
+                                                        - pneu["test"]["roc_auc"])
     assert _finite_positive(pneu["peak_rss_mb"]) and _finite_positive(pneu["wall_time_s"])
 
     rows = results["throughput"]["rows"]
