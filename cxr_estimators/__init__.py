@@ -3,7 +3,8 @@
 Public API: :class:`CXRClassifier`, :class:`ImageLoader` (and the :class:`CompactImages`
 it returns with ``dtype="uint8"``), and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment``, ``io`` and ``distributed``.
+``backbones``, ``augment``, ``io`` and ``distributed``; :func:`save` / :func:`load` write
+and read model files that cannot run code (:mod:`cxr_estimators.persistence`).
 """
 
 from . import (
@@ -11,6 +12,7 @@ from . import (
     plotting,
 )
 from .classifier import CXRClassifier
+from .persistence import load, save
 from .preprocessing import CompactImages, ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
@@ -20,6 +22,8 @@ __all__ = [
     "ImageLoader",
     "ImageDataset",
     "CompactImages",
+    "save",
+    "load",
     "audit",
     "augment",
     "backbones",

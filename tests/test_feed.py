@@ -425,3 +425,20 @@ def test_no_per_batch_item_call_in_fit(toy_binary, monkeypatch):
     assert n_batches == 2 * (3 + 1)
     from_skorch = [c for c in callers if "skorch" in c]
     assert from_skorch == []
+
+
+def test_uint8_pipeline_survives_save_and_load(tmp_path, toy_binary):
+    """persistence.py keeps ``input_normalization_`` (a fitted attribute) and rebuilds the
+    model's ``input_norm`` step with it before loading the weights."""
+    from cxr_estimators import load, save
+
+    X, y = toy_binary
+    images = _uint8(X)
+    pipe = Pipeline([("load", ImageLoader(size=16, channels=3, dtype="uint8",
+                                          normalize="minus_one_one")),
+                     ("clf", CXRClassifier(**PARAMS))]).fit(images, y)
+    save(pipe, tmp_path / "pipe.safetensors")
+    loaded = load(tmp_path / "pipe.safetensors")
+    assert loaded[-1].input_normalization_ == pipe[-1].input_normalization_
+    assert loaded[0].dtype == "uint8"
+    np.testing.assert_array_equal(loaded.predict_proba(images), pipe.predict_proba(images))
