@@ -63,16 +63,16 @@ def test_ensemble_round_trips_through_cxr_estimators_save(fitted, images, tmp_pa
     X, _ = images
     path = tmp_path / "ensemble.safetensors"
     # a fitted member's test-time augmentation (set on the fitted clone) travels too
-    m1 = fitted.named_estimators_["m1"].set_params(clf__tta=2)
+    m2 = fitted.named_estimators_["m2"].set_params(clf__tta=2)  # seed 1
     try:
         expected = fitted.predict_proba(X)
         cxr_estimators.save(fitted, path)
         loaded = cxr_estimators.load(path)
     finally:
-        m1.set_params(clf__tta=None)
+        m2.set_params(clf__tta=None)
     assert not np.allclose(expected, fitted.predict_proba(X))
     assert isinstance(loaded, VotingClassifier)
-    assert loaded.named_estimators_["m1"]["clf"].tta == 2
+    assert loaded.named_estimators_["m2"]["clf"].tta == 2
     assert loaded.named_estimators_["m3"]["clf"].backbone == "deep_cnn"
     np.testing.assert_array_equal(loaded.predict_proba(X), expected)
     np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
