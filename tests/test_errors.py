@@ -1150,10 +1150,16 @@ if not torch.cuda.is_available():
 
 CASES = FILES + ARRAYS + LABELS + PARAMS + FAULTS + MODEL_FILES
 #: Every case, with the fit-validation cases above as Case objects (for the benchmark).
+def _bad_fit(ws, params, fit_kwargs):
+    """One BAD_FITS case on a fitted model, as test_bad_fit_input_raises_and_keeps_... runs it."""
+    fit_kwargs = dict(fit_kwargs)
+    X_fit, y = fit_kwargs.pop("X", X), fit_kwargs.pop("y", Y)
+    return ws.keep(ws.fitted()).set_params(**params).fit(X_fit, y, **fit_kwargs)
+
+
 ALL_CASES = CASES + [
     Case(f"fit: {name}", "parameters",
-         lambda ws, p=params, k=kwargs: ws.keep(ws.fitted()).set_params(**p).fit(
-             X, Y, **k),
+         lambda ws, p=params, k=kwargs: _bad_fit(ws, p, k),
          Raises(ValueError, match, after=lambda ws: ws.kept()))
     for name, params, kwargs, match in BAD_FITS]
 
