@@ -1182,3 +1182,25 @@ def test_the_suite_is_large_and_covers_every_category():
     assert {c.category for c in CASES} == {"files", "arrays", "labels", "parameters",
                                            "faults", "model files"}
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+class _CtrlCAt(__import__("skorch").callbacks.Callback):
+    """Sends the main thread a real interrupt (as Ctrl-C does) at the end of an epoch."""
+
+    def __init__(self, epoch=2):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            import _thread
+
+            _thread.interrupt_main()  # delivered asynchronously, like SIGINT
+
+
+def test_real_interrupt_propagates_after_leaving_a_usable_model(small_clf_params):
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 50, "early_stopping": None},
+                        callbacks=[("ctrl_c", _CtrlCAt(2))])
+    with pytest.raises(KeyboardInterrupt, match="fit interrupted during epoch"):
+        clf.fit(X, Y)
+    assert clf.history_[-1, "interrupted"] is True and len(clf.history_) < 50
+    assert clf.predict(X).shape == (len(X),) and clf.best_epoch_ >= 1
