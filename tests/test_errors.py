@@ -939,6 +939,12 @@ FAULTS = [
          Raises(TrainingDivergedError, r"likely cause: the class weights: every image of this "
                                        r"batch is of a class with weight 0",
                 after=lambda ws: ws.kept())),
+    Case("refit with NaN X and new labels keeps the fitted model", "faults",
+         lambda ws: ws.keep(ws.fitted()).fit(np.full_like(ws.X, np.nan),
+                                             ["cat", "dog"] * 8),
+         Raises(ValueError, r"Input X contains NaN",
+                after=lambda ws: ws.kept() and ws.state["clf"].classes_.tolist()
+                == ["normal", "pneumonia"])),
     Case("an exception inside training", "faults",
          lambda ws: _fail_in_training(ws, RuntimeError("CUDA error: device-side assert")),
          Raises(RuntimeError, r"device-side assert", after=lambda ws: ws.kept())),
