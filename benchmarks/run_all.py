@@ -14,7 +14,7 @@ import sys
 from benchmarks import _common
 
 BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
-              "scale_out")
+              "scale_out", "robustness")
 
 
 def main(argv=None):

@@ -2,7 +2,8 @@
 
 Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment``, ``io`` and ``distributed``.
+``backbones``, ``augment``, ``io`` and ``distributed``; :func:`save` / :func:`load` write
+and read model files that cannot run code (:mod:`cxr_estimators.persistence`).
 """
 
 from . import (
@@ -10,6 +11,7 @@ from . import (
     plotting,
 )
 from .classifier import CXRClassifier
+from .persistence import load, save
 from .preprocessing import ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
@@ -18,6 +20,8 @@ __all__ = [
     "CXRClassifier",
     "ImageLoader",
     "ImageDataset",
+    "save",
+    "load",
     "audit",
     "augment",
     "backbones",
