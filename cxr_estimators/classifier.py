@@ -12,20 +12,23 @@ device placement and data-parallel training in :mod:`cxr_estimators.distributed`
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _features, distributed
-from ._callbacks import best_epoch, early_stopping_spec, raise_if_interrupted
+from ._callbacks import (
+    best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
+)
 from ._rng import FitRandomness, fit_seed
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
@@ -567,6 +570,20 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     def history_(self):
         check_is_fitted(self, "net_")
         return self.net_.history
+
+    def __sklearn_clone__(self):
+        """sklearn's clone; a ``callbacks`` entry whose parameters cannot be deep-copied
+        (an open writer, a lock) is copied shallowly instead of failing, as fit does."""
+        try:
+            return super().__sklearn_clone__()
+        except Exception:  # noqa: BLE001 - deep-copying a callback parameter failed
+            if not self.callbacks:
+                raise
+        stripped = copy.copy(self)
+        stripped.callbacks = None
+        new = clone(stripped)
+        new.callbacks = clone_callbacks(self.callbacks)
+        return new
 
     def __setstate__(self, state):
         super().__setstate__(state)
