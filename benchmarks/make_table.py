@@ -36,7 +36,7 @@ python -m benchmarks.run_all            # every benchmark, full size, then this 
 python -m benchmarks.run_all --quick --out-dir /tmp/bench   # smoke run, about a minute
 python -m benchmarks.throughput --device cuda --out benchmarks/results/throughput_cuda.json
 python -m benchmarks.memory --modes lazy lazy_skorch --n 1000 10000 --out benchmarks/results/memory_lazy_10k.json
-python -m benchmarks.scale_out          # n_jobs=1 vs loky vs Dask LocalCluster, < 5 min
+python -m benchmarks.scale_out          # one grid: n_jobs=1 vs loky n_jobs=2 vs Dask LocalCluster
 python -m benchmarks.robustness         # bad inputs and faults (about 30 s)
 python -m benchmarks.make_table         # only regenerate this page
 ```
@@ -335,7 +335,9 @@ def scale_out_section(r):
         f"`refit=False`, of `CXRClassifier(backbone='{c['backbone']}', max_epochs="
         f"{c['epochs']}, batch_size={c['batch_size']}, validation_fraction=0, "
         f"early_stopping=None)` on {c['n']} PneumoniaMNIST images at {c['size']} px, CPU, "
-        f"one torch thread per fit in every mode except the reference row. Worker "
+        "one torch thread per fit"
+        + (" in every mode except the reference row" if "n_jobs_1_all_threads"
+           in r["time_s"] else "") + ". Worker "
         "start-up (starting the processes, importing torch) happens before the timer and "
         "is listed apart. Identical: `params`, per-split and mean test scores and ranks "
         "equal those of `n_jobs=1` exactly.\n",

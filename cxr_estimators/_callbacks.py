@@ -232,6 +232,18 @@ def user_callbacks(callbacks, ours):
     return out
 
 
+def clone_callbacks(callbacks):
+    """A copy of a ``callbacks=`` list for ``sklearn.base.clone`` of the estimator: each
+    callback cloned as :func:`user_callbacks` clones it (shallowly where deep-copying
+    fails), names and classes kept."""
+    out = []
+    for item in callbacks:
+        name, cb = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        cb = cb if isinstance(cb, type) or not isinstance(cb, Callback) else _clone_callback(cb)
+        out.append(cb if name is None else (name, cb))
+    return out
+
+
 def _clone_callback(cb):
     try:
         return clone(cb)
