@@ -11,6 +11,7 @@ from . import (
     audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
     plotting,
 )
+from ._callbacks import TrainingDivergedError
 from .classifier import CXRClassifier
 from .persistence import load, save
 from .preprocessing import CompactImages, ImageDataset, ImageLoader
@@ -24,6 +25,7 @@ __all__ = [
     "CompactImages",
     "save",
     "load",
+    "TrainingDivergedError",
     "audit",
     "augment",
     "backbones",

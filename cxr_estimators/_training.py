@@ -94,11 +94,12 @@ class _Net(NeuralNetClassifier):
         the GPU each batch. Here each batch's history entry holds the detached 0-d loss
         tensor while the epoch runs (a callback reading it mid-epoch still gets a number
         it can format or compare) and the floats are written in one transfer at the end,
-        before the epoch's callbacks average them. With a progress bar, which shows every
-        batch's loss, skorch's per-batch ``item()`` is kept."""
+        before the epoch's callbacks average them. On the CPU (where ``item()`` waits for
+        nothing) and with a progress bar (which shows every batch's loss) skorch's loop
+        runs unchanged."""
         if iterator is None:
             return
-        if any(isinstance(cb, ProgressBar) for _, cb in self.callbacks_):
+        if not self._defers_losses():
             return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
         key = prefix + "_loss"
         losses = []
@@ -115,6 +116,11 @@ class _Net(NeuralNetClassifier):
             for entry, value in zip(self.history[-1]["batches"][-len(losses):], values):
                 entry[key] = value
         self.history.record(prefix + "_batch_count", len(losses))
+
+    def _defers_losses(self):
+        """Keep batch losses on the device until the epoch ends (see run_single_epoch)."""
+        return (str(self.device).startswith("cuda")
+                and not any(isinstance(cb, ProgressBar) for _, cb in self.callbacks_))
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Cross-entropy; with ``sample_weight`` the weighted mean over the batch,

@@ -13,20 +13,23 @@ batch-gathered input and the device-resident training set in :mod:`cxr_estimator
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _feed, _features, distributed
-from ._callbacks import best_epoch, early_stopping_spec, raise_if_interrupted
+from ._callbacks import (
+    best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
+)
 from ._rng import FitRandomness, fit_seed
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
@@ -223,7 +226,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
-        points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
+        points), a directory path caches on disk (safetensors files with a digest, never
+        pickles: see :mod:`cxr_estimators._features`). Ignored otherwise.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
         "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
         ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
@@ -462,6 +466,18 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : CXRClassifier
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became NaN or inf; the message names the epoch, the batch and the
+            likely cause. A previously fitted model is left as it was (as for any error).
+        KeyboardInterrupt
+            Ctrl-C during training, re-raised after the estimator was left usable with the
+            weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
+            set, so that a search stops instead of scoring a half-trained model.
+        MemoryError
+            A training batch's estimated activations do not fit in the available memory.
         """
         self._validate_params()
         classes, y_enc = self._encode_targets(y)
@@ -598,6 +614,20 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     def history_(self):
         check_is_fitted(self, "net_")
         return self.net_.history
+
+    def __sklearn_clone__(self):
+        """sklearn's clone; a ``callbacks`` entry whose parameters cannot be deep-copied
+        (an open writer, a lock) is copied shallowly instead of failing, as fit does."""
+        try:
+            return super().__sklearn_clone__()
+        except Exception:  # noqa: BLE001 - deep-copying a callback parameter failed
+            if not self.callbacks:
+                raise
+        stripped = copy.copy(self)
+        stripped.callbacks = None
+        new = clone(stripped)
+        new.callbacks = clone_callbacks(self.callbacks)
+        return new
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -71,7 +71,7 @@ def test_quick_benchmarks_write_their_results(tmp_path):
         assert _finite_positive(row["predict_peak_rss_mb"])
 
     scale = results["scale_out"]
-    assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2", "n_jobs_1_all_threads"}
+    assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2"}
     assert all(_finite_positive(t) for t in scale["time_s"].values())
     assert all(isinstance(v, bool) for v in scale["cv_results_agree"].values())
     assert _finite_positive(scale["rng_lock"]["scope_us"])

@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from cxr_estimators import CXRClassifier, ImageLoader, _feed
+from cxr_estimators import CXRClassifier, ImageLoader, _feed, _training
 from cxr_estimators.augment import Augmenter
 from cxr_estimators.backbones import build_model
 from cxr_estimators.explain import grad_cam
@@ -164,8 +164,10 @@ def test_consecutive_rows_are_sliced_without_a_copy():
     assert not np.shares_memory(xb.numpy(), X)
 
 
-def test_batch_losses_are_floats_in_the_history(toy_binary):
+@pytest.mark.parametrize("deferred", [False, True])
+def test_batch_losses_are_floats_in_the_history(toy_binary, deferred, monkeypatch):
     X, y = toy_binary
+    monkeypatch.setattr(_training._Net, "_defers_losses", lambda self: deferred)
     clf = CXRClassifier(**PARAMS, validation_fraction=0.25).fit(X, y)
     for entry in clf.history_[-1]["batches"]:
         loss = entry.get("train_loss", entry.get("valid_loss"))
@@ -420,6 +422,8 @@ def test_no_per_batch_item_call_in_fit(toy_binary, monkeypatch):
         return item(t)
 
     monkeypatch.setattr(torch.Tensor, "item", spy)
+    # what the net does on CUDA (on the CPU item() waits for nothing: skorch's loop runs)
+    monkeypatch.setattr(_training._Net, "_defers_losses", lambda self: True)
     clf = CXRClassifier(**PARAMS, validation_fraction=0.25).fit(X, y)
     n_batches = sum(len(epoch["batches"]) for epoch in clf.history_)
     assert n_batches == 2 * (3 + 1)
@@ -442,3 +446,14 @@ def test_uint8_pipeline_survives_save_and_load(tmp_path, toy_binary):
     assert loaded[-1].input_normalization_ == pipe[-1].input_normalization_
     assert loaded[0].dtype == "uint8"
     np.testing.assert_array_equal(loaded.predict_proba(images), pipe.predict_proba(images))
+
+
+def test_divergence_is_caught_when_losses_stay_on_the_device(toy_binary, monkeypatch):
+    """On CUDA the batch losses are checked at the epoch's end: same error, same batch."""
+    from cxr_estimators._callbacks import TrainingDivergedError
+
+    X, y = toy_binary
+    monkeypatch.setattr(_training._Net, "_defers_losses", lambda self: True)
+    with pytest.raises(TrainingDivergedError, match=r"training loss is nan at epoch 1, "
+                                                    r"batch \d+; likely cause: the learning"):
+        CXRClassifier(**{**PARAMS, "lr": 1e9}, validation_fraction=0).fit(X, y)

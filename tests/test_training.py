@@ -8,6 +8,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.callbacks import Callback, EarlyStopping, EpochScoring
 
@@ -233,9 +234,14 @@ def test_extra_callbacks_run_after_ours_and_are_cloned(toy_binary, small_clf_par
 def test_extra_callbacks_in_a_grid_search(toy_binary, small_clf_params):
     X, y = toy_binary
     auc = EpochScoring("roc_auc", name="valid_auc", lower_is_better=False)
+    seen = []
+    counter = _EpochCounter(seen, threading.Lock())  # sklearn's clone cannot deep-copy it
     gs = GridSearchCV(CXRClassifier(**{**small_clf_params, "max_epochs": 1},
-                                    callbacks=[auc]), {"lr": [1e-2, 1e-3]}, cv=2).fit(X, y)
+                                    callbacks=[auc, ("count", counter)]),
+                      {"lr": [1e-2, 1e-3]}, cv=2).fit(X, y)
     assert "valid_auc" in gs.best_estimator_.history_[-1]
+    assert seen == [1] * 5  # 2 points × 2 folds + refit, each one epoch
+    assert clone(gs.best_estimator_).callbacks[1][1].lock is counter.lock
 
 
 # ------------------------------------------------------------------------- warm start
