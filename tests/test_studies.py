@@ -1,0 +1,59 @@
+"""Every study script of examples/studies/ runs in --quick mode, and docs/studies.md quotes
+the numbers these runs print."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted((ROOT / "examples" / "studies").glob("[a-e]_*.py"))
+SHARED_NPZ = ROOT.parent / "shared" / "data" / "pneumoniamnist.npz"
+DOCS = ROOT / "docs" / "studies.md"
+
+# one "not met here:" line each study must print in --quick mode (random init, binary data)
+EXPECTED_GAPS = {
+    "a": "ResNet50 pretrained",
+    "b": "three classes normal / viral / bacterial",
+    "c": "DenseNet-169 and ResNet-18 tried first",
+    "d": "ResNet50V2",
+    "e": "two T4 GPUs",
+}
+
+
+def test_one_script_per_card():
+    assert [p.name[0] for p in STUDIES] == list("abcde")
+
+
+def _summary(stdout, letter):
+    lines = [line for line in stdout.splitlines() if line.startswith(f"summary {letter}: ")]
+    assert len(lines) == 1, stdout[-3000:]
+    return json.loads(lines[0].split(": ", 1)[1])
+
+
+def _quoted(letter):
+    """The summary docs/studies.md quotes for study ``letter`` (its ```text block)."""
+    match = re.search(rf"^summary {letter.upper()}: (\{{.*\}})$", DOCS.read_text(), re.M)
+    assert match, f"docs/studies.md quotes no 'summary {letter.upper()}:' line"
+    return json.loads(match.group(1))
+
+
+@pytest.mark.parametrize("script", STUDIES, ids=lambda p: p.stem)
+def test_study_runs_quick_and_docs_quote_it(script, tmp_path):
+    out = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    letter = script.name[0]
+    assert f"not met here: {EXPECTED_GAPS[letter]}" in out.stdout
+    printed = _summary(out.stdout, letter.upper())
+    assert printed, "the summary holds no number"
+    if not SHARED_NPZ.is_file():
+        pytest.skip("docs/studies.md quotes runs on ../shared PneumoniaMNIST, absent here")
+    quoted = _quoted(letter)
+    assert set(quoted) == set(printed)
+    for key, value in printed.items():
+        # float noise across CPUs and thread counts; fabricated numbers are further off
+        assert quoted[key] == pytest.approx(value, abs=0.05), key
