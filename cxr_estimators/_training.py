@@ -1,17 +1,30 @@
 """skorch and torch plumbing of :class:`~cxr_estimators.CXRClassifier`.
 
 The skorch net with the CUDA bf16-autocast / channels_last forward pass (skorch's own AMP
-needs ``accelerate``), device resolution, the grouped validation split, the dataset
-wrapper that pairs lazily decoded images with labels, seeding, and what is dropped from a
-fitted net before pickling. Written here because skorch does none of these as we need.
+needs ``accelerate``), its construction from the estimator's parameters, device
+resolution, the validation set (skorch's ``predefined_split`` for a given one, a stratified
+or grouped split otherwise), the dataset wrapper that pairs lazily decoded images with
+labels, seeding, and what is dropped from a fitted net before pickling. Written here
+because skorch does none of these as we need.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils import compute_class_weight
 from skorch import NeuralNetClassifier
+from skorch.dataset import Dataset, ValidSplit
+from skorch.helper import predefined_split
+from torch import nn
+
+from ._callbacks import make_callbacks
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
 class _Net(NeuralNetClassifier):
     """skorch net whose forward pass may run under bf16 autocast with channels_last input."""
@@ -90,6 +103,96 @@ class _GroupedValidSplit:
                 torch.utils.data.Subset(dataset, valid))
 
 
+def class_weights(class_weight, classes, y_enc):
+    """Cross-entropy class weights (float32 tensor) or None, as sklearn's ``class_weight``."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, dict):
+        unknown = set(class_weight) - set(classes.tolist())
+        if unknown:
+            raise ValueError(
+                f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
+                f"{classes.tolist()}"
+            )
+        weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+    else:
+        weights = compute_class_weight(class_weight, classes=np.arange(len(classes)), y=y_enc)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
+    """skorch ``train_split``: ``valid`` (a dataset) as is, else a stratified (or, with
+    ``groups``, patient-grouped) split of ``validation_fraction``; None without one."""
+    if valid is not None:
+        return predefined_split(valid)
+    frac = validation_fraction
+    if frac == 0:
+        return None
+    counts = np.bincount(y_enc)
+    n_valid = int(np.ceil(frac * len(y_enc)))
+    too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        too_few = too_few or n_groups < max(2, round(1 / frac))
+    if too_few:
+        warnings.warn(
+            f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
+            f"{counts.min()}{'' if groups is None else f', {n_groups} groups'}) for a "
+            "stratified validation split; training without one",
+            UserWarning, stacklevel=4,
+        )
+        return None
+    if groups is not None:
+        return _GroupedValidSplit(frac, groups, seed)
+    return ValidSplit(frac, stratified=True, random_state=seed)
+
+
+def valid_dataset(X_val, y_val_enc):
+    """The given validation set as a dataset skorch's ``predefined_split`` takes."""
+    if isinstance(X_val, torch.utils.data.Dataset):
+        return _Labelled(X_val, y_val_enc)
+    return Dataset(X_val, y_val_enc)
+
+
+def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, seed):
+    """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
+    ``classes[y_enc]``."""
+    n_classes = len(classes)
+    kwargs = {}
+    weights = class_weights(est.class_weight, classes, y_enc)
+    if weights is not None:
+        kwargs["criterion__weight"] = weights
+    if not est.verbose:
+        kwargs["callbacks__print_log"] = None
+    callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
+                               lr_schedule=est.lr_schedule,
+                               checkpoint_dir=est.checkpoint_dir, verbose=est.verbose)
+    return _Net(
+        module=module,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=OPTIMIZERS[est.optimizer],
+        optimizer__weight_decay=est.weight_decay,
+        lr=est.lr,
+        batch_size=est.batch_size,
+        max_epochs=est.max_epochs,
+        train_split=split,
+        callbacks=callbacks,
+        classes=np.arange(n_classes),
+        iterator_train__shuffle=True,
+        iterator_train__generator=torch.Generator().manual_seed(seed)
+        if seed is not None else None,
+        iterator_train__num_workers=est.num_workers,
+        iterator_valid__num_workers=est.num_workers,
+        iterator_train__pin_memory=device == "cuda",
+        iterator_valid__pin_memory=device == "cuda",
+        device=device,
+        amp=amp,
+        channels_last=amp,
+        verbose=int(bool(est.verbose)),
+        **kwargs,
+    )
+
+
 def _drop_training_state(net):
     """Free what only training needs: EarlyStopping's copy of the best weights (already
     restored into the module) and the LR scheduler. They would bloat the pickle and, for a
@@ -102,6 +205,8 @@ def _drop_training_state(net):
     # The ``module`` *parameter* is the same instance as ``module_``; skorch maps only
     # ``module_`` to the CPU on load, so keep the class here, not the CUDA instance.
     net.module = type(net.module_)
+    if isinstance(net.train_split, functools.partial):  # predefined_split holds X_val
+        net.train_split = None  # the validation images must not travel with the model
 
 
 def _seed_everything(random_state):

@@ -13,39 +13,32 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
-from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
-from skorch.dataset import ValidSplit
-from skorch.utils import noop
-from torch import nn
 
 from . import _features
+from ._callbacks import best_epoch, early_stopping_spec
 from ._training import (
-    _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
-    _seed_everything,
+    OPTIMIZERS, _drop_training_state, _Labelled, _Net, _resolve_device, _seed_everything,
+    make_net, train_split, valid_dataset,
 )
 from .augment import make_augmenter
 from .backbones import build_model
 
 __all__ = ["CXRClassifier"]
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
-
 
 def _image_shape(X):
     return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
 
 
-def _as_images(X):
+def _as_images(X, name="X"):
     """Validate X and return float32 (n, C, H, W), or a lazy image dataset as is.
 
     2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
@@ -55,24 +48,25 @@ def _as_images(X):
     """
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
-            raise ValueError("X is an empty dataset")
+            raise ValueError(f"{name} is an empty dataset")
         shape = _image_shape(X)
         if len(shape) != 3 or shape[0] not in (1, 3):
-            raise ValueError(f"X's items must be (C, H, W) with C = 1 or 3; got {shape}")
+            raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
         return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
-                    input_name="X")
+                    input_name=name)
     if X.ndim == 2:
         X = X[:, None, None, :]
     elif X.ndim == 3:
         X = X[:, None]
     elif X.ndim != 4:
-        raise ValueError(f"X must have shape (n, C, H, W), (n, H, W) or (n, d); got {X.shape}")
+        raise ValueError(f"{name} must have shape (n, C, H, W), (n, H, W) or (n, d); got "
+                         f"{X.shape}")
     if X.shape[1] not in (1, 3):
         raise ValueError(
-            f"X has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
+            f"{name} has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
             "order. Use ImageLoader to convert images."
         )
     return np.ascontiguousarray(X)
@@ -110,16 +104,24 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     lr : float, default=1e-3
     batch_size : int, default=32
     max_epochs : int, default=10
-    early_stopping : int or None, default=5
-        Patience in epochs on the validation loss (train loss without validation); the
-        weights of the best epoch are restored at the end. None disables it.
+    early_stopping : int, dict or None, default=5
+        int: patience in epochs on the validation loss. dict: ``{"patience": 7,
+        "monitor": "f1", "min_delta": 0.001}`` with ``monitor`` in "loss" (default),
+        "f1", "roc_auc", "accuracy", "balanced_accuracy"; training stops when the
+        monitored value has not improved by more than ``min_delta`` (absolute, default 0)
+        for ``patience`` epochs, and the weights of the best epoch are restored
+        (``best_epoch_``). The monitored metric is in ``history_`` as ``valid_<metric>``
+        every epoch. f1 on binary labels other than {0, 1} needs ``"pos_label"`` (as
+        sklearn's ``f1_score``); multiclass f1 is macro-averaged, multiclass roc_auc
+        one-vs-rest. Without a validation set the training batches' value is watched
+        (``train_<metric>``). None disables early stopping.
     lr_schedule : None, "plateau" or dict, default=None
-        Reduce-on-plateau schedule on the monitored loss; a dict gives
-        ``torch.optim.lr_scheduler.ReduceLROnPlateau`` arguments (e.g. ``{"patience": 2,
-        "factor": 0.5}``).
+        Reduce-on-plateau schedule on the validation loss (train loss without
+        validation); a dict gives ``torch.optim.lr_scheduler.ReduceLROnPlateau``
+        arguments (e.g. ``{"patience": 2, "factor": 0.5}``).
     validation_fraction : float in [0, 1), default=0.1
-        Stratified internal validation split used for early stopping, LR schedule and the
-        history. 0 disables it.
+        Stratified internal validation split used for early stopping, LR schedule,
+        checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
     augment : None, bool or dict, default=None
@@ -156,7 +158,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     module_ : torch.nn.Module
     history_ : skorch.History
         Per-epoch ``train_loss``, ``train_acc`` (on the training batches as trained, with
-        dropout and augmentation on), ``valid_loss`` and ``valid_acc``.
+        dropout and augmentation on), ``valid_loss``, ``valid_acc`` and the monitored
+        ``valid_<metric>`` of ``early_stopping``.
+    best_epoch_ : int
+        The epoch (1-based) whose weights the model holds: early stopping's best epoch,
+        else the last one. Retraining on train + validation for that many epochs without
+        an internal split is ``clf.set_params(max_epochs=clf.best_epoch_,
+        early_stopping=None, validation_fraction=0).fit(X_all, y_all)``.
     device_ : str
 
     Examples
@@ -178,11 +186,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "neurons": [Interval(numbers.Integral, 1, None, closed="left")],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "optimizer": [StrOptions(set(_OPTIMIZERS))],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), dict, None],
         "lr_schedule": [StrOptions({"plateau"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
@@ -239,124 +247,40 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
-    def _class_weights(self, y_enc):
-        if self.class_weight is None:
-            return None
-        cw = self.class_weight
-        if isinstance(cw, dict):
-            unknown = set(cw) - set(self.classes_.tolist())
-            if unknown:
-                raise ValueError(
-                    f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
-                    f"{self.classes_.tolist()}"
-                )
-            weights = np.array([float(cw.get(c, 1.0)) for c in self.classes_])
-        else:
-            weights = compute_class_weight(
-                cw, classes=np.arange(len(self.classes_)), y=y_enc
-            )
-        return torch.as_tensor(weights, dtype=torch.float32)
-
-    def _train_split(self, y_enc, groups=None):
-        frac = self.validation_fraction
-        if frac == 0:
-            return None
-        counts = np.bincount(y_enc)
-        n_valid = int(np.ceil(frac * len(y_enc)))
-        too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
-        if groups is not None:
-            n_groups = len(np.unique(groups))
-            too_few = too_few or n_groups < max(2, round(1 / frac))
-        if too_few:
-            warnings.warn(
-                f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
-                f"{counts.min()}{'' if groups is None else f', {n_groups} groups'}) for a "
-                "stratified validation split; training without one",
-                UserWarning,
-            )
-            return None
-        if groups is not None:
-            return _GroupedValidSplit(frac, groups, self._seed)
-        return ValidSplit(frac, stratified=True, random_state=self._seed)
-
-    def _callbacks(self, has_valid):
-        monitor = "valid_loss" if has_valid else "train_loss"
-        # accuracy of the training batches as trained (dropout, augmentation), from the
-        # predictions skorch already made: no extra forward pass
-        callbacks = [("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
-                                                lower_is_better=False))]
-        if self.early_stopping is not None:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor=monitor, patience=self.early_stopping, load_best=True, threshold=0,
-                sink=print if self.verbose else noop,
-            )))
-        if self.lr_schedule is not None:
-            kwargs = {} if self.lr_schedule == "plateau" else dict(self.lr_schedule)
-            callbacks.append(("lr_schedule", LRScheduler(
-                policy=torch.optim.lr_scheduler.ReduceLROnPlateau, monitor=monitor, **kwargs
-            )))
-        if self.checkpoint_dir is not None:
-            callbacks.append(("checkpoint", Checkpoint(
-                monitor=f"{monitor}_best", dirname=str(self.checkpoint_dir)
-            )))
-        if self.verbose and self.verbose > 1:
-            callbacks.append(("progress", ProgressBar()))
-        return callbacks
-
-    def _make_net(self, module, y_enc, device, amp, groups=None):
-        weights = self._class_weights(y_enc)
-        train_split = self._train_split(y_enc, groups)
-        kwargs = {}
-        if weights is not None:
-            kwargs["criterion__weight"] = weights
-        if not self.verbose:
-            kwargs["callbacks__print_log"] = None
-        net = _Net(
-            module=module,
-            criterion=nn.CrossEntropyLoss,
-            optimizer=_OPTIMIZERS[self.optimizer],
-            optimizer__weight_decay=self.weight_decay,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            train_split=train_split,
-            callbacks=self._callbacks(train_split is not None),
-            classes=np.arange(len(self.classes_)),
-            iterator_train__shuffle=True,
-            iterator_train__generator=torch.Generator().manual_seed(self._seed)
-            if self._seed is not None else None,
-            iterator_train__num_workers=self.num_workers,
-            iterator_valid__num_workers=self.num_workers,
-            iterator_train__pin_memory=device == "cuda",
-            iterator_valid__pin_memory=device == "cuda",
-            device=device,
-            amp=amp,
-            channels_last=amp,
-            verbose=int(bool(self.verbose)),
-            **kwargs,
-        )
-        return net
-
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, groups=None):
+    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
+
+        Every input is checked before anything fitted is replaced, so a fit that fails on
+        bad input leaves a previously fitted model as it was.
 
         Parameters
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
         y : array-like of shape (n,)
+        X_val : array-like of shape (n_val, C, H, W) or image dataset, default=None
+            A validation set (images shaped like ``X``) for early stopping, the LR
+            schedule, checkpoints and the per-epoch history, instead of an internal split:
+            all of ``X`` is then trained on and ``validation_fraction`` is ignored (as in
+            sklearn's ``HistGradientBoostingClassifier.fit(X_val=, y_val=)``). In a
+            Pipeline, ``Pipeline(..., transform_input=["X_val"])`` with metadata routing
+            and ``clf.set_fit_request(X_val=True, y_val=True)`` passes it through the same
+            preprocessing as ``X``.
+        y_val : array-like of shape (n_val,), default=None
+            Labels of ``X_val``, all among those of ``y``.
         groups : array-like of shape (n,), default=None
             Patient ids. The internal validation split (early stopping, LR schedule,
             checkpoint) then keeps each patient on one side, like the outer CV should.
             In a Pipeline pass ``clf__groups=groups``; in ``GridSearchCV.fit`` pass both
-            ``groups=groups`` (for the outer folds) and ``clf__groups=groups``.
+            ``groups=groups`` (for the outer folds) and ``clf__groups=groups``. Unused
+            with ``X_val``.
 
         Returns
         -------
         self : CXRClassifier
         """
         self._validate_params()
-        self.classes_, y_enc = self._encode_targets(y)
+        classes, y_enc = self._encode_targets(y)
         X = _as_images(X)
         if len(X) != len(y_enc):
             raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
@@ -365,37 +289,72 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             if len(groups) != len(y_enc):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
-        self.image_shape_ = _image_shape(X)
-        self.n_features_in_ = int(np.prod(self.image_shape_))
-        self._seed = _seed_everything(self.random_state)
-        self.device_ = _resolve_device(self.device)
-        amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
+        image_shape = _image_shape(X)
+        valid = self._validation_set(X_val, y_val, classes, image_shape)
+        es_spec = early_stopping_spec(self.early_stopping, classes)
+        augmenter = make_augmenter(self.augment)
+        seed = _seed_everything(self.random_state)
+        device = _resolve_device(self.device)
+        amp = device == "cuda" and torch.cuda.is_bf16_supported()
         module = build_model(
-            self.backbone, len(self.classes_), weights=self.weights,
-            in_channels=self.image_shape_[0],
+            self.backbone, len(classes), weights=self.weights, in_channels=image_shape[0],
             neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=make_augmenter(self.augment),
+            augment=augmenter,
         )
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
-        self._uses_cache = use_cache
+        digest = _features.trunk_digest(module.trunk) if use_cache else None  # frozen: fixed
         if use_cache:
-            self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
-            features = self._cached_features(module, X, amp)
-            self.net_ = self._make_net(module.head, y_enc, self.device_, amp, groups)
-            self.net_.fit(np.array(features), y_enc)
+            X = np.array(self._cached_features(module, X, amp, device, digest))
+            if valid is not None:
+                valid = (np.array(self._cached_features(module, valid[0], amp, device,
+                                                        digest)), valid[1])
+        split = train_split(self.validation_fraction, y_enc, groups, seed,
+                            valid=None if valid is None else valid_dataset(*valid))
+        net = make_net(self, module.head if use_cache else module, classes, y_enc,
+                       device=device, amp=amp, split=split, es_spec=es_spec, seed=seed)
+        net.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset) else X, y_enc)
+        if use_cache:
             # The head was trained in place; serve predictions with the whole model.
-            self.net_.module_ = module.to(self.device_)
-            self.net_.module = module
-        else:
-            self.net_ = self._make_net(module, y_enc, self.device_, amp, groups)
-            self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
-                          else X, y_enc)
-        self.net_.module_.eval()
-        _drop_training_state(self.net_)
+            net.module_ = module.to(device)
+            net.module = module
+        net.module_.eval()
+        _drop_training_state(net)
+        # Training succeeded: only now replace what a previous fit learned.
+        self.classes_ = classes
+        self.image_shape_ = image_shape
+        self.n_features_in_ = int(np.prod(image_shape))
+        self.device_ = device
+        self._uses_cache = use_cache
+        self._trunk_digest = digest
+        self.net_ = net
+        self.best_epoch_ = best_epoch(net)
         return self
+
+    def _validation_set(self, X_val, y_val, classes, image_shape):
+        """``(X_val, y_val encoded)`` checked against the training data, or None."""
+        if X_val is None and y_val is None:
+            return None
+        if X_val is None or y_val is None:
+            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+            raise ValueError(f"{given} was given without {missing}; pass both or neither")
+        X_val = _as_images(X_val, "X_val")
+        shape = _image_shape(X_val)
+        if shape != image_shape:
+            raise ValueError(f"X_val has images of shape {shape} but X has {image_shape}; "
+                             "preprocess both the same way (in a Pipeline: "
+                             "transform_input=['X_val'])")
+        y_val = column_or_1d(y_val, warn=True)
+        if len(y_val) != len(X_val):
+            raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
+                             "labels")
+        unseen = sorted(set(y_val.tolist()) - set(classes.tolist()), key=str)
+        if unseen:
+            raise ValueError(f"y_val has labels {unseen} not in y's classes "
+                             f"{classes.tolist()}")
+        return X_val, np.searchsorted(classes, y_val).astype(np.int64)
 
     @property
     def module_(self):
@@ -424,10 +383,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
-    def _cached_features(self, module, X, amp):
+    def _cached_features(self, module, X, amp, device, digest):
         return _features.trunk_features(
-            module, X, self.backbone, self.device_, self.batch_size,
-            memory=self.cache, amp=amp, digest=getattr(self, "_trunk_digest", None),
+            module, X, self.backbone, device, self.batch_size,
+            memory=self.cache, amp=amp, digest=digest,
         )
 
     def predict_proba(self, X):
@@ -437,7 +396,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             # frozen trunk: features of X come from the cache shared by all grid points
             # (a CV test fold is the same for every one); only the head runs here
             images = X.images if isinstance(X, _Labelled) else X
-            features = self._cached_features(self.module_, images, self.net_.amp)
+            features = self._cached_features(self.module_, images, self.net_.amp,
+                                             self.device_, self._trunk_digest)
             head = self.module_.head.eval()
             with torch.no_grad():
                 logits = head(torch.tensor(features, device=self.device_))
