@@ -5,7 +5,7 @@ image to the same feature vector in every epoch, CV fold and grid point; only th
 learns. So the features are computed once and the head is trained on them. Nothing in
 skorch or sklearn shares such work across fits, hence this module.
 
-Keys are (backbone, a digest of the trunk's weights, a digest of the input); values are float32
+Keys are (backbone, a digest of the trunk's weights and pooling, a digest of the input); values are float32
 feature arrays. ``memory=True`` keeps them in a small in-process LRU; a directory path
 stores them with :class:`joblib.Memory`, which survives processes.
 """
@@ -19,7 +19,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-__all__ = ["trunk_digest", "trunk_features", "clear_cache", "cache_info"]
+__all__ = ["features_digest", "trunk_digest", "trunk_features", "clear_cache", "cache_info"]
 
 _MAX_ENTRIES = 8
 _memory_cache: OrderedDict = OrderedDict()
@@ -42,7 +42,9 @@ def compute_features(trunk_forward, X, device, batch_size, amp=False):
     uncached training forward pass does, so both paths see the same features."""
     out = []
     if isinstance(X, torch.utils.data.Dataset):
-        batches = torch.utils.data.DataLoader(X, batch_size=batch_size)
+        # its own generator: a DataLoader without one draws from torch's global RNG
+        batches = torch.utils.data.DataLoader(X, batch_size=batch_size,
+                                              generator=torch.Generator())
     else:
         batches = (X[start:start + batch_size] for start in range(0, len(X), batch_size))
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -78,12 +80,18 @@ def trunk_digest(module):
     return h.hexdigest()
 
 
+def features_digest(module):
+    """:func:`trunk_digest` of a :class:`~cxr_estimators.backbones.CXRNet`'s trunk plus
+    its pooling: the same trunk pooled another way gives other features."""
+    return f"{trunk_digest(module.trunk)}/{getattr(module, 'pool', None)!r}"
+
+
 def trunk_features(module, X, backbone, device, batch_size, memory=True, amp=False,
                    digest=None):
     """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above.
 
-    ``digest``: :func:`trunk_digest` of ``module.trunk`` if already known."""
-    key = (backbone, digest or trunk_digest(module.trunk), _digest(X), amp)
+    ``digest``: :func:`features_digest` of ``module`` if already known."""
+    key = (backbone, digest or features_digest(module), _digest(X), amp)
     if memory is True:
         if key in _memory_cache:
             _stats["hits"] += 1

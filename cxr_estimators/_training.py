@@ -1,16 +1,21 @@
 """skorch and torch plumbing of :class:`~cxr_estimators.CXRClassifier`.
 
 The skorch net with the CUDA bf16-autocast / channels_last forward pass (skorch's own AMP
-needs ``accelerate``), its construction from the estimator's parameters, device
-resolution, the validation set (skorch's ``predefined_split`` for a given one, a stratified
-or grouped split otherwise), the dataset wrapper that pairs lazily decoded images with
-labels, seeding, and what is dropped from a fitted net before pickling. Written here
-because skorch does none of these as we need.
+needs ``accelerate``), per-image loss weights (``sample_weight``), its construction from
+the estimator's parameters, the validation set (skorch's ``predefined_split`` for a given
+one, a stratified or grouped split otherwise), the dataset wrapper that pairs lazily
+decoded images with labels, and what is dropped from a fitted net before pickling.
+Written here because skorch does none of these as we need. Device resolution is in
+:mod:`cxr_estimators.distributed`, the per-fit random streams in
+:mod:`cxr_estimators._rng`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
+import inspect
 import warnings
 
 import numpy as np
@@ -20,65 +25,126 @@ from sklearn.utils import compute_class_weight
 from skorch import NeuralNetClassifier
 from skorch.dataset import Dataset, ValidSplit
 from skorch.helper import predefined_split
+from skorch.utils import to_tensor
 from torch import nn
 
+from . import distributed
 from ._callbacks import make_callbacks
+from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
+
 class _Net(NeuralNetClassifier):
-    """skorch net whose forward pass may run under bf16 autocast with channels_last input."""
+    """skorch net whose forward pass may run under bf16 autocast with channels_last input.
+
+    Also: training forward passes draw from the fit's own random stream
+    (:class:`_FitRandomness`, attribute ``fit_rng_``), a batch given as
+    ``{"X": images, "sample_weight": w}`` weights each image's loss, and under torch DDP
+    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and a
+    ``DistributedSampler``."""
 
     def __init__(self, *args, amp=False, channels_last=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.amp = amp
         self.channels_last = channels_last
 
+    def get_iterator(self, dataset, training=False):
+        ddp = getattr(self, "ddp_", None)
+        if training and ddp is not None:
+            return ddp.train_iterator(self, dataset)
+        return super().get_iterator(dataset, training)
+
     def infer(self, x, **fit_params):
+        if isinstance(x, dict):  # {"X": images, "sample_weight": w}: weights are get_loss's
+            x = x["X"]
+        module, rng = self.module_, None
+        if module.training:
+            ddp, rng = getattr(self, "ddp_", None), getattr(self, "fit_rng_", None)
+            module = module if ddp is None else ddp.wrapped(module, self.device)
+        with rng.global_stream() if rng is not None else contextlib.nullcontext():
+            return self._forward(module, x, **fit_params)
+
+    def _forward(self, module, x, **fit_params):
         # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
         # CPU; autocast and channels_last are then skipped.
         on_cuda = str(self.device).startswith("cuda")
         if not (on_cuda and (self.amp or self.channels_last)):
-            return super().infer(x, **fit_params)
+            return module(to_tensor(x, device=self.device), **fit_params)
         x = torch.as_tensor(x).to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return self.module_(x, **fit_params).float()
+            return module(x, **fit_params).float()
 
-
-def _mps_available():
-    mps = getattr(torch.backends, "mps", None)
-    return mps is not None and mps.is_available()
-
-
-def _resolve_device(device):
-    if device != "auto":
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no CUDA GPU is available; use device='auto'")
-        if device == "mps" and not _mps_available():
-            raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
-                             "device='auto'")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if _mps_available():
-        return "mps"
-    return "cpu"
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Cross-entropy; with ``sample_weight`` the weighted mean over the batch,
+        ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
+        as torch's own class-weighted mean), as sklearn's ``MLPClassifier`` weights its
+        batches. A batch whose weights are all 0 has loss 0."""
+        per_image = super().get_loss(y_pred, y_true, X=X, training=training)
+        if per_image.ndim == 0:  # trained without sample_weight: torch's own mean
+            return per_image
+        if isinstance(X, dict) and "sample_weight" in X:
+            w = to_tensor(X["sample_weight"], device=per_image.device).to(per_image.dtype)
+        else:  # an unweighted validation set (X_val) of a weighted fit
+            w = torch.ones_like(per_image)
+        class_weight = getattr(self.criterion_, "weight", None)
+        norm = w if class_weight is None else w * class_weight[
+            to_tensor(y_true, device=per_image.device)]
+        return (w * per_image).sum() / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
 
 
 class _Labelled(torch.utils.data.Dataset):
-    """(image, label) pairs from an image dataset, as skorch's iterators expect."""
+    """(image, label) pairs from an image dataset, as skorch's iterators expect; with
+    ``sample_weight``, ``({"X": image, "sample_weight": w}, label)``."""
 
-    def __init__(self, images, y=None):
+    def __init__(self, images, y=None, sample_weight=None):
         self.images = images
         self.y = y
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return self.images[i], (self.y[i] if self.y is not None else 0)
+        label = self.y[i] if self.y is not None else 0
+        if self.sample_weight is None:
+            return self.images[i], label
+        return {"X": self.images[i], "sample_weight": self.sample_weight[i]}, label
+
+
+def _training_data(X, y, sample_weight):
+    """What ``net.fit`` gets: X, a dict with the weights, or a labelled dataset."""
+    if isinstance(X, torch.utils.data.Dataset):
+        return _Labelled(X, y, sample_weight)
+    return X if sample_weight is None else {"X": X, "sample_weight": sample_weight}
+
+
+def _check_sample_weight(sample_weight, n):
+    """float32 (n,) weights, or None when absent or all equal (the weighted mean is
+    then the plain mean, so the unweighted path gives the same model)."""
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sample_weight must be numbers; got {exc}") from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight has shape {w.shape} but y has {n} labels; "
+                         f"expected shape ({n},)")
+    for bad, what in ((~np.isfinite(w), "not finite"), (w < 0, "negative")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"sample_weight[{i}] = {w[i]!r} is {what}; sample weights "
+                             "must be finite and >= 0")
+    if not w.any():
+        raise ValueError(f"sample_weight is zero for all {n} images; nothing to train on")
+    if np.all(w == w[0]):
+        return None
+    return w.astype(np.float32)
 
 
 class _GroupedValidSplit:
@@ -154,22 +220,77 @@ def valid_dataset(X_val, y_val_enc):
     return Dataset(X_val, y_val_enc)
 
 
-def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, seed):
+def optimizer_kwargs(optimizer, kwargs):
+    """``optimizer_kwargs`` checked against the torch optimizer's signature, as skorch
+    ``optimizer__*`` parameters."""
+    kwargs = dict(kwargs or {})
+    cls = OPTIMIZERS[optimizer]
+    known = [name for name in inspect.signature(cls).parameters
+             if name not in ("self", "params", "lr", "weight_decay")]
+    for key in kwargs:
+        if key in ("lr", "weight_decay"):
+            raise ValueError(f"optimizer_kwargs has {key!r}; set the {key}= parameter "
+                             "instead")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(
+                f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
+                f"(optimizer={optimizer!r}); known: {known}"
+                + (f"; did you mean {close[0]!r}?" if close else ""))
+    return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _dataset_labels(dataset):
+    """Encoded labels of a training dataset as skorch hands it to the iterator."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return _dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    return np.asarray(dataset.y)
+
+
+def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
+    """skorch ``iterator_train`` for ``sampling="balanced"``: a DataLoader whose
+    ``WeightedRandomSampler`` draws ``len(dataset)`` images per epoch, each class equally
+    often, with replacement. Built per epoch by skorch on the training part only (after
+    any internal validation split); ``generator`` carries the seed across epochs."""
+    y = _dataset_labels(dataset)
+    weights = 1.0 / np.bincount(y)[y]
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), len(y), replacement=True,
+        generator=generator)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, generator=generator,
+                                       **kwargs)
+
+
+def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
+             weighted=False):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
-    ``classes[y_enc]``."""
+    ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`);
+    ``weighted``: the data will carry ``sample_weight``."""
     n_classes = len(classes)
     kwargs = {}
     weights = class_weights(est.class_weight, classes, y_enc)
     if weights is not None:
         kwargs["criterion__weight"] = weights
+    if weighted:  # per-image losses, weighted in _Net.get_loss
+        kwargs["criterion__reduction"] = "none"
     if not est.verbose:
         kwargs["callbacks__print_log"] = None
+    kwargs.update(optimizer_kwargs(est.optimizer, est.optimizer_kwargs))
+    groups = decay_param_groups(module, est.weight_decay_scope)
+    if groups is not None:
+        kwargs["optimizer__param_groups"] = groups
+    if est.sampling == "balanced":
+        kwargs["iterator_train"] = balanced_loader
     callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
-                               lr_schedule=est.lr_schedule,
-                               checkpoint_dir=est.checkpoint_dir, verbose=est.verbose)
-    return _Net(
+                               max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
+                               average_weights=est.average_weights,
+                               checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
+                               extra=est.callbacks, sync_ranks=distributed.is_active(),
+                               writes_files=distributed.is_main_process())
+    net = _Net(
         module=module,
         criterion=nn.CrossEntropyLoss,
+        criterion__label_smoothing=float(est.label_smoothing),
         optimizer=OPTIMIZERS[est.optimizer],
         optimizer__weight_decay=est.weight_decay,
         lr=est.lr,
@@ -179,18 +300,48 @@ def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, seed):
         callbacks=callbacks,
         classes=np.arange(n_classes),
         iterator_train__shuffle=True,
-        iterator_train__generator=torch.Generator().manual_seed(seed)
-        if seed is not None else None,
+        iterator_train__generator=rng.generator(),
+        # a DataLoader without a generator draws its base seed from torch's global RNG
+        iterator_valid__generator=rng.generator(1),
         iterator_train__num_workers=est.num_workers,
         iterator_valid__num_workers=est.num_workers,
-        iterator_train__pin_memory=device == "cuda",
-        iterator_valid__pin_memory=device == "cuda",
+        iterator_train__pin_memory=device.startswith("cuda"),
+        iterator_valid__pin_memory=device.startswith("cuda"),
         device=device,
         amp=amp,
         channels_last=amp,
         verbose=int(bool(est.verbose)),
         **kwargs,
     )
+    net.fit_rng_ = rng  # not a skorch parameter: training only (_drop_training_state)
+    distributed.begin_fit(net, rng.seed)
+    return net
+
+
+def warm_start_module(est, classes, image_shape):
+    """The fitted module ``est`` continues from (``warm_start=True``), or None; the classes
+    and image shape must be those it was fitted on."""
+    if not (est.warm_start and hasattr(est, "net_")):
+        return None
+    if not np.array_equal(classes, est.classes_):
+        raise ValueError(f"warm_start=True: y has classes {classes.tolist()} but the "
+                         f"fitted model has {est.classes_.tolist()}; fit a new model "
+                         "(warm_start=False) to change the classes")
+    if tuple(image_shape) != tuple(est.image_shape_):
+        raise ValueError(f"warm_start=True: X has images of shape {tuple(image_shape)} "
+                         f"but the fitted model was trained on {est.image_shape_}")
+    return est.net_.module_
+
+
+def load_warm_start(est, module, previous):
+    """Load the fitted ``previous`` module's weights into the newly built ``module``."""
+    try:
+        module.load_state_dict(previous.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(
+            "warm_start=True: the fitted model's weights do not fit the model these "
+            f"parameters build (backbone={est.backbone!r}, neurons={est.neurons}); "
+            f"{str(exc).splitlines()[0]}") from None
 
 
 def _drop_training_state(net):
@@ -207,15 +358,5 @@ def _drop_training_state(net):
     net.module = type(net.module_)
     if isinstance(net.train_split, functools.partial):  # predefined_split holds X_val
         net.train_split = None  # the validation images must not travel with the model
-
-
-def _seed_everything(random_state):
-    """Seed torch's global RNG (weight init, dropout, augmentation) from ``random_state``."""
-    if random_state is None:
-        return None
-    if isinstance(random_state, np.random.RandomState):
-        seed = int(random_state.randint(0, 2**31 - 1))
-    else:
-        seed = int(random_state)
-    torch.manual_seed(seed)
-    return seed
+    net.fit_rng_ = None  # the random stream and the DDP state only serve training
+    net.ddp_ = None

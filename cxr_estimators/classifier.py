@@ -5,8 +5,9 @@ checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
-(bf16 autocast on CUDA, grouped validation split, seeding) is in
-:mod:`cxr_estimators._training`.
+(bf16 autocast on CUDA, grouped validation split, sample weights, warm start) is in
+:mod:`cxr_estimators._training`, the per-fit random streams in :mod:`cxr_estimators._rng`,
+device placement and data-parallel training in :mod:`cxr_estimators.distributed`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import _features
+from . import _features, distributed
 from ._callbacks import best_epoch, early_stopping_spec
+from ._rng import FitRandomness, fit_seed
 from ._training import (
-    OPTIMIZERS, _drop_training_state, _Labelled, _Net, _resolve_device, _seed_everything,
-    make_net, train_split, valid_dataset,
+    OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
+    _training_data, load_warm_start, make_net, train_split, valid_dataset,
+    warm_start_module,
 )
+from ._averaging import check_average_weights
+from ._callbacks import check_lr_schedule
+from ._tta import check_tta, tta_context
 from .augment import make_augmenter
-from .backbones import build_model
+from .backbones import build_model, check_frozen_features
+from .heads import POOLINGS
 
 __all__ = ["CXRClassifier"]
 
@@ -82,6 +89,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         e.g. "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16",
         "inception_v3"; or a small from-scratch CNN, "simple_cnn" (3 conv blocks) or
         "deep_cnn" (5 conv blocks with BatchNorm).
+    backbone_kwargs : dict or None, default=None
+        Passed to the backbone's builder. Small CNNs: ``widths`` (channels per conv
+        block, one block each, e.g. ``(64, 128, 256)``) and ``batch_norm``; torchvision
+        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet).
     weights : None, str or path, default=None
         None: random init. A torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...):
         loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``).
@@ -92,15 +103,36 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
         children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
         resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
-        transitions, a VGG's ``features`` and ``classifier``; k above their number is an
-        error. Frozen BatchNorm layers stay in inference mode.
-    neurons : int, default=128
-        Width of the dense layer of the head.
+        transitions, a VGG's ``features`` and ``classifier`` (with ``pooling`` set, the
+        layers of its conv base); k above their number is an error. Frozen BatchNorm
+        layers stay in inference mode. With ``weights=None`` a frozen part of a
+        torchvision backbone gives random features: a UserWarning; frozen features that
+        do not vary over the training images are an error.
+    pooling : None, "avg", "max" or "flatten", default=None
+        How the backbone's output becomes the head's input (:mod:`cxr_estimators.heads`).
+        None: as the torchvision model does before its classifier (global average pooling
+        for most; VGG's frozen fc6/fc7 and MobileNetV3's pre-logit layer included).
+        "avg" / "max": global pooling of the last conv feature map; "flatten": that map
+        as is (Keras' ``Flatten()``; for VGG the conv base without fc6/fc7). A 1 × 1 map
+        cannot be flattened meaningfully: an error.
+    neurons : int or tuple of int, default=128
+        Width of the dense layer of the head; a tuple gives several dense layers.
+    head_batch_norm : bool, default=False
+        BatchNorm after each dense layer (``Linear → BatchNorm → ReLU → Dropout``).
     dropout : float in [0, 1), default=0.5
-        Dropout after the dense layer.
+        Dropout after each dense layer.
+    input_dropout : float in [0, 1), default=0.0
+        Dropout on the head's input, before the first dense layer.
     weight_decay : float, default=0.0
         L2 penalty passed to the optimizer.
+    weight_decay_scope : {"all", "head"}, default="all"
+        "all": ``weight_decay`` on every parameter (torch's behaviour); "head": only on
+        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them).
     optimizer : {"adam", "rmsprop", "sgd"}, default="adam"
+    optimizer_kwargs : dict or None, default=None
+        Further arguments of the torch optimizer, e.g. ``{"betas": (0.9, 0.999)}``,
+        ``{"alpha": 0.9, "eps": 1e-7}`` (RMSprop, Keras' defaults) or ``{"momentum":
+        0.9}``; ``lr`` and ``weight_decay`` have their own parameters.
     lr : float, default=1e-3
     batch_size : int, default=32
     max_epochs : int, default=10
@@ -115,36 +147,88 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         sklearn's ``f1_score``); multiclass f1 is macro-averaged, multiclass roc_auc
         one-vs-rest. Without a validation set the training batches' value is watched
         (``train_<metric>``). None disables early stopping.
-    lr_schedule : None, "plateau" or dict, default=None
-        Reduce-on-plateau schedule on the validation loss (train loss without
-        validation); a dict gives ``torch.optim.lr_scheduler.ReduceLROnPlateau``
-        arguments (e.g. ``{"patience": 2, "factor": 0.5}``).
+    lr_schedule : None, {"plateau", "cosine", "onecycle"} or dict, default=None
+        "plateau": reduce-on-plateau on the validation loss (train loss without
+        validation), every epoch; "cosine": cosine decay from ``lr`` to 0 over
+        ``max_epochs``, every batch; "onecycle": torch's ``OneCycleLR`` peaking at
+        ``lr``, every batch. A dict names the schedule under ``"policy"`` (default
+        "plateau") and passes the torch scheduler's arguments, e.g. ``{"patience": 2,
+        "factor": 0.5}``, ``{"policy": "cosine", "warmup_epochs": 1}`` (linear warm-up)
+        or ``{"policy": "onecycle", "pct_start": 0.2}``. The learning rate used is in the
+        history, per epoch (``history_[:, "event_lr"]``) for "plateau", per training
+        batch (``history_[-1, "batches", 0, "event_lr"]``) for the others.
+    label_smoothing : float in [0, 1), default=0.0
+        Label smoothing of the cross-entropy loss (``torch.nn.CrossEntropyLoss``'s own).
+    average_weights : None, {"ema", "swa"} or dict, default=None
+        Weight averaging with ``torch.optim.swa_utils``; the averaged weights are the
+        fitted ones. "ema": exponential moving average after every training batch
+        (``{"method": "ema", "decay": 0.99}``); "swa": equal average of the weights at the
+        end of each epoch from ``start`` on (default 0.75 of ``max_epochs``; ``{"method":
+        "swa", "start": 0.5}``), BatchNorm statistics then recomputed on the training
+        split. Early stopping still decides when training ends, but the averaged weights
+        replace its best epoch's. Needs ``max_epochs >= 2``
+        (:mod:`cxr_estimators._averaging`).
     validation_fraction : float in [0, 1), default=0.1
         Stratified internal validation split used for early stopping, LR schedule,
         checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
+    sampling : None or "balanced", default=None
+        "balanced": every epoch draws as many training images as there are, each class
+        equally often, with replacement (torch's ``WeightedRandomSampler``), so minority
+        images recur under fresh augmentation; seeded by ``random_state``. The
+        validation set is not resampled.
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
-        predict time. True uses mild defaults without horizontal flip.
+        predict time. True uses mild defaults without horizontal flip. A dict names the
+        transforms to apply, with Keras ``ImageDataGenerator``'s meaning: ``rotation``,
+        ``shift``, ``shear`` (degrees), ``zoom`` (float or ``(min, max)`` scale),
+        ``horizontal_flip``, ``fill`` ("constant", "nearest", "reflect"), ``brightness``
+        (float: additive; ``(lo, hi)``: multiplicative), ``contrast``; **a key it omits
+        is off**.
+    tta : None, int >= 0 or dict, default=None
+        Test-time augmentation: ``predict_proba`` averages the probabilities of each image
+        and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
+        mild defaults if training did not augment); a dict gives augmentation settings
+        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
+        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
-    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
-        channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
-        (T4, V100) train in float32, as do CPU and MPS.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
+        "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
+        ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
+        distributed launcher (torchrun) sets ``LOCAL_RANK`` — so one Dask worker or
+        rank per GPU needs no code (docs/scale_out.md). "cuda:N" picks GPU N. On CUDA,
+        bf16 mixed precision and channels_last are used when the GPU supports bf16
+        (Ampere and newer); older GPUs (T4, V100) train in float32, as do CPU and MPS.
+        While a torch.distributed process group is open, fit trains one model
+        data-parallel over its processes (:mod:`cxr_estimators.distributed`).
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
-    random_state : int or None, default=None
-        Seeds torch (weight init, dropout, augmentation), the data order and the
-        validation split; same seed → same model on CPU.
+    random_state : int, RandomState or None, default=None
+        Seeds weight init, dropout, augmentation, the data order and the validation
+        split; same seed → same model on CPU, also for fits running in parallel threads.
+        Each fit draws from its own random stream: torch's global RNG is left as the
+        caller had it (:mod:`cxr_estimators._rng`). None draws the seed from numpy's
+        global RNG, as sklearn does.
     verbose : int, default=0
         0 silent, 1 epoch table, 2 epoch table and progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks (a logger such as ``skorch.callbacks.TensorBoard``, an
+        ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
+        fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
+        as a writer, cannot be deep-copied), so the given objects are never changed. A
+        name (or score name) that one of ours already has is an error.
+    warm_start : bool, default=False
+        True: a second ``fit`` starts from the fitted weights (with a new optimizer)
+        instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
+        the image shape must be those of the first fit.
 
     Attributes
     ----------
@@ -162,7 +246,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         ``valid_<metric>`` of ``early_stopping``.
     best_epoch_ : int
         The epoch (1-based) whose weights the model holds: early stopping's best epoch,
-        else the last one. Retraining on train + validation for that many epochs without
+        else the last one (with ``average_weights``, the last epoch trained: the average
+        runs up to it). Retraining on train + validation for that many epochs without
         an internal split is ``clf.set_params(max_epochs=clf.best_epoch_,
         early_stopping=None, validation_fraction=0).fit(X_all, y_all)``.
     device_ : str
@@ -181,54 +266,82 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "backbone": [str],
+        "backbone_kwargs": [dict, None],
         "weights": [str, os.PathLike, None],
         "freeze": ["boolean", Interval(numbers.Integral, 0, None, closed="left")],
-        "neurons": [Interval(numbers.Integral, 1, None, closed="left")],
+        "pooling": [StrOptions(set(POOLINGS)), None],
+        "neurons": [Interval(numbers.Integral, 1, None, closed="left"), tuple],
+        "head_batch_norm": ["boolean"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "weight_decay_scope": [StrOptions({"all", "head"})],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "optimizer_kwargs": [dict, None],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), dict, None],
-        "lr_schedule": [StrOptions({"plateau"}), dict, None],
+        "lr_schedule": [str, dict, None],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "average_weights": [StrOptions({"ema", "swa"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
+        "sampling": [StrOptions({"balanced"}), None],
         "augment": ["boolean", dict, None],
+        "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
-        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "device": [str],  # "cuda:N" too: checked by distributed.resolve_device
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [list, None],
+        "warm_start": ["boolean"],
     }
 
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
-                 max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
-                 class_weight=None, augment=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, random_state=None, verbose=0):
+                 max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
+                 average_weights=None, validation_fraction=0.1,
+                 class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
+                 device="auto", num_workers=0, random_state=None, verbose=0,
+                 callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
+                 head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
+                 optimizer_kwargs=None, sampling=None):
         self.backbone = backbone
+        self.backbone_kwargs = backbone_kwargs
         self.weights = weights
         self.freeze = freeze
+        self.pooling = pooling
         self.neurons = neurons
+        self.head_batch_norm = head_batch_norm
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.weight_decay = weight_decay
+        self.weight_decay_scope = weight_decay_scope
         self.optimizer = optimizer
+        self.optimizer_kwargs = optimizer_kwargs
+        self.sampling = sampling
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
         self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.average_weights = average_weights
         self.validation_fraction = validation_fraction
         self.class_weight = class_weight
         self.augment = augment
+        self.tta = tta
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit helpers
     def _encode_targets(self, y):
@@ -244,11 +357,13 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         if len(encoder.classes_) < 2:
             raise ValueError(
                 f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
+                + (f" (and sampling={self.sampling!r} needs classes to balance)"
+                   if self.sampling else "")
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
 
         Every input is checked before anything fitted is replaced, so a fit that fails on
@@ -258,6 +373,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
         y : array-like of shape (n,)
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each image's loss, in training and in the internal
+            validation loss: each batch's loss is the weighted mean of its images'
+            losses (times their class weights, if any), as in sklearn's
+            ``MLPClassifier``. A given ``X_val`` is scored unweighted. Under metadata
+            routing request it with ``set_fit_request(sample_weight=True)``.
         X_val : array-like of shape (n_val, C, H, W) or image dataset, default=None
             A validation set (images shaped like ``X``) for early stopping, the LR
             schedule, checkpoints and the per-epoch history, instead of an internal split:
@@ -290,22 +411,38 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
         image_shape = _image_shape(X)
+        sample_weight = _check_sample_weight(sample_weight, len(y_enc))
+        previous = warm_start_module(self, classes, image_shape)
         valid = self._validation_set(X_val, y_val, classes, image_shape)
         es_spec = early_stopping_spec(self.early_stopping, classes)
+        check_lr_schedule(self.lr_schedule, self.max_epochs)
+        check_average_weights(self.average_weights, self.max_epochs)
+        check_tta(self.tta, self.augment)
         augmenter = make_augmenter(self.augment)
-        seed = _seed_everything(self.random_state)
-        device = _resolve_device(self.device)
-        amp = device == "cuda" and torch.cuda.is_bf16_supported()
-        module = build_model(
-            self.backbone, len(classes), weights=self.weights, in_channels=image_shape[0],
-            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=augmenter,
-        )
+        device = distributed.resolve_device(self.device)
+        distributed.check_same_data(len(y_enc), classes)
+        seed = distributed.same_on_all_ranks(fit_seed(self.random_state))
+        rng = FitRandomness(seed, device)
+        amp = distributed.bf16_supported(device)
+        with rng.global_stream():  # weight init draws from this fit's stream
+            module = build_model(
+                self.backbone, len(classes),
+                weights=self.weights if previous is None else None,
+                in_channels=image_shape[0], neurons=self.neurons, dropout=self.dropout,
+                freeze=self.freeze, augment=augmenter, pooling=self.pooling,
+                head_batch_norm=self.head_batch_norm, input_dropout=self.input_dropout,
+                backbone_kwargs=self.backbone_kwargs, image_size=image_shape[1:],
+            )
+        if previous is not None:
+            load_warm_start(self, module, previous)
+        check_frozen_features(module, X, self.backbone)
+        if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
+            rng.reseed(distributed.rank())
         if amp:
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
-        digest = _features.trunk_digest(module.trunk) if use_cache else None  # frozen: fixed
+        digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
         if use_cache:
             X = np.array(self._cached_features(module, X, amp, device, digest))
             if valid is not None:
@@ -314,8 +451,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         split = train_split(self.validation_fraction, y_enc, groups, seed,
                             valid=None if valid is None else valid_dataset(*valid))
         net = make_net(self, module.head if use_cache else module, classes, y_enc,
-                       device=device, amp=amp, split=split, es_spec=es_spec, seed=seed)
-        net.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset) else X, y_enc)
+                       device=device, amp=amp, split=split, es_spec=es_spec, rng=rng,
+                       weighted=sample_weight is not None)
+        net.fit(_training_data(X, y_enc, sample_weight), y_enc)
+        distributed.finish_fit(net)  # DDP: every rank keeps rank 0's weights
         if use_cache:
             # The head was trained in place; serve predictions with the whole model.
             net.module_ = module.to(device)
@@ -329,6 +468,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.device_ = device
         self._uses_cache = use_cache
         self._trunk_digest = digest
+        self._seed = seed  # also seeds test-time augmentation
         self.net_ = net
         self.best_epoch_ = best_epoch(net)
         return self
@@ -392,7 +532,11 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
-        if getattr(self, "_uses_cache", False):
+        tta = check_tta(self.tta, self.augment)
+        if tta is not None:
+            with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                proba = self._stream_proba(X)
+        elif getattr(self, "_uses_cache", False):
             # frozen trunk: features of X come from the cache shared by all grid points
             # (a CV test fold is the same for every one); only the head runs here
             images = X.images if isinstance(X, _Labelled) else X

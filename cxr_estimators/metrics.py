@@ -20,6 +20,8 @@ from sklearn.metrics import (
     check_scoring, f1_score, get_scorer, make_scorer, multilabel_confusion_matrix,
     recall_score, roc_auc_score,
 )
+from sklearn.utils._metadata_requests import MetadataRequest, _MetadataRequester
+from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
 from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
@@ -180,9 +182,40 @@ _LABEL_FUNCS = {"sensitivity": sensitivity_score, "specificity": specificity_sco
                 "f1": f1_score}
 
 
-class _ClinicalScorer:
-    """Scorer ``f(estimator, X, y)`` that builds the binary or multiclass sklearn scorer
-    from ``estimator.classes_`` at call time, so one dict serves both problems.
+class _RequestsSampleWeight(_MetadataRequester):
+    """``set_score_request(sample_weight=...)`` for our scorers, as sklearn's scorers
+    have it (metadata routing of the weights into scoring)."""
+
+    def set_score_request(self, *, sample_weight=None):
+        """Request ``sample_weight`` for scoring (sklearn metadata routing).
+
+        Parameters
+        ----------
+        sample_weight : bool, str or None
+            True: pass ``sample_weight`` to this scorer; False: do not; a str: pass the
+            metadata of that name as ``sample_weight``; None: error if it is given.
+
+        Returns
+        -------
+        self
+        """
+        if not _routing_enabled():
+            raise RuntimeError("set_score_request is only available when metadata routing "
+                               "is enabled: sklearn.set_config(enable_metadata_routing=True)")
+        request = MetadataRequest(owner=self)
+        request.score.add_request(param="sample_weight", alias=sample_weight)
+        self.__dict__["_score_request"] = request
+        return self
+
+    def _get_metadata_request(self):
+        return self.__dict__.get("_score_request") or MetadataRequest(owner=self)
+
+
+class _ClinicalScorer(_RequestsSampleWeight):
+    """Scorer ``f(estimator, X, y, sample_weight=None)`` that builds the binary or
+    multiclass sklearn scorer from ``estimator.classes_`` at call time, so one dict serves
+    both problems. Under metadata routing, ``set_score_request(sample_weight=True)``
+    asks for the weights, as sklearn's own scorers do.
 
     With ``label`` set it scores that one class against the rest (per-class scorers).
     """
@@ -263,7 +296,7 @@ def _class_roc_auc(y_true, y_score, *, label, classes):
     return roc_auc_score(np.asarray(y_true) == label, y_score)
 
 
-class _PerClassScorers:
+class _PerClassScorers(_RequestsSampleWeight):
     """One scorer returning a dict: the overall clinical scores plus
     ``<metric>_<class>`` for each of ``estimator.classes_``.
 

@@ -305,21 +305,6 @@ def test_augmentation_only_while_training(toy_binary, small_clf_params, monkeypa
     np.testing.assert_array_equal(p1, p2)
 
 
-def test_augmenter_changes_images_and_flip_default_off():
-    torch.manual_seed(0)
-    x = torch.rand(4, 1, 16, 16)
-    aug = Augmenter(rotation=20, shift=0.1, zoom=0.1, brightness=0.2, contrast=0.2)
-    assert aug.geometric is not None
-    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in aug.geometric.transforms)
-    out = aug(x)
-    assert out.shape == x.shape and not torch.allclose(out, x)
-    with pytest.raises(ValueError, match="augment rotation"):
-        Augmenter(rotation=-1)
-    from cxr_estimators.augment import make_augmenter
-    with pytest.raises(ValueError, match="unknown keys \\['flip'\\]"):
-        make_augmenter({"flip": True})
-
-
 def test_early_stopping_restores_best_and_checkpoint(tmp_path, toy_binary, small_clf_params):
     X, y = toy_binary
     clf = CXRClassifier(**{**small_clf_params, "max_epochs": 30, "lr": 0.05}, early_stopping=2,

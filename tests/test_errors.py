@@ -36,7 +36,54 @@ BAD_FITS = [
     ("pos_label not a class", {"early_stopping": {"patience": 3, "monitor": "f1",
                                                    "pos_label": "covid"}}, {},
      "pos_label='covid' is not one of y's classes"),
-]
+    ("flatten on a 1 x 1 map", {"backbone": "deep_cnn", "pooling": "flatten"}, {},
+     r"pooling='flatten': backbone 'deep_cnn' reduces these images to a 1 × 1 feature map"),
+    ("unknown augmentation key", {"augment": {"rotation_range": 10}}, {},
+     "augment has an unknown key 'rotation_range'.*did you mean 'rotation'"),
+    ("bad augmentation value", {"augment": {"fill": "wrap"}}, {},
+     "augment fill='wrap' is not one of"),
+    ("balanced sampling of a single class", {"sampling": "balanced"}, {"y": ["a"] * len(Y)},
+     r"y has a single class \['a'\].*sampling='balanced'"),
+    ("neurons tuple with a zero", {"neurons": (8, 0)}, {}, "neurons must be an int >= 1"),
+    ("unknown optimizer argument", {"optimizer_kwargs": {"betas2": 0.9}}, {},
+     "optimizer_kwargs has 'betas2', not an argument of Adam.*did you mean 'betas'"),
+    ("unknown small-CNN argument", {"backbone_kwargs": {"depth": 4}}, {},
+     "backbone_kwargs has an unknown key 'depth' for 'simple_cnn'"),
+    # label smoothing, LR schedules, weight averaging (issue #14)
+    ("label_smoothing 1", {"label_smoothing": 1.0}, {}, r"'label_smoothing'.*Got 1.0"),
+    ("negative label_smoothing", {"label_smoothing": -0.1}, {},
+     r"'label_smoothing'.*\[0.0, 1.0\).*Got -0.1"),
+    ("unknown schedule", {"lr_schedule": "cosin"}, {},
+     r"lr_schedule='cosin' is not a known schedule.*did you mean 'cosine'"),
+    ("unknown schedule policy", {"lr_schedule": {"policy": "one_cycle"}}, {},
+     r"'one_cycle' is not a known schedule.*did you mean 'onecycle'"),
+    ("unknown schedule argument", {"lr_schedule": {"policy": "cosine", "warmup": 1}}, {},
+     r"'cosine' has no argument 'warmup'.*did you mean 'warmup_epochs'"),
+    ("schedule argument set by the package", {"lr_schedule": {"policy": "onecycle",
+                                                              "max_lr": 1}}, {},
+     r"'onecycle' has no argument 'max_lr'"),
+    ("unknown plateau argument", {"lr_schedule": {"pateince": 2}}, {},
+     r"'plateau' has no argument 'pateince'.*did you mean 'patience'"),
+    ("warm-up as long as training", {"lr_schedule": {"policy": "cosine",
+                                                     "warmup_epochs": 3}, "max_epochs": 3},
+     {}, r"warmup_epochs=3 must be >= 0 and below max_epochs=3"),
+    ("ema with one epoch", {"average_weights": "ema"}, {},
+     r"average_weights='ema' averages weights across epochs and needs max_epochs >= 2; "
+     r"got max_epochs=1"),
+    ("swa with one epoch", {"average_weights": "swa"}, {},
+     r"average_weights='swa' .*got max_epochs=1"),
+    ("unknown averaging", {"average_weights": "mean"}, {},
+     r"'average_weights' parameter .* Got 'mean'"),
+    ("unknown averaging method", {"average_weights": {"method": "polyak"}}, {},
+     r"method 'polyak' is not one of \['ema', 'swa'\]"),
+    ("ema decay 1", {"average_weights": {"method": "ema", "decay": 1.0}, "max_epochs": 3},
+     {}, r"decay=1.0 must be in \(0, 1\)"),
+    ("ema with an swa option", {"average_weights": {"method": "ema", "start": 2}}, {},
+     r"'ema' has no option \['start'\]"),
+    ("swa start after training", {"average_weights": {"method": "swa", "start": 4},
+                                  "max_epochs": 3}, {},
+     r"start=4 must be .* an epoch number in \[1, 3\]"),
+]  # bad tta (read at predict time too): tests/test_tta.py
 
 
 @pytest.mark.parametrize("params, fit_kwargs, match",
@@ -48,8 +95,10 @@ def test_bad_fit_input_raises_and_keeps_fitted_model(params, fit_kwargs, match,
               "best_epoch": clf.best_epoch_,
               "state": {k: v.clone() for k, v in clf.module_.state_dict().items()}}
     clf.set_params(**params)
+    fit_kwargs = dict(fit_kwargs)
+    y = fit_kwargs.pop("y", Y)
     with pytest.raises(ValueError, match=match):
-        clf.fit(X, Y, **fit_kwargs)
+        clf.fit(X, y, **fit_kwargs)
     assert clf.net_ is before["net"] and clf.classes_ is before["classes"]
     assert clf.best_epoch_ == before["best_epoch"]
     for k, v in clf.module_.state_dict().items():
