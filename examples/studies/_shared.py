@@ -13,8 +13,9 @@ Data sources, in order of preference:
   the three-class studies can run.
 * ``--data FILE.npz``: a MedMNIST archive such as PneumoniaMNIST (its official
   train/val/test splits; normal vs pneumonia only).
+* ``--data sample``: the 400-image sample bundled with the package, split 60/20/20 here.
 * no ``--data``: ``../shared/data/pneumoniamnist.npz`` beside the repository if present,
-  else the 400-image sample bundled with the package, split 60/20/20 here.
+  else the bundled sample.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +51,9 @@ def parse_args(doc, *, other=False):
                         help="smoke run on a CPU in seconds (tiny images, few epochs, "
                              "random init)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="Kermany chest_xray folder or MedMNIST .npz (default: "
-                             "../shared PneumoniaMNIST, else the bundled sample)")
+                        help="Kermany chest_xray folder, MedMNIST .npz or 'sample' (the "
+                             "bundled one; default: ../shared PneumoniaMNIST if present, "
+                             "else the sample)")
     parser.add_argument("--weights", default=None,
                         help="torchvision weights name or checkpoint path (default: "
                              "'DEFAULT' at full size, none with --quick)")
@@ -85,8 +86,8 @@ def load_splits(args, quick_sizes=(240, 80, 160), seed=0):
     """
     path = args.data
     if path is None:
-        path = SHARED_NPZ if SHARED_NPZ.is_file() else None
-    if path is None:
+        path = SHARED_NPZ if SHARED_NPZ.is_file() else "sample"
+    if str(path) == "sample":
         splits, source = _bundled_sample(seed), "bundled PneumoniaMNIST sample (400 images)"
     elif Path(path).is_dir():
         splits = {s: _kermany_split(Path(path), s) for s in SPLITS}
@@ -137,17 +138,6 @@ def summary(study, values):
     rounded = {k: round(float(v), 3) if isinstance(v, (float, np.floating)) else v
                for k, v in values.items()}
     print(f"summary {study}: {json.dumps(rounded)}")
-
-
-class Timer:
-    """``with Timer() as t: ...``; then ``t.seconds``."""
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
 
 
 def _medmnist_split(path, split):

@@ -8,14 +8,16 @@ early-stopped on *its own validation set*; the configuration with the best valid
 accuracy and AUC (ties: sensitivity) is retrained on train + validation for as many
 epochs as it needed, and tested once. Binary (sick vs healthy) and 3-class.
 
-Three things of the public API carry the protocol:
+What carries the protocol:
 
 * ``fit(X, y, X_val=, y_val=)``: early stopping watches exactly that set, and the whole of
   ``X`` is trained on. In the ``Pipeline`` the validation images go through the same
   ``ImageLoader`` (``transform_input=["X_val"]``, scikit-learn's metadata routing);
-* ``best_epoch_``: the epoch whose weights early stopping kept, so the retrain on
-  train + validation is one ``set_params(max_epochs=best_epoch_, early_stopping=None,
-  validation_fraction=0)``;
+* ``GridSearchCV`` with a ``PredefinedSplit``: every candidate trains on the training
+  part and is scored on the validation set it early-stopped on, as in the study;
+* ``best_epoch_`` (collected per candidate by ``best_epoch_scorer``): the epoch whose
+  weights early stopping kept, so the retrain on train + validation is one
+  ``set_params(max_epochs=..., early_stopping=None, validation_fraction=0)``;
 * ``clinical_scorers(per_class=True)``: validation accuracy, AUC and sensitivity, per
   class for the 3-class tie-break.
 
@@ -24,17 +26,18 @@ Run from the repository root::
     python examples/studies/a_resnet50_transfer.py --quick        # CPU, seconds
     python examples/studies/a_resnet50_transfer.py --data chest_xray/   # full size, GPU
 
-``--quick`` uses 64-px images, 300 images, a 2-point grid, 3 epochs and random weights:
+``--quick`` uses 48-px images, 200 images, a 2-point grid, 2 epochs and random weights:
 its numbers only show that the protocol runs.
 """
 
 import numpy as np
 import sklearn
 from sklearn.base import clone
-from sklearn.model_selection import ParameterGrid, train_test_split
+from sklearn.model_selection import GridSearchCV, PredefinedSplit, train_test_split
 from sklearn.pipeline import Pipeline
 
 from cxr_estimators import CXRClassifier, ImageLoader
+from cxr_estimators.evaluation import best_epoch_scorer
 from cxr_estimators.explain import attention_outside, grad_cam, save_overlays
 from cxr_estimators.metrics import clinical_report, clinical_scorers
 
@@ -42,7 +45,7 @@ from _shared import binary, load_splits, not_met, parse_args, pooled, summary, t
 
 sklearn.set_config(enable_metadata_routing=True)  # lets X_val travel through the Pipeline
 args = parse_args(__doc__)
-SIZE, EPOCHS = (64, 3) if args.quick else (224, 50)
+SIZE, EPOCHS = (48, 2) if args.quick else (224, 50)
 GRID = {"clf__lr": [1e-4, 1e-3], "clf__neurons": [128, 256], "clf__dropout": [0.3, 0.5]}
 if args.quick:
     GRID = {"clf__lr": [1e-3], "clf__neurons": [128], "clf__dropout": [0.3, 0.5]}
@@ -50,7 +53,7 @@ if args.quick:
 # %%
 # Data: binary = sick vs healthy, and 3-class where the labels say bacterial / viral
 # ---------------------------------------------------------------------------------
-data = load_splits(args, quick_sizes=(150, 50, 100))
+data = load_splits(args, quick_sizes=(100, 30, 70))
 print(data.source)
 X_all, y_all = pooled(data)  # the study makes its own splits
 not_met("COVID-19 / bacterial pneumonia / normal images",
@@ -82,46 +85,58 @@ pipe = Pipeline([
 ], transform_input=["X_val"])
 
 
-def rank(scores, classes):
-    """Validation accuracy, then AUC; ties broken by sensitivity (3-class: that of the
-    worst-recognised class, the minority's in the card)."""
-    if len(classes) == 2:
-        tie_break = scores["sensitivity"]
-    else:
-        tie_break = min(scores[f"sensitivity_{c}"] for c in classes)
-    return round(scores["accuracy"], 3), round(scores["roc_auc"], 3), tie_break
-
-
 def run(task, y_all, pos_label):
     # stratified 80/20 train/test, then train 80/20 into train/validation
     X_dev, X_test, y_dev, y_test = train_test_split(
         X_all, y_all, test_size=0.2, stratify=y_all, random_state=0)
-    X_train, X_val, y_train, y_val = train_test_split(
-        X_dev, y_dev, test_size=0.2, stratify=y_dev, random_state=0)
-    print(f"\n{task}: train {len(y_train)}, validation {len(y_val)}, test {len(y_test)}")
-    scorer = clinical_scorers(pos_label=pos_label, per_class=True)
-    tried = []
-    for params in ParameterGrid(GRID):  # 8 models: lr x neurons x dropout
-        model = clone(pipe).set_params(**params)
-        model.fit(X_train, y_train, X_val=X_val, y_val=y_val)
-        scores = scorer(model, X_val, y_val)
-        tried.append((rank(scores, model.classes_), params, model))
-        print(f"  lr {params['clf__lr']:g}, neurons {params['clf__neurons']}, dropout "
-              f"{params['clf__dropout']}: best epoch {model[-1].best_epoch_}, validation "
-              f"accuracy {scores['accuracy']:.3f}, AUC {scores['roc_auc']:.3f}, "
-              f"sensitivity {scores['sensitivity']:.3f}")
-    _, best_params, best = max(tried, key=lambda t: t[0])
+    _, val = train_test_split(np.arange(len(y_dev)), test_size=0.2, stratify=y_dev,
+                              random_state=0)
+    X_val, y_val = take(X_dev, val), y_dev[val]
+    fold = np.full(len(y_dev), -1)  # PredefinedSplit: train on the -1 rows, score on 0
+    fold[val] = 0
+    print(f"\n{task}: train {len(y_dev) - len(val)}, validation {len(val)}, "
+          f"test {len(y_test)}")
 
-    # the chosen configuration, retrained on train + validation for best_epoch_ epochs
-    final = clone(pipe).set_params(
-        **best_params, clf__max_epochs=best[-1].best_epoch_, clf__early_stopping=None,
-        clf__validation_fraction=0)
+    clinical = clinical_scorers(pos_label=pos_label, per_class=True)
+
+    def scoring(model, X, y):
+        """Validation accuracy, AUC, sensitivity (per class too), and the epoch kept."""
+        return {**clinical(model, X, y), "best_epoch": best_epoch_scorer(model, X, y)}
+
+    # 8 models, lr x neurons x dropout, each trained on train and early-stopped on the
+    # validation set, which also scores it; refit=False: the retrain is done below
+    search = GridSearchCV(pipe, GRID, cv=PredefinedSplit(fold), scoring=scoring,
+                          refit=False, error_score="raise")
+    search.fit(X_dev, y_dev, X_val=X_val, y_val=y_val)
+    res = search.cv_results_
+    classes = np.unique(y_dev)
+
+    def rank(i):
+        """Validation accuracy, then AUC; ties broken by sensitivity (3-class: that of
+        the worst-recognised class, the minority's in the card)."""
+        tie_break = (res["mean_test_sensitivity"][i] if len(classes) == 2 else
+                     min(res[f"mean_test_sensitivity_{c}"][i] for c in classes))
+        return (round(res["mean_test_accuracy"][i], 3), round(res["mean_test_roc_auc"][i], 3),
+                tie_break)
+
+    for i, params in enumerate(res["params"]):
+        print(f"  lr {params['clf__lr']:g}, neurons {params['clf__neurons']}, dropout "
+              f"{params['clf__dropout']}: best epoch {res['mean_test_best_epoch'][i]:.0f}, "
+              f"validation accuracy {res['mean_test_accuracy'][i]:.3f}, AUC "
+              f"{res['mean_test_roc_auc'][i]:.3f}, sensitivity "
+              f"{res['mean_test_sensitivity'][i]:.3f}")
+    best = max(range(len(res["params"])), key=rank)
+    epochs = int(res["mean_test_best_epoch"][best])
+
+    # the chosen configuration, retrained on train + validation for that many epochs
+    final = clone(pipe).set_params(**res["params"][best], clf__max_epochs=epochs,
+                                   clf__early_stopping=None, clf__validation_fraction=0)
     final.fit(X_dev, y_dev)
     report = clinical_report(y_test, final.predict_proba(X_test), labels=final.classes_,
                              pos_label=pos_label, n_bootstraps=1000, random_state=0)
     o = report.overall
-    print(f"chosen {best_params}, retrained {best[-1].best_epoch_} epochs on "
-          f"{len(y_dev)} images; test (once): ACC {o['accuracy'].value:.3f}, sensitivity "
+    print(f"chosen {res['params'][best]}, retrained {epochs} epochs on {len(y_dev)} "
+          f"images; test (once): ACC {o['accuracy'].value:.3f}, sensitivity "
           f"{o['sensitivity'].value:.3f}, specificity {o['specificity'].value:.3f}, "
           f"AUC {o['roc_auc'].value:.3f}")
     if pos_label is None:

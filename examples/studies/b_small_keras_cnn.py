@@ -21,7 +21,7 @@ Run from the repository root::
     python examples/studies/b_small_keras_cnn.py --quick             # CPU, seconds
     python examples/studies/b_small_keras_cnn.py --data chest_xray/  # full size
 
-``--quick`` uses 64-px images, a few hundred images and 3 epochs: its numbers only show
+``--quick`` uses 48-px images, a few hundred images and 3 epochs: its numbers only show
 that the protocol runs.
 """
 
@@ -40,12 +40,12 @@ from _shared import binary, load_splits, not_met, parse_args, pooled, summary, t
 
 sklearn.set_config(enable_metadata_routing=True)  # lets X_val travel through the Pipeline
 args = parse_args(__doc__)
-SIZE, EPOCHS = (64, 3) if args.quick else (224, 100)
+SIZE, EPOCHS = (48, 3) if args.quick else (224, 100)
 
 # %%
 # Data: the Kermany train/ val/ test/ folders (PneumoniaMNIST's official splits here)
 # ----------------------------------------------------------------------------------
-data = load_splits(args, quick_sizes=(240, 80, 160))
+data = load_splits(args, quick_sizes=(160, 48, 96))
 print(data.source)
 if data.three_class:
     task = "3-class (normal / bacterial / viral)"
@@ -79,13 +79,14 @@ pipe = Pipeline([
 
 
 def run(name, model, train, val, test):
+    folder = name.split(",")[0].replace(" ", "_").replace("/", "-")
+    model.set_params(clf__checkpoint_dir=str(args.out / "checkpoint" / folder))  # per run
     model.fit(*train, X_val=val[0], y_val=val[1])  # all callbacks watch the val folder
     clf = model[-1]
     y_pred = model.predict(test[0])
     accuracy = float(np.mean(y_pred == test[1]))
     print(f"\n{name}: stopped after {len(clf.history_)} epochs, weights of epoch "
-          f"{clf.best_epoch_} kept (lr at the end "
-          f"{clf.history_[-1, 'lr'] if 'lr' in clf.history_[-1] else clf.lr:g}); "
+          f"{clf.best_epoch_} kept (lr at the end {clf.history_[-1, 'event_lr']:g}); "
           f"test accuracy {accuracy:.3f}")
     return model, y_pred, accuracy
 
