@@ -13,7 +13,8 @@ import sys
 
 from benchmarks import _common
 
-BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory")
+BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
+              "scale_out", "robustness")
 
 
 def main(argv=None):

@@ -29,7 +29,8 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from . import distributed
-from ._callbacks import make_callbacks
+from ._callbacks import make_callbacks, mark_interrupted
+from ._validation import check_class_weights
 from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
@@ -41,18 +42,26 @@ class _Net(NeuralNetClassifier):
     Also: training forward passes draw from the fit's own random stream
     (:class:`_FitRandomness`, attribute ``fit_rng_``), a batch given as
     ``{"X": images, "sample_weight": w}`` weights each image's loss, and under torch DDP
-    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and a
-    ``DistributedSampler``."""
+    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and
+    each rank trains on its share of the training set."""
 
     def __init__(self, *args, amp=False, channels_last=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.amp = amp
         self.channels_last = channels_last
 
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        # skorch's partial_fit swallows KeyboardInterrupt; mark a user's one so that
+        # CXRClassifier.fit can re-raise it (see _callbacks.raise_if_interrupted)
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            mark_interrupted(self)
+            raise
     def get_iterator(self, dataset, training=False):
         ddp = getattr(self, "ddp_", None)
-        if training and ddp is not None:
-            return ddp.train_iterator(self, dataset)
+        if training and ddp is not None:  # skorch has opened this epoch's history row
+            dataset = ddp.shard(dataset, epoch=len(self.history))
         return super().get_iterator(dataset, training)
 
     def infer(self, x, **fit_params):
@@ -165,6 +174,13 @@ class _GroupedValidSplit:
                                   random_state=self.random_state)
         y = np.asarray(y)
         train, valid = next(cv.split(np.zeros(len(y)), y, self.groups))
+        lost = sorted(set(np.unique(y).tolist()) - set(np.unique(y[train]).tolist()))
+        if lost:
+            warnings.warn(
+                f"the grouped validation split (validation_fraction={self.fraction}) puts "
+                f"every image of class index(es) {lost} (of classes_) in the validation part: the "
+                "model trains without them. Use fewer patients per class in validation, "
+                "more data, or pass X_val/y_val", UserWarning, stacklevel=2)
         return (torch.utils.data.Subset(dataset, train),
                 torch.utils.data.Subset(dataset, valid))
 
@@ -180,9 +196,14 @@ def class_weights(class_weight, classes, y_enc):
                 f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
                 f"{classes.tolist()}"
             )
-        weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+        try:
+            weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+        except (TypeError, ValueError):
+            raise ValueError(f"class_weight values must be numbers; got {class_weight!r}") \
+                from None
     else:
         weights = compute_class_weight(class_weight, classes=np.arange(len(classes)), y=y_enc)
+    check_class_weights(weights, classes)
     return torch.as_tensor(weights, dtype=torch.float32)
 
 

@@ -250,6 +250,11 @@ def _load_local_weights(model, trunk, path):
         state = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
     own = trunk.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    broken = [k for k, v in usable.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"weights file {str(path)!r} has tensors with NaN or inf values ({len(broken)}, "
+            f"e.g. {broken[:3]}): it was saved from a diverged model or is corrupt")
     if not usable:
         raise ValueError(
             f"weights file {str(path)!r} has no parameter matching backbone "
@@ -304,9 +309,13 @@ def build_trunk(backbone, weights=None, in_channels=3, *, backbone_kwargs=None):
                     setattr(trunk, aux, None)
         in_channels = 3
     else:
+        import difflib
+
+        close = difflib.get_close_matches(backbone, available_backbones(), n=3)
         raise ValueError(
             f"backbone={backbone!r} is not a torchvision classification model nor one of "
-            f"{SMALL_CNNS}; see cxr_estimators.backbones.available_backbones()"
+            f"{SMALL_CNNS}{f'; did you mean {close}?' if close else ''} (see "
+            "cxr_estimators.backbones.available_backbones())"
         )
     n_features = trunk.num_features if backbone in SMALL_CNNS else _strip_classifier(trunk)
     if path is not None:

@@ -12,25 +12,32 @@ device placement and data-parallel training in :mod:`cxr_estimators.distributed`
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
+import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _features, distributed
-from ._callbacks import best_epoch, early_stopping_spec
+from ._callbacks import (
+    best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
+)
 from ._rng import FitRandomness, fit_seed
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
     _training_data, load_warm_start, make_net, train_split, valid_dataset,
     warm_start_module,
 )
+from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
+                          check_image_batch, check_labels, check_memory, check_not_paths,
+                          warn_unnormalised)
 from ._averaging import check_average_weights
 from ._callbacks import check_lr_schedule
 from ._tta import check_tta, tta_context
@@ -56,15 +63,26 @@ def _as_images(X, name="X"):
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
             raise ValueError(f"{name} is an empty dataset")
+        if not hasattr(X, "shape") and not hasattr(X[0], "shape"):
+            raise ValueError(f"{name}'s items must be (C, H, W) arrays or tensors; got "
+                             f"{type(X[0]).__name__} (a TensorDataset yields tuples: pass "
+                             "the tensor itself)")
         shape = _image_shape(X)
         if len(shape) != 3 or shape[0] not in (1, 3):
             raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
         return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    check_not_paths(X, name)
+    if getattr(X, "dtype", np.float32) != np.float32:
+        check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
+                     "float32", "pass float32 images or fewer of them at a time")
+    raw_dtype = getattr(X, "dtype", None)
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)
+    warn_unnormalised(X, raw_dtype, name)
     if X.ndim == 2:
+        check_flattened(X)
         X = X[:, None, None, :]
     elif X.ndim == 3:
         X = X[:, None]
@@ -79,7 +97,7 @@ def _as_images(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-class CXRClassifier(ClassifierMixin, BaseEstimator):
+class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     """Chest X-ray classifier: a torchvision backbone + dense head, trained with skorch.
 
     Parameters
@@ -190,15 +208,16 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         Test-time augmentation: ``predict_proba`` averages the probabilities of each image
         and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
         mild defaults if training did not augment); a dict gives augmentation settings
-        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
-        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        plus ``"views"`` (default 8). Seeded by the fit's seed (``random_state``); read
+        at predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
         (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
-        points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
+        points), a directory path caches on disk (safetensors files with a digest, never
+        pickles: see :mod:`cxr_estimators._features`). Ignored otherwise.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
         "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
         ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
@@ -300,6 +319,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "warm_start": ["boolean"],
     }
 
+    #: Upper bounds that keep allocations sane (neurons=10**9 is a 512 GB head).
+    _param_upper_bounds = {"neurons": 65536}
+
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
@@ -350,10 +372,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None"
             )
         y = column_or_1d(y, warn=True)
+        check_labels(y, missing=True)
         if len(y) < 2:
             raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
+        check_labels(encoder.classes_)
         if len(encoder.classes_) < 2:
             raise ValueError(
                 f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
@@ -361,6 +385,17 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                    if self.sampling else "")
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
+
+    def _build_module(self, n_classes, image_shape, weights, augmenter):
+        """The untrained :class:`~cxr_estimators.backbones.CXRNet` for these parameters:
+        what ``fit`` trains and what :func:`cxr_estimators.load` fills with saved weights."""
+        return build_model(
+            self.backbone, n_classes, weights=weights, in_channels=image_shape[0],
+            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
+            augment=augmenter, pooling=self.pooling, head_batch_norm=self.head_batch_norm,
+            input_dropout=self.input_dropout, backbone_kwargs=self.backbone_kwargs,
+            image_size=tuple(image_shape[1:]),
+        )
 
     # ------------------------------------------------------------------ public API
     def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, groups=None):
@@ -399,6 +434,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : CXRClassifier
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became NaN or inf; the message names the epoch, the batch and the
+            likely cause. A previously fitted model is left as it was (as for any error).
+        KeyboardInterrupt
+            Ctrl-C during training, re-raised after the estimator was left usable with the
+            weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
+            set, so that a search stops instead of scoring a half-trained model.
+        MemoryError
+            A training batch's estimated activations do not fit in the available memory.
         """
         self._validate_params()
         classes, y_enc = self._encode_targets(y)
@@ -425,14 +472,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         rng = FitRandomness(seed, device)
         amp = distributed.bf16_supported(device)
         with rng.global_stream():  # weight init draws from this fit's stream
-            module = build_model(
-                self.backbone, len(classes),
-                weights=self.weights if previous is None else None,
-                in_channels=image_shape[0], neurons=self.neurons, dropout=self.dropout,
-                freeze=self.freeze, augment=augmenter, pooling=self.pooling,
-                head_batch_norm=self.head_batch_norm, input_dropout=self.input_dropout,
-                backbone_kwargs=self.backbone_kwargs, image_size=image_shape[1:],
-            )
+            module = self._build_module(len(classes), image_shape,
+                                        self.weights if previous is None else None,
+                                        augmenter)
         if previous is not None:
             load_warm_start(self, module, previous)
         check_frozen_features(module, X, self.backbone)
@@ -442,6 +484,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             module = module.to(memory_format=torch.channels_last)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
+        check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device, amp,
+                         training=not use_cache)
         digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
         if use_cache:
             X = np.array(self._cached_features(module, X, amp, device, digest))
@@ -471,6 +515,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self._seed = seed  # also seeds test-time augmentation
         self.net_ = net
         self.best_epoch_ = best_epoch(net)
+        raise_if_interrupted(net)  # after the state above: usable, and marked as such
         return self
 
     def _validation_set(self, X_val, y_val, classes, image_shape):
@@ -496,6 +541,26 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                              f"{classes.tolist()}")
         return X_val, np.searchsorted(classes, y_val).astype(np.int64)
 
+    def _initialize_net(self):
+        """The skorch net ``fit`` builds for ``classes_``, ``image_shape_`` and ``device_``,
+        initialised but not trained (``weights`` is not read: random init), in eval mode.
+        :func:`cxr_estimators.load` puts the saved weights into it."""
+        device = self.device_
+        amp = distributed.bf16_supported(device)
+        with warnings.catch_warnings():  # about the random init this is about to replace
+            warnings.simplefilter("ignore", UserWarning)
+            module = self._build_module(len(self.classes_), self.image_shape_, None,
+                                        make_augmenter(self.augment))
+        if amp:
+            module = module.to(memory_format=torch.channels_last)
+        net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
+                       device=device, amp=amp, split=None, es_spec=None,
+                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device))
+        net.initialize()
+        net.module_.eval()
+        _drop_training_state(net)
+        return net
+
     @property
     def module_(self):
         check_is_fitted(self, "net_")
@@ -506,6 +571,20 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         return self.net_.history
 
+    def __sklearn_clone__(self):
+        """sklearn's clone; a ``callbacks`` entry whose parameters cannot be deep-copied
+        (an open writer, a lock) is copied shallowly instead of failing, as fit does."""
+        try:
+            return super().__sklearn_clone__()
+        except Exception:  # noqa: BLE001 - deep-copying a callback parameter failed
+            if not self.callbacks:
+                raise
+        stripped = copy.copy(self)
+        stripped.callbacks = None
+        new = clone(stripped)
+        new.callbacks = clone_callbacks(self.callbacks)
+        return new
+
     def __setstate__(self, state):
         super().__setstate__(state)
         if "net_" in state:  # skorch may have mapped a CUDA model to the CPU on load
@@ -513,6 +592,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self, "net_")
+        if getattr(X, "ndim", None) == 3:
+            check_image_batch(X.shape, self.image_shape_)
         X = _as_images(X)
         shape = _image_shape(X)
         if shape != self.image_shape_:

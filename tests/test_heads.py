@@ -203,3 +203,32 @@ def test_constant_frozen_features_are_refused(small_clf_params):
             pytest.raises(ValueError, match=r"the frozen part of backbone 'efficientnet_b0' "
                                             r"gives the same features for every training"):
         clf.fit(X, y)
+
+
+@pytest.mark.parametrize("pooling", [None, "max", "flatten"])
+def test_grad_cam_layer_names_unchanged_by_pooling(pooling):
+    from cxr_estimators.explain import _default_layer
+
+    model = build_model("resnet18", 2, in_channels=1, pooling=pooling,
+                        image_size=(64, 64)).eval()
+    assert _default_layer(model, torch.rand(1, 1, 64, 64)) == "trunk.layer4"
+
+
+def test_new_head_and_augmentation_survive_save_and_load(tmp_path, toy_binary,
+                                                          small_clf_params):
+    import cxr_estimators
+
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "neurons": (16, 8)}, pooling="flatten",
+                        head_batch_norm=True, input_dropout=0.1,
+                        backbone_kwargs={"widths": (8, 16, 16), "batch_norm": True},
+                        augment={"zoom": (1.05, 1.15), "fill": "nearest", "shear": 5},
+                        weight_decay=1e-4, weight_decay_scope="head",
+                        optimizer_kwargs={"betas": (0.8, 0.99)}, sampling="balanced",
+                        early_stopping={"patience": 2, "monitor": "roc_auc"}).fit(X, y)
+    path = tmp_path / "model.safetensors"
+    cxr_estimators.save(clf, path)
+    loaded = cxr_estimators.load(path)
+    assert loaded.get_params()["neurons"] == (16, 8)
+    assert loaded.best_epoch_ == clf.best_epoch_
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))

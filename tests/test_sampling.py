@@ -73,3 +73,12 @@ def test_balanced_sampling_with_a_single_class(small_clf_params):
     X, _ = _toy_images(n=10)
     with pytest.raises(ValueError, match=r"single class \['a'\].*sampling='balanced'"):
         CXRClassifier(**small_clf_params, sampling="balanced").fit(X, ["a"] * 10)
+
+
+def test_balanced_sampling_with_the_feature_cache(imbalanced, small_clf_params, monkeypatch):
+    X, y = imbalanced
+    seen = _record_batches(monkeypatch)
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 4}, freeze=True, cache=True,
+                        sampling="balanced", validation_fraction=0).fit(X, y)
+    assert clf._uses_cache
+    assert 0.35 < np.concatenate(seen).mean() < 0.65
