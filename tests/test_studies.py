@@ -100,3 +100,20 @@ def test_three_class_studies_run_on_kermany_folders(letter, tmp_path):
     printed = _summary(out.stdout, letter.upper())
     if letter != "b":
         assert any(key.startswith("3class_") for key in printed), printed
+
+
+@pytest.mark.slow
+def test_study_e_trains_data_parallel_under_torchrun(tmp_path):
+    """The card's two GPUs: torchrun's processes train each fit data-parallel (here two
+    CPU processes over gloo); rank 0 alone prints."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun is not installed beside this Python")
+    script = next(p for p in STUDIES if p.name.startswith("e"))
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                          str(script), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = _summary(out.stdout, "E")  # exactly one summary line: rank 0's
+    assert "resnet50_test_accuracy" in printed
+    assert "not met here: two T4 GPUs" not in out.stdout
