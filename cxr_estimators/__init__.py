@@ -10,6 +10,7 @@ from . import (
     audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
     plotting,
 )
+from ._callbacks import TrainingDivergedError
 from .classifier import CXRClassifier
 from .persistence import load, save
 from .preprocessing import ImageDataset, ImageLoader
@@ -22,6 +23,7 @@ __all__ = [
     "ImageDataset",
     "save",
     "load",
+    "TrainingDivergedError",
     "audit",
     "augment",
     "backbones",

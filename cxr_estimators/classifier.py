@@ -216,7 +216,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
-        points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
+        points), a directory path caches on disk (safetensors files with a digest, never
+        pickles: see :mod:`cxr_estimators._features`). Ignored otherwise.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
         "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
         ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
@@ -433,6 +434,18 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : CXRClassifier
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became NaN or inf; the message names the epoch, the batch and the
+            likely cause. A previously fitted model is left as it was (as for any error).
+        KeyboardInterrupt
+            Ctrl-C during training, re-raised after the estimator was left usable with the
+            weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
+            set, so that a search stops instead of scoring a half-trained model.
+        MemoryError
+            A training batch's estimated activations do not fit in the available memory.
         """
         self._validate_params()
         classes, y_enc = self._encode_targets(y)

@@ -939,6 +939,12 @@ FAULTS = [
          Raises(TrainingDivergedError, r"likely cause: the class weights: every image of this "
                                        r"batch is of a class with weight 0",
                 after=lambda ws: ws.kept())),
+    Case("refit with NaN X and new labels keeps the fitted model", "faults",
+         lambda ws: ws.keep(ws.fitted()).fit(np.full_like(ws.X, np.nan),
+                                             ["cat", "dog"] * 8),
+         Raises(ValueError, r"Input X contains NaN",
+                after=lambda ws: ws.kept() and ws.state["clf"].classes_.tolist()
+                == ["normal", "pneumonia"])),
     Case("an exception inside training", "faults",
          lambda ws: _fail_in_training(ws, RuntimeError("CUDA error: device-side assert")),
          Raises(RuntimeError, r"device-side assert", after=lambda ws: ws.kept())),
@@ -1150,10 +1156,16 @@ if not torch.cuda.is_available():
 
 CASES = FILES + ARRAYS + LABELS + PARAMS + FAULTS + MODEL_FILES
 #: Every case, with the fit-validation cases above as Case objects (for the benchmark).
+def _bad_fit(ws, params, fit_kwargs):
+    """One BAD_FITS case on a fitted model, as test_bad_fit_input_raises_and_keeps_... runs it."""
+    fit_kwargs = dict(fit_kwargs)
+    X_fit, y = fit_kwargs.pop("X", X), fit_kwargs.pop("y", Y)
+    return ws.keep(ws.fitted()).set_params(**params).fit(X_fit, y, **fit_kwargs)
+
+
 ALL_CASES = CASES + [
     Case(f"fit: {name}", "parameters",
-         lambda ws, p=params, k=kwargs: ws.keep(ws.fitted()).set_params(**p).fit(
-             X, Y, **k),
+         lambda ws, p=params, k=kwargs: _bad_fit(ws, p, k),
          Raises(ValueError, match, after=lambda ws: ws.kept()))
     for name, params, kwargs, match in BAD_FITS]
 
@@ -1176,3 +1188,25 @@ def test_the_suite_is_large_and_covers_every_category():
     assert {c.category for c in CASES} == {"files", "arrays", "labels", "parameters",
                                            "faults", "model files"}
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+class _CtrlCAt(__import__("skorch").callbacks.Callback):
+    """Sends the main thread a real interrupt (as Ctrl-C does) at the end of an epoch."""
+
+    def __init__(self, epoch=2):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            import _thread
+
+            _thread.interrupt_main()  # delivered asynchronously, like SIGINT
+
+
+def test_real_interrupt_propagates_after_leaving_a_usable_model(small_clf_params):
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 50, "early_stopping": None},
+                        callbacks=[("ctrl_c", _CtrlCAt(2))])
+    with pytest.raises(KeyboardInterrupt, match="fit interrupted during epoch"):
+        clf.fit(X, Y)
+    assert clf.history_[-1, "interrupted"] is True and len(clf.history_) < 50
+    assert clf.predict(X).shape == (len(X),) and clf.best_epoch_ >= 1

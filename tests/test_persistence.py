@@ -56,6 +56,18 @@ def test_classifier_roundtrip_is_identical(tmp_path, small_clf_params):
     assert loaded.fit(X8, Y8).predict(X8).shape == (24,)
 
 
+def test_head_schedule_averaging_and_tta_parameters_roundtrip(tmp_path):
+    """The network is rebuilt by the code fit uses, so every head/training option loads."""
+    clf = CXRClassifier(backbone="simple_cnn", backbone_kwargs={"widths": (8, 16)},
+                        pooling="max", neurons=(16, 8), head_batch_norm=True,
+                        input_dropout=0.1, average_weights="ema", lr_schedule="cosine",
+                        label_smoothing=0.1, augment={"rotation": 5}, tta=2, max_epochs=2,
+                        batch_size=8, random_state=0).fit(X8, Y8)
+    loaded = _roundtrip(clf, tmp_path)
+    np.testing.assert_array_equal(loaded.predict_proba(X8), clf.predict_proba(X8))
+    assert loaded.backbone_kwargs == {"widths": (8, 16)} and loaded.neurons == (16, 8)
+
+
 def test_pipeline_gridsearch_best_estimator_roundtrip(tmp_path):
     search = GridSearchCV(_pipe(), {"clf__lr": [1e-3, 1e-2]}, cv=2).fit(RAW, Y8)
     loaded = _roundtrip(search.best_estimator_, tmp_path)
