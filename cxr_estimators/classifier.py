@@ -262,7 +262,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
         fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
         as a writer, cannot be deep-copied), so the given objects are never changed. A
-        name (or score name) that one of ours already has is an error.
+        name (or score name) that one of ours already has is an error. Callbacks are
+        code, which ``cxr_estimators.save`` does not store: set ``callbacks=None`` on
+        the fitted model before saving it.
     warm_start : bool, default=False
         True: a second ``fit`` starts from the fitted weights (with a new optimizer)
         instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
