@@ -5,8 +5,9 @@ checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
-(bf16 autocast on CUDA, grouped validation split, seeding) is in
-:mod:`cxr_estimators._training`.
+(autocast forward pass, prediction loop, grouped validation split, seeding) is in
+:mod:`cxr_estimators._training`; layout, precision, threads and ``compile`` are decided in
+:mod:`cxr_estimators._runtime`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from skorch.dataset import ValidSplit
 from skorch.utils import noop
 from torch import nn
 
-from . import _features
+from . import _features, _runtime
 from ._training import (
     _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
-    _seed_everything,
+    _seed_everything, stream_proba,
 )
 from .augment import make_augmenter
 from .backbones import build_model
@@ -132,9 +133,27 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         and train the head on them; True caches in memory across fits (CV folds, grid
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
     device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        "auto" picks CUDA, then MPS, then CPU. On CUDA, bf16 mixed precision and
-        channels_last are used when the GPU supports bf16 (Ampere and newer); older GPUs
-        (T4, V100) train in float32, as do CPU and MPS.
+        "auto" picks CUDA, then MPS, then CPU. The model and every batch use the
+        channels_last memory layout on CPU for the backbone families where it is faster
+        (small CNNs, resnets, densenets, mobilenets/efficientnets; not VGG) and on CUDA
+        with bf16; results equal the contiguous layout's within float tolerance.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        "auto": bf16 mixed precision (autocast; weights and optimizer stay float32) on a
+        CUDA GPU with bf16 (Ampere and newer), and on a CPU with native bf16 (AMX-BF16 or
+        AVX512-BF16, e.g. Intel Sapphire Rapids, AMD Zen 4) for the families where it is
+        faster (small CNNs, resnets, densenets: 1.5-3x on fit); float32 elsewhere (older
+        GPUs, other CPUs, MPS). "float32" never autocasts;
+        "bfloat16" always does on CPU and CUDA.
+    predict_batch_size : int or None, default=None
+        Images per forward pass in ``predict_proba`` / ``predict``, in the validation
+        pass and in the frozen-feature cache. None: 32 on CPU (small batches stay in the
+        CPU cache and measured fastest), ``batch_size`` on CUDA and MPS.
+    compile : bool, default=False
+        Compile the model with ``torch.compile`` (inductor) for training and prediction,
+        on CPU or CUDA. The first batches take seconds to minutes to compile (again for
+        the last, smaller batch and for prediction); it pays off only for long fits.
+        Needs a C++ compiler (checked at fit: a ValueError if missing). The fitted
+        model pickles uncompiled; a loaded model predicts uncompiled.
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
@@ -190,6 +209,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "precision": [StrOptions({"auto", "float32", "bfloat16"})],
+        "predict_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "compile": ["boolean"],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -199,7 +221,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
                  class_weight=None, augment=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, random_state=None, verbose=0):
+                 device="auto", precision="auto", predict_batch_size=None, compile=False,
+                 num_workers=0, random_state=None, verbose=0):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -218,6 +241,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
+        self.precision = precision
+        self.predict_batch_size = predict_batch_size
+        self.compile = compile
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
@@ -303,7 +329,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(("progress", ProgressBar()))
         return callbacks
 
-    def _make_net(self, module, y_enc, device, amp, groups=None):
+    def _make_net(self, module, y_enc, device, runtime, groups=None):
         weights = self._class_weights(y_enc)
         train_split = self._train_split(y_enc, groups)
         kwargs = {}
@@ -329,9 +355,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             iterator_valid__num_workers=self.num_workers,
             iterator_train__pin_memory=device == "cuda",
             iterator_valid__pin_memory=device == "cuda",
+            iterator_valid__batch_size=self._predict_batch_size(),
             device=device,
-            amp=amp,
-            channels_last=amp,
+            amp=runtime.amp,
+            channels_last=runtime.channels_last,
+            amp_device=runtime.device_type,
+            compile=self.compile,
             verbose=int(bool(self.verbose)),
             **kwargs,
         )
@@ -369,30 +398,33 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = int(np.prod(self.image_shape_))
         self._seed = _seed_everything(self.random_state)
         self.device_ = _resolve_device(self.device)
-        amp = self.device_ == "cuda" and torch.cuda.is_bf16_supported()
+        if self.compile:
+            _runtime.check_compile(self.device_)
+        runtime = _runtime.resolve_runtime(self.backbone, self.device_, self.precision)
         module = build_model(
             self.backbone, len(self.classes_), weights=self.weights,
             in_channels=self.image_shape_[0],
             neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
             augment=make_augmenter(self.augment),
         )
-        if amp:
-            module = module.to(memory_format=torch.channels_last)
+        runtime.prepare(module)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
         self._uses_cache = use_cache
-        if use_cache:
-            self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
-            features = self._cached_features(module, X, amp)
-            self.net_ = self._make_net(module.head, y_enc, self.device_, amp, groups)
-            self.net_.fit(np.array(features), y_enc)
-            # The head was trained in place; serve predictions with the whole model.
-            self.net_.module_ = module.to(self.device_)
-            self.net_.module = module
-        else:
-            self.net_ = self._make_net(module, y_enc, self.device_, amp, groups)
-            self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
-                          else X, y_enc)
+        with _runtime.thread_share():
+            if use_cache:
+                self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
+                features = self._cached_features(module, X, runtime)
+                self.net_ = self._make_net(module.head, y_enc, self.device_, runtime,
+                                           groups)
+                self.net_.fit(np.array(features), y_enc)
+                # The head was trained in place; serve predictions with the whole model.
+                self.net_.module_ = module.to(self.device_)
+                self.net_.module = module
+            else:
+                self.net_ = self._make_net(module, y_enc, self.device_, runtime, groups)
+                self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
+                              else X, y_enc)
         self.net_.module_.eval()
         _drop_training_state(self.net_)
         return self
@@ -424,45 +456,47 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
-    def _cached_features(self, module, X, amp):
+    def _predict_batch_size(self):
+        if self.predict_batch_size is not None:
+            return self.predict_batch_size
+        return 32 if self.device_ == "cpu" else self.batch_size
+
+    def _runtime(self):
+        """The fitted net's layout and precision (see :mod:`cxr_estimators._runtime`);
+        plain float32 once the model was moved off the device type it was fitted for."""
+        net = self.net_
+        if torch.device(net.device).type != getattr(net, "amp_device", "cuda"):
+            return _runtime.Runtime(net.device)
+        return _runtime.Runtime(net.device, channels_last=net.channels_last, amp=net.amp)
+
+    def _cached_features(self, module, X, runtime):
         return _features.trunk_features(
-            module, X, self.backbone, self.device_, self.batch_size,
-            memory=self.cache, amp=amp, digest=getattr(self, "_trunk_digest", None),
+            module, X, self.backbone, self.device_, self._predict_batch_size(),
+            memory=self.cache, runtime=runtime,
+            digest=getattr(self, "_trunk_digest", None),
         )
 
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
-        if getattr(self, "_uses_cache", False):
-            # frozen trunk: features of X come from the cache shared by all grid points
-            # (a CV test fold is the same for every one); only the head runs here
-            images = X.images if isinstance(X, _Labelled) else X
-            features = self._cached_features(self.module_, images, self.net_.amp)
-            head = self.module_.head.eval()
-            with torch.no_grad():
-                logits = head(torch.tensor(features, device=self.device_))
-            proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
-        else:
-            proba = self._stream_proba(X)
+        with _runtime.thread_share():
+            if getattr(self, "_uses_cache", False):
+                # frozen trunk: features of X come from the cache shared by all grid
+                # points (a CV test fold is the same for every one); only the head runs
+                images = X.images if isinstance(X, _Labelled) else X
+                features = self._cached_features(self.module_, images, self._runtime())
+                head, runtime = self.module_.head.eval(), self._runtime()
+                with torch.inference_mode(), runtime.autocast():
+                    logits = head(torch.from_numpy(features).to(self.device_))
+                proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+            else:
+                proba = self._stream_proba(X)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def _stream_proba(self, X):
-        """skorch's ``predict_proba``, but writing each batch into one array allocated up
-        front.
-
-        skorch collects a list of small per-batch arrays and concatenates them at the
-        end. ``benchmarks/memory.py`` (modes ``lazy`` and ``lazy_skorch``, 224 px, up to
-        10,000 images; docs/benchmarks.md) measured the process growing with the number
-        of images that way, and not this way. Our reading, not verified further: the
-        small arrays, allocated between the large per-batch buffers, keep glibc from
-        reusing or returning the freed ones."""
-        proba = np.empty((len(X), len(self.classes_)), dtype=np.float64)
-        start = 0
-        for logits in self.net_.forward_iter(X, training=False):
-            batch = torch.softmax(logits.float(), dim=1).numpy()
-            proba[start:start + len(batch)] = batch
-            start += len(batch)
-        return proba
+        """Probabilities (n, n_classes) from the whole model: see
+        :func:`cxr_estimators._training.stream_proba`."""
+        return stream_proba(self.net_, X, len(self.classes_), self._predict_batch_size())
 
     def decision_function(self, X):
         """Log-odds of ``classes_[1]`` for binary problems, else per-class log-probabilities."""
