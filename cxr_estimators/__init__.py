@@ -2,10 +2,13 @@
 
 Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment`` and ``io``.
+``backbones``, ``augment``, ``io`` and ``distributed``.
 """
 
-from . import audit, augment, backbones, datasets, evaluation, explain, io, metrics, plotting
+from . import (
+    audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
+    plotting,
+)
 from .classifier import CXRClassifier
 from .preprocessing import ImageDataset, ImageLoader
 
@@ -19,6 +22,7 @@ __all__ = [
     "augment",
     "backbones",
     "datasets",
+    "distributed",
     "evaluation",
     "explain",
     "io",

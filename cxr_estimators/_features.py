@@ -45,7 +45,9 @@ def compute_features(trunk_forward, X, device, batch_size, runtime=None):
     of the uncached training forward pass, so both paths see the same features."""
     runtime = runtime or _runtime.Runtime(device)
     if isinstance(X, torch.utils.data.Dataset):
-        batches = torch.utils.data.DataLoader(X, batch_size=batch_size)
+        # its own generator: a DataLoader without one draws from torch's global RNG
+        batches = torch.utils.data.DataLoader(X, batch_size=batch_size,
+                                              generator=torch.Generator())
     else:
         batches = (torch.from_numpy(np.asarray(X[start:start + batch_size]))
                    for start in range(0, len(X), batch_size))

@@ -40,7 +40,9 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
         All classes, in the column order of ``y_score``; default sorted unique ``y_true``
         (then every class must occur in ``y_true``).
     pos_label : int, str or None, default=None
-        Positive class of a binary problem; None uses ``labels[1]``. Binary only.
+        Positive class of a binary problem. None is allowed only when the labels are
+        {0, 1} or {-1, 1} (the positive class is then 1, as in scikit-learn); any other
+        binary labels, e.g. strings, need it. Binary only.
     threshold : float or None, default=None
         Binary: predicted positive when score >= threshold (default 0.5). Multiclass
         predictions are the argmax and take no threshold.
@@ -66,7 +68,8 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
     ValueError
         Lengths differ; a ``y_true`` label is not in ``labels``; ``y_score`` has the wrong
         number of columns or rows not summing to 1; fewer than two labels; ``threshold``
-        or ``pos_label`` given for a multiclass problem.
+        or ``pos_label`` given for a multiclass problem; binary labels other than
+        {0, 1} or {-1, 1} without ``pos_label`` (the message names the labels).
 
     Warns
     -----
@@ -180,7 +183,7 @@ def _check_report_inputs(y_true, y_score, labels, pos_label, threshold):
                              "per_class gives each class one-vs-rest")
         return y_true, y_score, labels, None, None
     if pos_label is None:
-        pos_label = labels[1]
+        pos_label = _implicit_pos_label(labels, "clinical_report")
     elif pos_label not in labels:
         raise ValueError(f"pos_label={pos_label!r} is not one of labels {labels}")
     else:  # the labels' own (plain Python) value, e.g. str rather than numpy.str_
@@ -192,6 +195,22 @@ def _check_report_inputs(y_true, y_score, labels, pos_label, threshold):
         # array meaningful for any real-valued score
         y_score = np.column_stack([-y_score, y_score] if pos == 1 else [y_score, -y_score])
     return y_true, y_score, labels, pos_label, threshold
+
+
+def _implicit_pos_label(labels, caller):
+    """The positive class of two ``labels`` when ``pos_label`` is not given.
+
+    As in scikit-learn (``f1_score``, ``roc_curve``): only {0, 1} and {-1, 1} name their
+    positive class (1); for any other pair, e.g. strings, guessing ``labels[1]`` would
+    silently swap sensitivity and specificity, so the caller must say.
+    """
+    labels = list(labels)
+    numeric = all(isinstance(v, (numbers.Number, np.number, np.bool_)) for v in labels)
+    if numeric and sorted(labels) in ([0, 1], [-1, 1]):
+        return labels[labels.index(1)]
+    raise ValueError(f"{caller}: the classes are {labels} and pos_label is not given; "
+                     f"pass pos_label= one of them (e.g. pos_label={labels[1]!r}). Only "
+                     "{0, 1} and {-1, 1} imply the positive class 1, as in scikit-learn.")
 
 
 def _per_class_rates(tp, fn, fp, tn):

@@ -96,7 +96,8 @@ def resolve_runtime(backbone, device, precision="auto"):
     without native bf16 it is emulated and slow)."""
     kind = torch.device(device).type
     if kind == "cuda":
-        supported = torch.cuda.is_bf16_supported()
+        with torch.cuda.device(torch.device(device)):
+            supported = torch.cuda.is_bf16_supported()
         if precision == "bfloat16" and not supported:
             raise ValueError(f"precision='bfloat16' but the GPU "
                              f"{torch.cuda.get_device_name()!r} has no bf16 support; use "

@@ -2,25 +2,47 @@
 
 The skorch net with the bf16-autocast / channels_last forward pass (skorch's own AMP
 needs ``accelerate``; what runs how is decided in :mod:`cxr_estimators._runtime`), the
-prediction loop, device resolution, the grouped validation split, the dataset
-wrapper that pairs lazily decoded images with labels, seeding, and what is dropped from a
-fitted net before pickling. Written here because skorch does none of these as we need.
+prediction loop, per-image loss weights (``sample_weight``), its construction from
+the estimator's parameters, the validation set (skorch's ``predefined_split`` for a given
+one, a stratified or grouped split otherwise), the dataset wrapper that pairs lazily
+decoded images with labels, and what is dropped from a fitted net before pickling.
+Written here because skorch does none of these as we need. Device resolution is in
+:mod:`cxr_estimators.distributed`, the per-fit random streams in
+:mod:`cxr_estimators._rng`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
+
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils import compute_class_weight
 from skorch import NeuralNetClassifier
+from skorch.dataset import Dataset, ValidSplit
+from skorch.helper import predefined_split
+from skorch.utils import to_tensor
+from torch import nn
 
-from . import _runtime
+from . import _runtime, distributed
+from ._callbacks import make_callbacks
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
 
 class _Net(NeuralNetClassifier):
-    """skorch net whose forward pass may run under bf16 autocast with channels_last input
-    (on the device type ``amp_device`` the model was fitted for; see
-    :mod:`cxr_estimators._runtime`), sharing the cores with concurrent fits."""
+    """skorch net whose forward pass may run under bf16 autocast with channels_last input,
+    on the device type it was fitted for (``amp_device``; see :mod:`cxr_estimators._runtime`).
+
+    Also: training forward passes draw from the fit's own random stream
+    (:class:`_FitRandomness`, attribute ``fit_rng_``), a batch given as
+    ``{"X": images, "sample_weight": w}`` weights each image's loss, and under torch DDP
+    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and a
+    ``DistributedSampler``; fits running at once in one process share the cores
+    (:func:`cxr_estimators._runtime.thread_share`, refreshed each epoch)."""
 
     def __init__(self, *args, amp=False, channels_last=False, amp_device="cuda", **kwargs):
         super().__init__(*args, **kwargs)
@@ -33,27 +55,63 @@ class _Net(NeuralNetClassifier):
         _runtime.refresh_thread_share()
 
     def forward_module(self):
-        """The module that runs forward passes: the compiled one if ``compile=True``."""
-        return getattr(self, "compiled_module_", None) or self.module_
-
-    def infer(self, x, **fit_params):
-        # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
-        # CPU; autocast and channels_last are then skipped.
-        on_own_device = torch.device(self.device).type == getattr(self, "amp_device", "cuda")
-        if not (on_own_device and (self.amp or self.channels_last)) and not hasattr(
-                self, "compiled_module_"):
-            return super().infer(x, **fit_params)
-        x = torch.as_tensor(x).to(self.device, non_blocking=True)
-        if on_own_device and self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16,
-                            enabled=on_own_device and self.amp):
-            return self.forward_module()(x, **fit_params).float()
+        """The module that runs forward passes: ``module_``, or its compiled version
+        (``compile=True``) kept aside after fit (:func:`_drop_training_state`)."""
+        compiled = getattr(self, "compiled_module_", None)
+        if compiled is not None and compiled._orig_mod is self.module_:
+            return compiled
+        return self.module_
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("compiled_module_", None)  # rebuilt on demand, never pickled
+        state.pop("compiled_module_", None)  # compiled code does not pickle
         return state
+
+    def get_iterator(self, dataset, training=False):
+        ddp = getattr(self, "ddp_", None)
+        if training and ddp is not None:
+            return ddp.train_iterator(self, dataset)
+        return super().get_iterator(dataset, training)
+
+    def infer(self, x, **fit_params):
+        if isinstance(x, dict):  # {"X": images, "sample_weight": w}: weights are get_loss's
+            x = x["X"]
+        module, rng = self.forward_module(), None
+        if module.training:
+            ddp, rng = getattr(self, "ddp_", None), getattr(self, "fit_rng_", None)
+            module = module if ddp is None else ddp.wrapped(module, self.device)
+        with rng.global_stream() if rng is not None else contextlib.nullcontext():
+            return self._forward(module, x, **fit_params)
+
+    def _forward(self, module, x, **fit_params):
+        # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
+        # CPU; autocast and channels_last are then skipped.
+        kind = torch.device(self.device).type
+        if not (kind == getattr(self, "amp_device", "cuda")
+                and (self.amp or self.channels_last)):
+            return module(to_tensor(x, device=self.device), **fit_params)
+        x = torch.as_tensor(x).to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=self.amp):
+            return module(x, **fit_params).float()
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Cross-entropy; with ``sample_weight`` the weighted mean over the batch,
+        ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
+        as torch's own class-weighted mean), as sklearn's ``MLPClassifier`` weights its
+        batches. A batch whose weights are all 0 has loss 0."""
+        per_image = super().get_loss(y_pred, y_true, X=X, training=training)
+        if per_image.ndim == 0:  # trained without sample_weight: torch's own mean
+            return per_image
+        if isinstance(X, dict) and "sample_weight" in X:
+            w = to_tensor(X["sample_weight"], device=per_image.device).to(per_image.dtype)
+        else:  # an unweighted validation set (X_val) of a weighted fit
+            w = torch.ones_like(per_image)
+        class_weight = getattr(self.criterion_, "weight", None)
+        norm = w if class_weight is None else w * class_weight[
+            to_tensor(y_true, device=per_image.device)]
+        return (w * per_image).sum() / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
 
 
 def _predict_batches(net, X, batch_size):
@@ -65,7 +123,8 @@ def _predict_batches(net, X, batch_size):
         return
     loader = torch.utils.data.DataLoader(
         X, batch_size=batch_size, num_workers=net.iterator_valid__num_workers,
-        pin_memory=str(net.device).startswith("cuda"))
+        pin_memory=str(net.device).startswith("cuda"),
+        generator=torch.Generator())  # else it draws from torch's global RNG
     for batch in loader:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
@@ -79,9 +138,10 @@ def stream_proba(net, X, n_classes, batch_size):
     up to 10,000 images; docs/benchmarks.md) measured the process growing with the number
     of images that way, and not this way (our reading, not verified further: the small
     arrays, allocated between the large per-batch buffers, keep glibc from reusing or
-    returning the freed ones). And skorch batches an in-memory array item by item
+    returning the freed ones). And skorch batches an in-memory array image by image
     (``__getitem__`` + collate) under ``no_grad``; here a batch is a view of the array,
-    run under ``inference_mode`` with its own batch size (``predict_batch_size``).
+    run under ``inference_mode`` with its own batch size (``predict_batch_size``), and
+    each batch's probabilities are copied once, into the float64 output.
     """
     proba = np.empty((len(X), n_classes), dtype=np.float64)
     out = torch.from_numpy(proba)
@@ -95,38 +155,56 @@ def stream_proba(net, X, n_classes, batch_size):
     return proba
 
 
-def _mps_available():
-    mps = getattr(torch.backends, "mps", None)
-    return mps is not None and mps.is_available()
-
-
-def _resolve_device(device):
-    if device != "auto":
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no CUDA GPU is available; use device='auto'")
-        if device == "mps" and not _mps_available():
-            raise ValueError("device='mps' but no Apple GPU (MPS) is available; use "
-                             "device='auto'")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if _mps_available():
-        return "mps"
-    return "cpu"
-
-
 class _Labelled(torch.utils.data.Dataset):
-    """(image, label) pairs from an image dataset, as skorch's iterators expect."""
+    """(image, label) pairs from an image dataset, as skorch's iterators expect; with
+    ``sample_weight``, ``({"X": image, "sample_weight": w}, label)``."""
 
-    def __init__(self, images, y=None):
+    def __init__(self, images, y=None, sample_weight=None):
         self.images = images
         self.y = y
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return self.images[i], (self.y[i] if self.y is not None else 0)
+        label = self.y[i] if self.y is not None else 0
+        if self.sample_weight is None:
+            return self.images[i], label
+        return {"X": self.images[i], "sample_weight": self.sample_weight[i]}, label
+
+
+def _training_data(X, y, sample_weight):
+    """What ``net.fit`` gets: X, a dict with the weights, or a labelled dataset."""
+    if isinstance(X, torch.utils.data.Dataset):
+        return _Labelled(X, y, sample_weight)
+    return X if sample_weight is None else {"X": X, "sample_weight": sample_weight}
+
+
+def _check_sample_weight(sample_weight, n):
+    """float32 (n,) weights, or None when absent or all equal (the weighted mean is
+    then the plain mean, so the unweighted path gives the same model)."""
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sample_weight must be numbers; got {exc}") from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight has shape {w.shape} but y has {n} labels; "
+                         f"expected shape ({n},)")
+    for bad, what in ((~np.isfinite(w), "not finite"), (w < 0, "negative")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"sample_weight[{i}] = {w[i]!r} is {what}; sample weights "
+                             "must be finite and >= 0")
+    if not w.any():
+        raise ValueError(f"sample_weight is zero for all {n} images; nothing to train on")
+    if np.all(w == w[0]):
+        return None
+    return w.astype(np.float32)
 
 
 class _GroupedValidSplit:
@@ -151,16 +229,150 @@ class _GroupedValidSplit:
                 torch.utils.data.Subset(dataset, valid))
 
 
+def class_weights(class_weight, classes, y_enc):
+    """Cross-entropy class weights (float32 tensor) or None, as sklearn's ``class_weight``."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, dict):
+        unknown = set(class_weight) - set(classes.tolist())
+        if unknown:
+            raise ValueError(
+                f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
+                f"{classes.tolist()}"
+            )
+        weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+    else:
+        weights = compute_class_weight(class_weight, classes=np.arange(len(classes)), y=y_enc)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
+    """skorch ``train_split``: ``valid`` (a dataset) as is, else a stratified (or, with
+    ``groups``, patient-grouped) split of ``validation_fraction``; None without one."""
+    if valid is not None:
+        return predefined_split(valid)
+    frac = validation_fraction
+    if frac == 0:
+        return None
+    counts = np.bincount(y_enc)
+    n_valid = int(np.ceil(frac * len(y_enc)))
+    too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        too_few = too_few or n_groups < max(2, round(1 / frac))
+    if too_few:
+        warnings.warn(
+            f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
+            f"{counts.min()}{'' if groups is None else f', {n_groups} groups'}) for a "
+            "stratified validation split; training without one",
+            UserWarning, stacklevel=4,
+        )
+        return None
+    if groups is not None:
+        return _GroupedValidSplit(frac, groups, seed)
+    return ValidSplit(frac, stratified=True, random_state=seed)
+
+
+def valid_dataset(X_val, y_val_enc):
+    """The given validation set as a dataset skorch's ``predefined_split`` takes."""
+    if isinstance(X_val, torch.utils.data.Dataset):
+        return _Labelled(X_val, y_val_enc)
+    return Dataset(X_val, y_val_enc)
+
+
+def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
+             weighted=False, predict_batch_size=None):
+    """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
+    ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`),
+    with the layout and precision of ``runtime`` (:class:`_runtime.Runtime`);
+    ``weighted``: the data will carry ``sample_weight``; ``predict_batch_size``: of the
+    validation pass (default ``batch_size``)."""
+    n_classes = len(classes)
+    kwargs = {}
+    weights = class_weights(est.class_weight, classes, y_enc)
+    if weights is not None:
+        kwargs["criterion__weight"] = weights
+    if weighted:  # per-image losses, weighted in _Net.get_loss
+        kwargs["criterion__reduction"] = "none"
+    if not est.verbose:
+        kwargs["callbacks__print_log"] = None
+    callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
+                               max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
+                               average_weights=est.average_weights,
+                               checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
+                               extra=est.callbacks, sync_ranks=distributed.is_active(),
+                               writes_files=distributed.is_main_process())
+    net = _Net(
+        module=module,
+        criterion=nn.CrossEntropyLoss,
+        criterion__label_smoothing=float(est.label_smoothing),
+        optimizer=OPTIMIZERS[est.optimizer],
+        optimizer__weight_decay=est.weight_decay,
+        lr=est.lr,
+        batch_size=est.batch_size,
+        max_epochs=est.max_epochs,
+        train_split=split,
+        callbacks=callbacks,
+        classes=np.arange(n_classes),
+        iterator_train__shuffle=True,
+        iterator_train__generator=rng.generator(),
+        # a DataLoader without a generator draws its base seed from torch's global RNG
+        iterator_valid__generator=rng.generator(1),
+        iterator_train__num_workers=est.num_workers,
+        iterator_valid__num_workers=est.num_workers,
+        iterator_train__pin_memory=device.startswith("cuda"),
+        iterator_valid__pin_memory=device.startswith("cuda"),
+        iterator_valid__batch_size=predict_batch_size or est.batch_size,
+        device=device,
+        amp=runtime.amp,
+        channels_last=runtime.channels_last,
+        amp_device=runtime.device_type,
+        compile=bool(est.compile),
+        verbose=int(bool(est.verbose)),
+        **kwargs,
+    )
+    net.fit_rng_ = rng  # not a skorch parameter: training only (_drop_training_state)
+    distributed.begin_fit(net, rng.seed)
+    return net
+
+
+def warm_start_module(est, classes, image_shape):
+    """The fitted module ``est`` continues from (``warm_start=True``), or None; the classes
+    and image shape must be those it was fitted on."""
+    if not (est.warm_start and hasattr(est, "net_")):
+        return None
+    if not np.array_equal(classes, est.classes_):
+        raise ValueError(f"warm_start=True: y has classes {classes.tolist()} but the "
+                         f"fitted model has {est.classes_.tolist()}; fit a new model "
+                         "(warm_start=False) to change the classes")
+    if tuple(image_shape) != tuple(est.image_shape_):
+        raise ValueError(f"warm_start=True: X has images of shape {tuple(image_shape)} "
+                         f"but the fitted model was trained on {est.image_shape_}")
+    return est.net_.module_
+
+
+def load_warm_start(est, module, previous):
+    """Load the fitted ``previous`` module's weights into the newly built ``module``."""
+    try:
+        module.load_state_dict(previous.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(
+            "warm_start=True: the fitted model's weights do not fit the model these "
+            f"parameters build (backbone={est.backbone!r}, neurons={est.neurons}); "
+            f"{str(exc).splitlines()[0]}") from None
+
+
 def _drop_training_state(net):
     """Free what only training needs: EarlyStopping's copy of the best weights (already
     restored into the module) and the LR scheduler. They would bloat the pickle and, for a
     CUDA model, hold CUDA tensors that plain pickle cannot load on a CPU-only machine.
-    A compiled module (``compile=True``) is kept aside for prediction in this process;
-    ``module_`` is the plain module, which pickles."""
+    A compiled module (``compile=True``) is kept aside for prediction in this process
+    (not pickled); ``module_`` becomes the plain module, which pickles."""
     orig = getattr(net.module_, "_orig_mod", None)
     if orig is not None:
         net.compiled_module_ = net.module_
         net.module_ = orig
+    net.criterion_ = getattr(net.criterion_, "_orig_mod", net.criterion_)
     for _, callback in net.callbacks_:
         if hasattr(callback, "best_model_weights_"):
             callback.best_model_weights_ = None
@@ -169,15 +381,7 @@ def _drop_training_state(net):
     # The ``module`` *parameter* is the same instance as ``module_``; skorch maps only
     # ``module_`` to the CPU on load, so keep the class here, not the CUDA instance.
     net.module = type(net.module_)
-
-
-def _seed_everything(random_state):
-    """Seed torch's global RNG (weight init, dropout, augmentation) from ``random_state``."""
-    if random_state is None:
-        return None
-    if isinstance(random_state, np.random.RandomState):
-        seed = int(random_state.randint(0, 2**31 - 1))
-    else:
-        seed = int(random_state)
-    torch.manual_seed(seed)
-    return seed
+    if isinstance(net.train_split, functools.partial):  # predefined_split holds X_val
+        net.train_split = None  # the validation images must not travel with the model
+    net.fit_rng_ = None  # the random stream and the DDP state only serve training
+    net.ddp_ = None

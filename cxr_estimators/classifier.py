@@ -5,48 +5,47 @@ checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
-(autocast forward pass, prediction loop, grouped validation split, seeding) is in
-:mod:`cxr_estimators._training`; layout, precision, threads and ``compile`` are decided in
-:mod:`cxr_estimators._runtime`.
+(autocast forward pass, prediction loop, grouped validation split, sample weights, warm
+start) is in :mod:`cxr_estimators._training`, layout, precision, threads and ``compile``
+in :mod:`cxr_estimators._runtime`, the per-fit random streams in :mod:`cxr_estimators._rng`,
+device placement and data-parallel training in :mod:`cxr_estimators.distributed`.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
-from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
-from skorch.dataset import ValidSplit
-from skorch.utils import noop
-from torch import nn
 
-from . import _features, _runtime
+from . import _features, _runtime, distributed
+from ._callbacks import best_epoch, early_stopping_spec
+from ._rng import FitRandomness, fit_seed
 from ._training import (
-    _drop_training_state, _GroupedValidSplit, _Labelled, _Net, _resolve_device,
-    _seed_everything, stream_proba,
+    OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
+    _training_data, load_warm_start, make_net, stream_proba, train_split, valid_dataset,
+    warm_start_module,
 )
+from ._averaging import check_average_weights
+from ._callbacks import check_lr_schedule
+from ._tta import check_tta, tta_context
 from .augment import make_augmenter
 from .backbones import build_model
 
 __all__ = ["CXRClassifier"]
-
-_OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
 
 def _image_shape(X):
     return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
 
 
-def _as_images(X):
+def _as_images(X, name="X"):
     """Validate X and return float32 (n, C, H, W), or a lazy image dataset as is.
 
     2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
@@ -56,24 +55,25 @@ def _as_images(X):
     """
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
-            raise ValueError("X is an empty dataset")
+            raise ValueError(f"{name} is an empty dataset")
         shape = _image_shape(X)
         if len(shape) != 3 or shape[0] not in (1, 3):
-            raise ValueError(f"X's items must be (C, H, W) with C = 1 or 3; got {shape}")
+            raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
         return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
-                    input_name="X")
+                    input_name=name)
     if X.ndim == 2:
         X = X[:, None, None, :]
     elif X.ndim == 3:
         X = X[:, None]
     elif X.ndim != 4:
-        raise ValueError(f"X must have shape (n, C, H, W), (n, H, W) or (n, d); got {X.shape}")
+        raise ValueError(f"{name} must have shape (n, C, H, W), (n, H, W) or (n, d); got "
+                         f"{X.shape}")
     if X.shape[1] not in (1, 3):
         raise ValueError(
-            f"X has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
+            f"{name} has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
             "order. Use ImageLoader to convert images."
         )
     return np.ascontiguousarray(X)
@@ -111,57 +111,109 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     lr : float, default=1e-3
     batch_size : int, default=32
     max_epochs : int, default=10
-    early_stopping : int or None, default=5
-        Patience in epochs on the validation loss (train loss without validation); the
-        weights of the best epoch are restored at the end. None disables it.
-    lr_schedule : None, "plateau" or dict, default=None
-        Reduce-on-plateau schedule on the monitored loss; a dict gives
-        ``torch.optim.lr_scheduler.ReduceLROnPlateau`` arguments (e.g. ``{"patience": 2,
-        "factor": 0.5}``).
+    early_stopping : int, dict or None, default=5
+        int: patience in epochs on the validation loss. dict: ``{"patience": 7,
+        "monitor": "f1", "min_delta": 0.001}`` with ``monitor`` in "loss" (default),
+        "f1", "roc_auc", "accuracy", "balanced_accuracy"; training stops when the
+        monitored value has not improved by more than ``min_delta`` (absolute, default 0)
+        for ``patience`` epochs, and the weights of the best epoch are restored
+        (``best_epoch_``). The monitored metric is in ``history_`` as ``valid_<metric>``
+        every epoch. f1 on binary labels other than {0, 1} needs ``"pos_label"`` (as
+        sklearn's ``f1_score``); multiclass f1 is macro-averaged, multiclass roc_auc
+        one-vs-rest. Without a validation set the training batches' value is watched
+        (``train_<metric>``). None disables early stopping.
+    lr_schedule : None, {"plateau", "cosine", "onecycle"} or dict, default=None
+        "plateau": reduce-on-plateau on the validation loss (train loss without
+        validation), every epoch; "cosine": cosine decay from ``lr`` to 0 over
+        ``max_epochs``, every batch; "onecycle": torch's ``OneCycleLR`` peaking at
+        ``lr``, every batch. A dict names the schedule under ``"policy"`` (default
+        "plateau") and passes the torch scheduler's arguments, e.g. ``{"patience": 2,
+        "factor": 0.5}``, ``{"policy": "cosine", "warmup_epochs": 1}`` (linear warm-up)
+        or ``{"policy": "onecycle", "pct_start": 0.2}``. The learning rate used is in the
+        history, per epoch (``history_[:, "event_lr"]``) for "plateau", per training
+        batch (``history_[-1, "batches", 0, "event_lr"]``) for the others.
+    label_smoothing : float in [0, 1), default=0.0
+        Label smoothing of the cross-entropy loss (``torch.nn.CrossEntropyLoss``'s own).
+    average_weights : None, {"ema", "swa"} or dict, default=None
+        Weight averaging with ``torch.optim.swa_utils``; the averaged weights are the
+        fitted ones. "ema": exponential moving average after every training batch
+        (``{"method": "ema", "decay": 0.99}``); "swa": equal average of the weights at the
+        end of each epoch from ``start`` on (default 0.75 of ``max_epochs``; ``{"method":
+        "swa", "start": 0.5}``), BatchNorm statistics then recomputed on the training
+        split. Early stopping still decides when training ends, but the averaged weights
+        replace its best epoch's. Needs ``max_epochs >= 2``
+        (:mod:`cxr_estimators._averaging`).
     validation_fraction : float in [0, 1), default=0.1
-        Stratified internal validation split used for early stopping, LR schedule and the
-        history. 0 disables it.
+        Stratified internal validation split used for early stopping, LR schedule,
+        checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
         predict time. True uses mild defaults without horizontal flip.
+    tta : None, int >= 0 or dict, default=None
+        Test-time augmentation: ``predict_proba`` averages the probabilities of each image
+        and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
+        mild defaults if training did not augment); a dict gives augmentation settings
+        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
+        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
         points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
-    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        "auto" picks CUDA, then MPS, then CPU. The model and every batch use the
-        channels_last memory layout on CPU for the backbone families where it is faster
-        (small CNNs, resnets, densenets, mobilenets/efficientnets; not VGG) and on CUDA
-        with bf16; results equal the contiguous layout's within float tolerance.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
+        "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
+        ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
+        distributed launcher (torchrun) sets ``LOCAL_RANK`` — so one Dask worker or
+        rank per GPU needs no code (docs/scale_out.md). "cuda:N" picks GPU N. On CUDA,
+        bf16 mixed precision and channels_last are used when the GPU supports bf16
+        (Ampere and newer); older GPUs (T4, V100) train in float32 (see ``precision``).
+        On CPU the model and every batch use the channels_last memory layout for the
+        backbone families where it is faster (small CNNs, resnets, densenets,
+        mobilenets/efficientnets; not VGG): results equal the contiguous layout's within
+        float tolerance. While a torch.distributed process group is open, fit trains one
+        model data-parallel over its processes (:mod:`cxr_estimators.distributed`).
     precision : {"auto", "float32", "bfloat16"}, default="auto"
         "auto": bf16 mixed precision (autocast; weights and optimizer stay float32) on a
-        CUDA GPU with bf16 (Ampere and newer), and on a CPU with native bf16 (AMX-BF16 or
-        AVX512-BF16, e.g. Intel Sapphire Rapids, AMD Zen 4) for the families where it is
-        faster (small CNNs, resnets, densenets: 1.5-3x on fit); float32 elsewhere (older
-        GPUs, other CPUs, MPS). "float32" never autocasts;
-        "bfloat16" always does on CPU and CUDA.
+        CUDA GPU with bf16, and on a CPU with native bf16 (AMX-BF16 or AVX512-BF16, e.g.
+        Intel Xeon 4th gen and newer, AMD Zen 4) for the families where it is faster
+        (small CNNs, resnets, densenets); float32 elsewhere. "float32" never autocasts;
+        "bfloat16" always does, on CPU and CUDA (slow on a CPU without native bf16).
+        Probabilities under bf16 differ from float32's by up to about 1e-2.
     predict_batch_size : int or None, default=None
-        Images per forward pass in ``predict_proba`` / ``predict``, in the validation
-        pass and in the frozen-feature cache. None: 32 on CPU (small batches stay in the
-        CPU cache and measured fastest), ``batch_size`` on CUDA and MPS.
+        Images per forward pass in ``predict_proba`` / ``predict``, the validation pass
+        and the frozen-feature cache. None: 32 on CPU (small batches stay in the CPU's
+        caches; measured fastest), ``batch_size`` on CUDA and MPS.
     compile : bool, default=False
         Compile the model with ``torch.compile`` (inductor) for training and prediction,
-        on CPU or CUDA. The first batches take seconds to minutes to compile (again for
-        the last, smaller batch and for prediction); it pays off only for long fits.
-        Needs a C++ compiler (checked at fit: a ValueError if missing). The fitted
-        model pickles uncompiled; a loaded model predicts uncompiled.
+        on CPU or CUDA. Compiling takes seconds to minutes (again for the last, smaller
+        batch and for prediction), so it pays off only in long fits. Needs a C++
+        compiler (checked at fit: a ValueError if none). The fitted model pickles
+        uncompiled, and a loaded one predicts uncompiled.
     num_workers : int, default=0
         DataLoader worker processes (useful with lazily decoded images,
         ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
-    random_state : int or None, default=None
-        Seeds torch (weight init, dropout, augmentation), the data order and the
-        validation split; same seed → same model on CPU.
+    random_state : int, RandomState or None, default=None
+        Seeds weight init, dropout, augmentation, the data order and the validation
+        split; same seed → same model on CPU, also for fits running in parallel threads.
+        Each fit draws from its own random stream: torch's global RNG is left as the
+        caller had it (:mod:`cxr_estimators._rng`). None draws the seed from numpy's
+        global RNG, as sklearn does.
     verbose : int, default=0
         0 silent, 1 epoch table, 2 epoch table and progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks (a logger such as ``skorch.callbacks.TensorBoard``, an
+        ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
+        fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
+        as a writer, cannot be deep-copied), so the given objects are never changed. A
+        name (or score name) that one of ours already has is an error.
+    warm_start : bool, default=False
+        True: a second ``fit`` starts from the fitted weights (with a new optimizer)
+        instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
+        the image shape must be those of the first fit.
 
     Attributes
     ----------
@@ -175,7 +227,14 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
     module_ : torch.nn.Module
     history_ : skorch.History
         Per-epoch ``train_loss``, ``train_acc`` (on the training batches as trained, with
-        dropout and augmentation on), ``valid_loss`` and ``valid_acc``.
+        dropout and augmentation on), ``valid_loss``, ``valid_acc`` and the monitored
+        ``valid_<metric>`` of ``early_stopping``.
+    best_epoch_ : int
+        The epoch (1-based) whose weights the model holds: early stopping's best epoch,
+        else the last one (with ``average_weights``, the last epoch trained: the average
+        runs up to it). Retraining on train + validation for that many epochs without
+        an internal split is ``clf.set_params(max_epochs=clf.best_epoch_,
+        early_stopping=None, validation_fraction=0).fit(X_all, y_all)``.
     device_ : str
 
     Examples
@@ -197,32 +256,39 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "neurons": [Interval(numbers.Integral, 1, None, closed="left")],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "optimizer": [StrOptions(set(_OPTIMIZERS))],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "lr_schedule": [StrOptions({"plateau"}), dict, None],
+        "early_stopping": [Interval(numbers.Integral, 1, None, closed="left"), dict, None],
+        "lr_schedule": [str, dict, None],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "average_weights": [StrOptions({"ema", "swa"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "augment": ["boolean", dict, None],
+        "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
-        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "device": [str],  # "cuda:N" too: checked by distributed.resolve_device
         "precision": [StrOptions({"auto", "float32", "bfloat16"})],
         "predict_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "compile": ["boolean"],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [list, None],
+        "warm_start": ["boolean"],
     }
 
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
-                 max_epochs=10, early_stopping=5, lr_schedule=None, validation_fraction=0.1,
-                 class_weight=None, augment=None, checkpoint_dir=None, cache=None,
+                 max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
+                 average_weights=None, validation_fraction=0.1,
+                 class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
                  device="auto", precision="auto", predict_batch_size=None, compile=False,
-                 num_workers=0, random_state=None, verbose=0):
+                 num_workers=0, random_state=None, verbose=0,
+                 callbacks=None, warm_start=False):
         self.backbone = backbone
         self.weights = weights
         self.freeze = freeze
@@ -235,9 +301,12 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
         self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.average_weights = average_weights
         self.validation_fraction = validation_fraction
         self.class_weight = class_weight
         self.augment = augment
+        self.tta = tta
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
@@ -247,6 +316,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit helpers
     def _encode_targets(self, y):
@@ -265,127 +336,46 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
-    def _class_weights(self, y_enc):
-        if self.class_weight is None:
-            return None
-        cw = self.class_weight
-        if isinstance(cw, dict):
-            unknown = set(cw) - set(self.classes_.tolist())
-            if unknown:
-                raise ValueError(
-                    f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
-                    f"{self.classes_.tolist()}"
-                )
-            weights = np.array([float(cw.get(c, 1.0)) for c in self.classes_])
-        else:
-            weights = compute_class_weight(
-                cw, classes=np.arange(len(self.classes_)), y=y_enc
-            )
-        return torch.as_tensor(weights, dtype=torch.float32)
-
-    def _train_split(self, y_enc, groups=None):
-        frac = self.validation_fraction
-        if frac == 0:
-            return None
-        counts = np.bincount(y_enc)
-        n_valid = int(np.ceil(frac * len(y_enc)))
-        too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
-        if groups is not None:
-            n_groups = len(np.unique(groups))
-            too_few = too_few or n_groups < max(2, round(1 / frac))
-        if too_few:
-            warnings.warn(
-                f"validation_fraction={frac}: too few samples ({len(y_enc)}, smallest class "
-                f"{counts.min()}{'' if groups is None else f', {n_groups} groups'}) for a "
-                "stratified validation split; training without one",
-                UserWarning,
-            )
-            return None
-        if groups is not None:
-            return _GroupedValidSplit(frac, groups, self._seed)
-        return ValidSplit(frac, stratified=True, random_state=self._seed)
-
-    def _callbacks(self, has_valid):
-        monitor = "valid_loss" if has_valid else "train_loss"
-        # accuracy of the training batches as trained (dropout, augmentation), from the
-        # predictions skorch already made: no extra forward pass
-        callbacks = [("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
-                                                lower_is_better=False))]
-        if self.early_stopping is not None:
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor=monitor, patience=self.early_stopping, load_best=True, threshold=0,
-                sink=print if self.verbose else noop,
-            )))
-        if self.lr_schedule is not None:
-            kwargs = {} if self.lr_schedule == "plateau" else dict(self.lr_schedule)
-            callbacks.append(("lr_schedule", LRScheduler(
-                policy=torch.optim.lr_scheduler.ReduceLROnPlateau, monitor=monitor, **kwargs
-            )))
-        if self.checkpoint_dir is not None:
-            callbacks.append(("checkpoint", Checkpoint(
-                monitor=f"{monitor}_best", dirname=str(self.checkpoint_dir)
-            )))
-        if self.verbose and self.verbose > 1:
-            callbacks.append(("progress", ProgressBar()))
-        return callbacks
-
-    def _make_net(self, module, y_enc, device, runtime, groups=None):
-        weights = self._class_weights(y_enc)
-        train_split = self._train_split(y_enc, groups)
-        kwargs = {}
-        if weights is not None:
-            kwargs["criterion__weight"] = weights
-        if not self.verbose:
-            kwargs["callbacks__print_log"] = None
-        net = _Net(
-            module=module,
-            criterion=nn.CrossEntropyLoss,
-            optimizer=_OPTIMIZERS[self.optimizer],
-            optimizer__weight_decay=self.weight_decay,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            train_split=train_split,
-            callbacks=self._callbacks(train_split is not None),
-            classes=np.arange(len(self.classes_)),
-            iterator_train__shuffle=True,
-            iterator_train__generator=torch.Generator().manual_seed(self._seed)
-            if self._seed is not None else None,
-            iterator_train__num_workers=self.num_workers,
-            iterator_valid__num_workers=self.num_workers,
-            iterator_train__pin_memory=device == "cuda",
-            iterator_valid__pin_memory=device == "cuda",
-            iterator_valid__batch_size=self._predict_batch_size(),
-            device=device,
-            amp=runtime.amp,
-            channels_last=runtime.channels_last,
-            amp_device=runtime.device_type,
-            compile=self.compile,
-            verbose=int(bool(self.verbose)),
-            **kwargs,
-        )
-        return net
-
     # ------------------------------------------------------------------ public API
-    def fit(self, X, y, groups=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, groups=None):
         """Train on images ``X`` (n, C, H, W) / (n, H, W) with labels ``y`` (n,).
+
+        Every input is checked before anything fitted is replaced, so a fit that fails on
+        bad input leaves a previously fitted model as it was.
 
         Parameters
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
         y : array-like of shape (n,)
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of each image's loss, in training and in the internal
+            validation loss: each batch's loss is the weighted mean of its images'
+            losses (times their class weights, if any), as in sklearn's
+            ``MLPClassifier``. A given ``X_val`` is scored unweighted. Under metadata
+            routing request it with ``set_fit_request(sample_weight=True)``.
+        X_val : array-like of shape (n_val, C, H, W) or image dataset, default=None
+            A validation set (images shaped like ``X``) for early stopping, the LR
+            schedule, checkpoints and the per-epoch history, instead of an internal split:
+            all of ``X`` is then trained on and ``validation_fraction`` is ignored (as in
+            sklearn's ``HistGradientBoostingClassifier.fit(X_val=, y_val=)``). In a
+            Pipeline, ``Pipeline(..., transform_input=["X_val"])`` with metadata routing
+            and ``clf.set_fit_request(X_val=True, y_val=True)`` passes it through the same
+            preprocessing as ``X``.
+        y_val : array-like of shape (n_val,), default=None
+            Labels of ``X_val``, all among those of ``y``.
         groups : array-like of shape (n,), default=None
             Patient ids. The internal validation split (early stopping, LR schedule,
             checkpoint) then keeps each patient on one side, like the outer CV should.
             In a Pipeline pass ``clf__groups=groups``; in ``GridSearchCV.fit`` pass both
-            ``groups=groups`` (for the outer folds) and ``clf__groups=groups``.
+            ``groups=groups`` (for the outer folds) and ``clf__groups=groups``. Unused
+            with ``X_val``.
 
         Returns
         -------
         self : CXRClassifier
         """
         self._validate_params()
-        self.classes_, y_enc = self._encode_targets(y)
+        classes, y_enc = self._encode_targets(y)
         X = _as_images(X)
         if len(X) != len(y_enc):
             raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
@@ -394,40 +384,92 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             if len(groups) != len(y_enc):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
-        self.image_shape_ = _image_shape(X)
-        self.n_features_in_ = int(np.prod(self.image_shape_))
-        self._seed = _seed_everything(self.random_state)
-        self.device_ = _resolve_device(self.device)
+        image_shape = _image_shape(X)
+        sample_weight = _check_sample_weight(sample_weight, len(y_enc))
+        previous = warm_start_module(self, classes, image_shape)
+        valid = self._validation_set(X_val, y_val, classes, image_shape)
+        es_spec = early_stopping_spec(self.early_stopping, classes)
+        check_lr_schedule(self.lr_schedule, self.max_epochs)
+        check_average_weights(self.average_weights, self.max_epochs)
+        check_tta(self.tta, self.augment)
+        augmenter = make_augmenter(self.augment)
+        device = distributed.resolve_device(self.device)
+        runtime = _runtime.resolve_runtime(self.backbone, device, self.precision)
         if self.compile:
-            _runtime.check_compile(self.device_)
-        runtime = _runtime.resolve_runtime(self.backbone, self.device_, self.precision)
-        module = build_model(
-            self.backbone, len(self.classes_), weights=self.weights,
-            in_channels=self.image_shape_[0],
-            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
-            augment=make_augmenter(self.augment),
-        )
+            _runtime.check_compile(device)
+        distributed.check_same_data(len(y_enc), classes)
+        seed = distributed.same_on_all_ranks(fit_seed(self.random_state))
+        rng = FitRandomness(seed, device)
+        with rng.global_stream():  # weight init draws from this fit's stream
+            module = build_model(
+                self.backbone, len(classes),
+                weights=self.weights if previous is None else None,
+                in_channels=image_shape[0], neurons=self.neurons, dropout=self.dropout,
+                freeze=self.freeze, augment=augmenter,
+            )
+        if previous is not None:
+            load_warm_start(self, module, previous)
+        if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
+            rng.reseed(distributed.rank())
         runtime.prepare(module)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
-        self._uses_cache = use_cache
+        digest = _features.trunk_digest(module.trunk) if use_cache else None  # frozen: fixed
+        predict_batch_size = self._predict_batch_size(device)
         with _runtime.thread_share():
             if use_cache:
-                self._trunk_digest = _features.trunk_digest(module.trunk)  # frozen: fixed
-                features = self._cached_features(module, X, runtime)
-                self.net_ = self._make_net(module.head, y_enc, self.device_, runtime,
-                                           groups)
-                self.net_.fit(np.array(features), y_enc)
-                # The head was trained in place; serve predictions with the whole model.
-                self.net_.module_ = module.to(self.device_)
-                self.net_.module = module
-            else:
-                self.net_ = self._make_net(module, y_enc, self.device_, runtime, groups)
-                self.net_.fit(_Labelled(X, y_enc) if isinstance(X, torch.utils.data.Dataset)
-                              else X, y_enc)
-        self.net_.module_.eval()
-        _drop_training_state(self.net_)
+                X = np.array(self._cached_features(module, X, runtime, device, digest))
+                if valid is not None:
+                    valid = (np.array(self._cached_features(module, valid[0], runtime,
+                                                            device, digest)), valid[1])
+            split = train_split(self.validation_fraction, y_enc, groups, seed,
+                                valid=None if valid is None else valid_dataset(*valid))
+            net = make_net(self, module.head if use_cache else module, classes, y_enc,
+                           device=device, runtime=runtime, split=split, es_spec=es_spec,
+                           rng=rng, weighted=sample_weight is not None,
+                           predict_batch_size=predict_batch_size)
+            net.fit(_training_data(X, y_enc, sample_weight), y_enc)
+        distributed.finish_fit(net)  # DDP: every rank keeps rank 0's weights
+        if use_cache:
+            # The head was trained in place; serve predictions with the whole model.
+            net.module_ = module.to(device)
+            net.module = module
+        net.module_.eval()
+        _drop_training_state(net)
+        # Training succeeded: only now replace what a previous fit learned.
+        self.classes_ = classes
+        self.image_shape_ = image_shape
+        self.n_features_in_ = int(np.prod(image_shape))
+        self.device_ = device
+        self._uses_cache = use_cache
+        self._trunk_digest = digest
+        self._seed = seed  # also seeds test-time augmentation
+        self.net_ = net
+        self.best_epoch_ = best_epoch(net)
         return self
+
+    def _validation_set(self, X_val, y_val, classes, image_shape):
+        """``(X_val, y_val encoded)`` checked against the training data, or None."""
+        if X_val is None and y_val is None:
+            return None
+        if X_val is None or y_val is None:
+            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+            raise ValueError(f"{given} was given without {missing}; pass both or neither")
+        X_val = _as_images(X_val, "X_val")
+        shape = _image_shape(X_val)
+        if shape != image_shape:
+            raise ValueError(f"X_val has images of shape {shape} but X has {image_shape}; "
+                             "preprocess both the same way (in a Pipeline: "
+                             "transform_input=['X_val'])")
+        y_val = column_or_1d(y_val, warn=True)
+        if len(y_val) != len(X_val):
+            raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
+                             "labels")
+        unseen = sorted(set(y_val.tolist()) - set(classes.tolist()), key=str)
+        if unseen:
+            raise ValueError(f"y_val has labels {unseen} not in y's classes "
+                             f"{classes.tolist()}")
+        return X_val, np.searchsorted(classes, y_val).astype(np.int64)
 
     @property
     def module_(self):
@@ -456,46 +498,55 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
-    def _predict_batch_size(self):
+    def _predict_batch_size(self, device=None):
+        """``predict_batch_size``, or its default on ``device`` (default: the fitted one)."""
         if self.predict_batch_size is not None:
-            return self.predict_batch_size
-        return 32 if self.device_ == "cpu" else self.batch_size
+            return int(self.predict_batch_size)
+        device = device or self.device_
+        # CPU: small batches stay in the caches (docs/design.md, "CPU layout and precision")
+        return 32 if torch.device(device).type == "cpu" else self.batch_size
 
     def _runtime(self):
-        """The fitted net's layout and precision (see :mod:`cxr_estimators._runtime`);
+        """The fitted net's layout and precision (:class:`cxr_estimators._runtime.Runtime`);
         plain float32 once the model was moved off the device type it was fitted for."""
         net = self.net_
         if torch.device(net.device).type != getattr(net, "amp_device", "cuda"):
             return _runtime.Runtime(net.device)
         return _runtime.Runtime(net.device, channels_last=net.channels_last, amp=net.amp)
 
-    def _cached_features(self, module, X, runtime):
+    def _cached_features(self, module, X, runtime, device, digest):
         return _features.trunk_features(
-            module, X, self.backbone, self.device_, self._predict_batch_size(),
-            memory=self.cache, runtime=runtime,
-            digest=getattr(self, "_trunk_digest", None),
+            module, X, self.backbone, device, self._predict_batch_size(device),
+            memory=self.cache, runtime=runtime, digest=digest,
         )
 
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
+        tta = check_tta(self.tta, self.augment)
         with _runtime.thread_share():
-            if getattr(self, "_uses_cache", False):
+            if tta is not None:
+                with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                    proba = self._stream_proba(X)
+            elif getattr(self, "_uses_cache", False):
                 # frozen trunk: features of X come from the cache shared by all grid
                 # points (a CV test fold is the same for every one); only the head runs
                 images = X.images if isinstance(X, _Labelled) else X
-                features = self._cached_features(self.module_, images, self._runtime())
-                head, runtime = self.module_.head.eval(), self._runtime()
+                runtime = self._runtime()
+                features = self._cached_features(self.module_, images, runtime,
+                                                 self.device_, self._trunk_digest)
+                head = self.module_.head.eval()
                 with torch.inference_mode(), runtime.autocast():
                     logits = head(torch.from_numpy(features).to(self.device_))
-                proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+                proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(
+                    np.float64)
             else:
                 proba = self._stream_proba(X)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def _stream_proba(self, X):
-        """Probabilities (n, n_classes) from the whole model: see
-        :func:`cxr_estimators._training.stream_proba`."""
+        """Probabilities (n, n_classes) of the whole model, batch by batch into one array
+        (:func:`cxr_estimators._training.stream_proba`)."""
         return stream_proba(self.net_, X, len(self.classes_), self._predict_batch_size())
 
     def decision_function(self, X):

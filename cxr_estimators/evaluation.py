@@ -85,7 +85,8 @@ def external_validate(estimator, datasets, *, pos_label=None, n_bootstraps=1000,
         ``images``, and ``target``; integer targets are mapped through ``target_names``
         when the estimator was trained on non-numeric class names.
     pos_label : object or None, default=None
-        Positive class of a binary model; None uses ``estimator.classes_[1]``.
+        Positive class of a binary model, e.g. ``"pneumonia"``; None only for classes
+        {0, 1} or {-1, 1} (positive class 1), as in :func:`clinical_report`.
     n_bootstraps : int, default=1000
     random_state : int, RandomState instance or None, default=None
         Seed of the bootstrap (an int seeds each dataset's report identically).
@@ -100,7 +101,8 @@ def external_validate(estimator, datasets, *, pos_label=None, n_bootstraps=1000,
     ------
     ValueError
         A dataset's labels include a class the model does not know (the message names
-        the dataset and the classes), or a dataset is neither a pair nor a Bunch.
+        the dataset and the classes), a dataset is neither a pair nor a Bunch, or a
+        binary model's classes are not {0, 1} / {-1, 1} and ``pos_label`` is None.
 
     Examples
     --------
@@ -108,8 +110,8 @@ def external_validate(estimator, datasets, *, pos_label=None, n_bootstraps=1000,
     >>> X = [[0.0], [0.3], [0.6], [1.0]] * 5
     >>> y = ["normal", "normal", "pneumonia", "pneumonia"] * 5
     >>> clf = LogisticRegression().fit(X, y)
-    >>> reports = external_validate(clf, {"site_b": (X, y)}, n_bootstraps=100,
-    ...                             random_state=0)
+    >>> reports = external_validate(clf, {"site_b": (X, y)}, pos_label="pneumonia",
+    ...                             n_bootstraps=100, random_state=0)
     >>> reports["site_b"].overall["sensitivity"].value
     1.0
     """

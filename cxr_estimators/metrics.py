@@ -17,13 +17,16 @@ import warnings
 
 import numpy as np
 from sklearn.metrics import (
-    f1_score, get_scorer, make_scorer, multilabel_confusion_matrix,
+    check_scoring, f1_score, get_scorer, make_scorer, multilabel_confusion_matrix,
     recall_score, roc_auc_score,
 )
+from sklearn.utils._metadata_requests import MetadataRequest, _MetadataRequester
+from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
 from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
-    ClinicalReport, MetricEstimate, _check_labels_and_scores, _weighted_auc, clinical_report,
+    ClinicalReport, MetricEstimate, _check_labels_and_scores, _implicit_pos_label,
+    _weighted_auc, clinical_report,
 )
 
 __all__ = [
@@ -173,16 +176,58 @@ def _ratio(num, den, zero_division, metric, cases):
 
 
 # ------------------------------------------------------------------------------- scorers
-class _ClinicalScorer:
-    """Scorer ``f(estimator, X, y)`` that builds the binary or multiclass sklearn scorer
-    from ``estimator.classes_`` at call time, so one dict serves both problems."""
+_SCORER_NAMES = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")
+_PER_CLASS_NAMES = ("sensitivity", "specificity", "f1", "roc_auc")
+_LABEL_FUNCS = {"sensitivity": sensitivity_score, "specificity": specificity_score,
+                "f1": f1_score}
 
-    def __init__(self, name, pos_label=None):
+
+class _RequestsSampleWeight(_MetadataRequester):
+    """``set_score_request(sample_weight=...)`` for our scorers, as sklearn's scorers
+    have it (metadata routing of the weights into scoring)."""
+
+    def set_score_request(self, *, sample_weight=None):
+        """Request ``sample_weight`` for scoring (sklearn metadata routing).
+
+        Parameters
+        ----------
+        sample_weight : bool, str or None
+            True: pass ``sample_weight`` to this scorer; False: do not; a str: pass the
+            metadata of that name as ``sample_weight``; None: error if it is given.
+
+        Returns
+        -------
+        self
+        """
+        if not _routing_enabled():
+            raise RuntimeError("set_score_request is only available when metadata routing "
+                               "is enabled: sklearn.set_config(enable_metadata_routing=True)")
+        request = MetadataRequest(owner=self)
+        request.score.add_request(param="sample_weight", alias=sample_weight)
+        self.__dict__["_score_request"] = request
+        return self
+
+    def _get_metadata_request(self):
+        return self.__dict__.get("_score_request") or MetadataRequest(owner=self)
+
+
+class _ClinicalScorer(_RequestsSampleWeight):
+    """Scorer ``f(estimator, X, y, sample_weight=None)`` that builds the binary or
+    multiclass sklearn scorer from ``estimator.classes_`` at call time, so one dict serves
+    both problems. Under metadata routing, ``set_score_request(sample_weight=True)``
+    asks for the weights, as sklearn's own scorers do.
+
+    With ``label`` set it scores that one class against the rest (per-class scorers).
+    """
+
+    def __init__(self, name, pos_label=None, label=None):
         self.name = name
         self.pos_label = pos_label
+        self.label = label
 
     def __repr__(self):
-        return f"clinical_scorers(pos_label={self.pos_label!r})[{self.name!r}]"
+        key = self.name if self.label is None else f"{self.name}_{self.label}"
+        return f"clinical_scorers(pos_label={self.pos_label!r})[{key!r}]"
 
     def __getattr__(self, name):
         # sklearn's TunedThresholdClassifierCV reads a fixed scorer's private metric
@@ -201,42 +246,108 @@ class _ClinicalScorer:
         return scorer(estimator, X, y_true, **kwargs)
 
     def _sklearn_scorer(self, classes):
+        if self.label is not None:
+            return self._one_vs_rest_scorer(classes)
         if self.name == "accuracy":
             return get_scorer("accuracy")
         if len(classes) == 2:
-            pos = classes[1] if self.pos_label is None else self.pos_label
-            if pos not in classes.tolist():
-                raise ValueError(f"pos_label={pos!r} is not one of the estimator's classes "
-                                 f"{classes.tolist()}")
             if self.name == "roc_auc":
-                # ROC AUC is symmetric in the two classes: classes_[1]'s column suffices.
+                if self.pos_label is not None:
+                    self._binary_pos_label(classes)  # a wrong one is still an error
+                # ROC AUC is symmetric in the two classes: classes_[1]'s column suffices,
+                # so it needs no positive class.
                 return make_scorer(roc_auc_score, response_method="predict_proba")
-            func = {"sensitivity": sensitivity_score, "specificity": specificity_score,
-                    "f1": f1_score}[self.name]
-            return make_scorer(func, pos_label=pos)
+            return make_scorer(_LABEL_FUNCS[self.name], pos_label=self._binary_pos_label(classes))
         if self.name == "roc_auc":
             return make_scorer(roc_auc_score, response_method="predict_proba",
                                multi_class="ovr", average="macro", labels=classes)
-        func = {"sensitivity": sensitivity_score, "specificity": specificity_score,
-                "f1": f1_score}[self.name]
-        return make_scorer(func, average="macro", labels=classes)
+        return make_scorer(_LABEL_FUNCS[self.name], average="macro", labels=classes)
+
+    def _binary_pos_label(self, classes):
+        if self.pos_label is None:
+            return _implicit_pos_label(classes.tolist(), f"{self!r}")
+        if self.pos_label not in classes.tolist():
+            raise ValueError(f"pos_label={self.pos_label!r} is not one of the estimator's "
+                             f"classes {classes.tolist()}")
+        return self.pos_label
+
+    def _one_vs_rest_scorer(self, classes):
+        if self.label not in classes.tolist():
+            raise ValueError(f"{self!r}: class {self.label!r} is not one of the "
+                             f"estimator's classes {classes.tolist()}")
+        if self.name == "roc_auc":
+            return make_scorer(_class_roc_auc, response_method="predict_proba",
+                               label=self.label, classes=classes.tolist())
+        return make_scorer(_LABEL_FUNCS[self.name], labels=[self.label], average="macro")
 
 
-def clinical_scorers(pos_label=None):
+def _class_roc_auc(y_true, y_score, *, label, classes):
+    """One-vs-rest ROC AUC of class ``label`` from ``predict_proba``.
+
+    For a binary estimator sklearn's scorer hands over the ``classes[1]`` column only
+    (one cached column for every scorer of a multi-metric call, whatever their
+    ``pos_label``), so ``classes[0]`` is scored on its complement.
+    """
+    y_score = np.asarray(y_score)
+    if y_score.ndim == 2:
+        y_score = y_score[:, classes.index(label)]
+    elif label == classes[0]:
+        y_score = 1 - y_score
+    return roc_auc_score(np.asarray(y_true) == label, y_score)
+
+
+class _PerClassScorers(_RequestsSampleWeight):
+    """One scorer returning a dict: the overall clinical scores plus
+    ``<metric>_<class>`` for each of ``estimator.classes_``.
+
+    The class names are known only once the estimator is fitted, so this is a single
+    callable (scikit-learn accepts a callable returning a dict as multi-metric
+    ``scoring=``); :func:`sklearn.metrics.check_scoring` combines the per-metric sklearn
+    scorers, so ``predict`` and ``predict_proba`` run once per call.
+    """
+
+    def __init__(self, pos_label=None):
+        self.pos_label = pos_label
+
+    def __repr__(self):
+        return f"clinical_scorers(pos_label={self.pos_label!r}, per_class=True)"
+
+    def __call__(self, estimator, X, y_true, sample_weight=None):
+        classes = np.asarray(estimator.classes_)
+        scorers = {name: _ClinicalScorer(name, self.pos_label)._sklearn_scorer(classes)
+                   for name in _SCORER_NAMES}
+        for label in classes.tolist():
+            for name in _PER_CLASS_NAMES:
+                scorers[f"{name}_{label}"] = _ClinicalScorer(
+                    name, label=label)._sklearn_scorer(classes)
+        kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return check_scoring(estimator, scoring=scorers)(estimator, X, y_true, **kwargs)
+
+
+def clinical_scorers(pos_label=None, *, per_class=False):
     """Scorers for model selection: accuracy, sensitivity, specificity, F1 and ROC AUC.
 
     Parameters
     ----------
     pos_label : int, str or None, default=None
-        Positive class of a binary problem; None uses ``estimator.classes_[1]`` (the
-        greater label, as scikit-learn does). Ignored for multiclass estimators.
+        Positive class of a binary problem, e.g. ``"pneumonia"``. None is allowed only
+        when the estimator's classes are {0, 1} or {-1, 1} (positive class 1, as in
+        scikit-learn); for other binary classes, e.g. strings, the sensitivity,
+        specificity and F1 scorers raise a ValueError naming the classes (accuracy and
+        ROC AUC are symmetric and need none). Ignored for multiclass estimators.
+    per_class : bool, default=False
+        Also score each class one-vs-rest: ``sensitivity_<class>``,
+        ``specificity_<class>``, ``f1_<class>`` and ``roc_auc_<class>`` for every class
+        of ``estimator.classes_`` (e.g. ``sensitivity_viral``), the tie-breaker of a
+        3-class selection. The names depend on the fitted classes, so the result is then
+        one callable that returns a dict of all scores.
 
     Returns
     -------
-    scorers : dict of str -> callable
-        Keys "accuracy", "sensitivity", "specificity", "f1", "roc_auc"; each value is a
-        callable ``scorer(estimator, X, y)`` usable as ``scoring=`` in
-        :func:`~sklearn.model_selection.cross_validate` or
+    scorers : dict of str -> callable, or callable
+        ``per_class=False``: keys "accuracy", "sensitivity", "specificity", "f1",
+        "roc_auc"; each value is a callable ``scorer(estimator, X, y)`` usable as
+        ``scoring=`` in :func:`~sklearn.model_selection.cross_validate` or
         :class:`~sklearn.model_selection.GridSearchCV` (e.g. with ``refit="roc_auc"``).
         Binary problems score ``pos_label``; ROC AUC uses the positive-class column of
         ``predict_proba``. Multiclass problems use the macro average over
@@ -245,6 +356,10 @@ def clinical_scorers(pos_label=None):
         the fitted estimator's ``classes_``. Threshold tuning
         (:class:`~sklearn.model_selection.TunedThresholdClassifierCV`) needs a fixed
         scorer instead: ``make_scorer(sensitivity_score, pos_label="pneumonia")``.
+        ``per_class=True``: one callable ``scorer(estimator, X, y) -> dict`` with the
+        five keys above plus the per-class ones; pass it as ``scoring=`` and refit by
+        any of its names (``refit="sensitivity_viral"``); ``cv_results_`` then holds
+        ``mean_test_sensitivity_viral`` etc.
 
     Examples
     --------
@@ -256,6 +371,14 @@ def clinical_scorers(pos_label=None):
     ...                     scoring=clinical_scorers(pos_label="pneumonia"))
     >>> float(cv["test_sensitivity"].mean())
     1.0
+    >>> y3 = ["normal", "normal", "viral", "viral", "bacterial", "bacterial"] * 5
+    >>> cv = cross_validate(LogisticRegression(), X, y3, cv=3,
+    ...                     scoring=clinical_scorers(per_class=True))
+    >>> float(cv["test_sensitivity_normal"].mean())
+    1.0
     """
-    return {name: _ClinicalScorer(name, pos_label)
-            for name in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")}
+    if not isinstance(per_class, (bool, np.bool_)):
+        raise ValueError(f"per_class must be True or False; got {per_class!r}")
+    if per_class:
+        return _PerClassScorers(pos_label)
+    return {name: _ClinicalScorer(name, pos_label) for name in _SCORER_NAMES}

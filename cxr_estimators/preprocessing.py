@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -39,8 +40,38 @@ def _is_path_list(X):
     return all(isinstance(x, (str, os.PathLike)) for x in X)
 
 
-def _as_unit_tensor(image, row):
-    """(H, W) or (H, W, C) array → float32 tensor (C, H, W) in [0, 1]."""
+def _frame_column(X):
+    """A one-column DataFrame (pandas, polars) → that column as an array; else X as is.
+    Iterating a DataFrame yields its column *names*, which would be read as paths."""
+    columns, shape = getattr(X, "columns", None), getattr(X, "shape", None)
+    if columns is None or shape is None or len(shape) != 2:
+        return X
+    if shape[1] != 1:
+        raise ValueError(f"X is a DataFrame with {shape[1]} columns {list(columns)[:5]}; "
+                         "pass the one column of image paths, e.g. X[['path']] or "
+                         "X['path']")
+    return np.asarray(X)[:, 0]
+
+
+def _channels_first(shape, what):
+    """Whether an image array of ``shape`` (C, H, W) / (H, W, C) (batch axis removed) is
+    channels-first. Channels are 1 or 3 first, or 1, 3 or 4 (RGBA) last; when both
+    readings fit, channels-last is assumed and a warning says so."""
+    first, last = shape[0] in (1, 3), shape[-1] in (1, 3, 4)
+    if first and last:
+        warnings.warn(
+            f"{what} of shape {tuple(shape)} could be channels-first (C, H, W) or "
+            "channels-last (H, W, C); assumed channels-last (H, W, C) with "
+            f"{shape[-1]} channels. Transpose to (H, W, C) to silence this.",
+            UserWarning, stacklevel=4)
+    return first and not last
+
+
+def _as_unit_tensor(image, row, channels_last=False):
+    """(H, W), (H, W, C) or (C, H, W) array → float32 tensor (C, H, W) in [0, 1].
+
+    ``channels_last``: a 3-D image is known to be (H, W, C) (it comes from a 4-D array
+    whose layout was decided once)."""
     arr = np.asarray(image)
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
@@ -59,10 +90,13 @@ def _as_unit_tensor(image, row):
         raise ValueError(f"image {row} has unsupported dtype {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[None]
+    elif arr.ndim == 3 and not channels_last and _channels_first(arr.shape, f"image {row}"):
+        pass  # already (C, H, W)
     elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
         arr = np.moveaxis(arr[..., :3], -1, 0)
     else:
-        raise ValueError(f"image {row} has shape {arr.shape}; expected (H, W) or (H, W, C)")
+        raise ValueError(f"image {row} has shape {arr.shape}; expected (H, W), (H, W, C) "
+                         "or (C, H, W) with C = 1 or 3")
     # arrays from io.read_image are read-only views of its cache: never share them
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True if not arr.flags.writeable else None))
 
@@ -94,8 +128,12 @@ class ImageLoader(TransformerMixin, BaseEstimator):
     -----
     ``fit`` learns nothing (``n_features_in_`` is not defined: inputs are images). Input to
     ``transform`` is a list/array of file paths (decoded by :func:`cxr_estimators.io.read_image`,
-    which caches decoded files), or a uint8/uint16/float array ``(n, H, W)`` or
-    ``(n, H, W, C)``; float arrays must be in [0, 1].
+    which caches decoded files) or a one-column DataFrame of them, or a uint8/uint16/float
+    array ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``; float arrays must be in
+    [0, 1]. A 4-D array is channels-first when its axis 1 is 1 or 3 and its last axis is
+    not 1, 3 or 4; when both readings fit (tiny images), it is read as channels-last and
+    a warning says so. Output is always an array (or dataset): ``set_output`` accepts
+    only "default".
 
     Examples
     --------
@@ -158,8 +196,8 @@ class ImageLoader(TransformerMixin, BaseEstimator):
             raise ValueError(f"size must be an int or (height, width); got {self.size!r}")
         return [int(s) for s in self.size]
 
-    def _prepare(self, image, row, mean, std, size):
-        img = _as_unit_tensor(image, row)
+    def _prepare(self, image, row, mean, std, size, channels_last=False):
+        img = _as_unit_tensor(image, row, channels_last)
         if img.shape[0] == 1 and self.channels == 3:
             img = img.expand(3, -1, -1)
         elif img.shape[0] == 3 and self.channels == 1:
@@ -174,6 +212,7 @@ class ImageLoader(TransformerMixin, BaseEstimator):
 
     def _sources(self, X):
         """(items, names, reader): what to decode, how to name it in errors, how to read."""
+        X = _frame_column(X)
         if _is_path_list(X):
             from .io import read_image
 
@@ -184,8 +223,11 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         X = np.asarray(X)
         if X.ndim not in (3, 4):
             raise ValueError(
-                f"X must be a list of paths or an array (n, H, W[, C]); got shape {X.shape}"
+                f"X must be a list of paths or an array (n, H, W), (n, H, W, C) or "
+                f"(n, C, H, W); got shape {X.shape}"
             )
+        if X.ndim == 4 and _channels_first(X.shape[1:], "X's images"):
+            X = np.moveaxis(X, 1, -1)  # a view: lazy datasets copy nothing
         return X, [str(i) for i in range(len(X))], None
 
     def transform(self, X):
@@ -206,6 +248,22 @@ class ImageLoader(TransformerMixin, BaseEstimator):
                 )
             out.append(img)
         return torch.stack(out).numpy()
+
+    def set_output(self, *, transform=None):
+        """Accept ``transform="default"`` (or None): the output stays an array.
+
+        Image batches ``(n, C, H, W)`` cannot be pandas or polars frames, so those are
+        refused; ``Pipeline.set_output(transform="default")`` works."""
+        if transform in (None, "default"):
+            return self
+        if transform in ("pandas", "polars"):
+            raise ValueError(
+                f"set_output(transform={transform!r}): ImageLoader outputs image batches "
+                f"of shape (n, C, H, W), which cannot be {transform} DataFrames (a frame "
+                "is 2-D: one row per image, one column per feature); use "
+                "set_output(transform='default')")
+        raise ValueError(f"set_output(transform={transform!r}): transform must be "
+                         "'default' or None")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -235,7 +293,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        return self.loader._prepare(self._read(i), self.names[i], *self._mean_std, self._size)
+        # items of one 4-D array were made (n, H, W, C) by ImageLoader._sources
+        stacked = isinstance(self.items, np.ndarray) and self.items.ndim == 4
+        return self.loader._prepare(self._read(i), self.names[i], *self._mean_std,
+                                    self._size, channels_last=stacked)
 
     def _read(self, i):
         """Image ``i`` as decoded; a read error names the row as well as the file, and

@@ -39,7 +39,7 @@ def test_external_validate_tuples_and_bunches():
         clf,
         {"site_a": (Xa, names[ta]),
          "site_b": Bunch(images=Xb, target=tb, target_names=["normal", "pneumonia"])},
-        n_bootstraps=100, random_state=0)
+        pos_label="pneumonia", n_bootstraps=100, random_state=0)
     assert list(reports) == ["site_a", "site_b"]
     assert all(isinstance(r, ClinicalReport) for r in reports.values())
     assert reports["site_a"].pos_label == "pneumonia"
@@ -60,6 +60,14 @@ def test_external_validate_filenames_and_integer_model():
     bunch = Bunch(filenames=X, images=X[:, :2], target=target, target_names=["n", "p"])
     report = external_validate(clf, {"files": bunch}, n_bootstraps=0)["files"]
     assert report.labels == [0, 1]
+
+
+def test_external_validate_string_classes_need_pos_label():
+    X, target = _data(60, 0)
+    clf = LogisticRegression().fit(X, np.array(["normal", "pneumonia"])[target])
+    with pytest.raises(ValueError, match=r"classes are \['normal', 'pneumonia'\] and "
+                                         "pos_label is not given"):
+        external_validate(clf, {"site_a": (X, clf.classes_[target])}, n_bootstraps=0)
 
 
 def test_external_validate_unknown_label():

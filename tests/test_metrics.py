@@ -1,4 +1,5 @@
 import json
+import re
 import warnings
 
 import numpy as np
@@ -106,12 +107,32 @@ def test_report_binary_matches_hand_and_sklearn():
 
 
 def test_report_default_pos_label_and_two_column_proba():
-    y, score = _samples(200, 0)
+    y, score = _samples(200, 0, classes=(0, 1))
     one = clinical_report(y, score, n_bootstraps=50, random_state=0)
     two = clinical_report(y, np.column_stack([1 - score, score]), n_bootstraps=50,
                           random_state=0)
-    assert one.pos_label == two.pos_label == "pneumonia"  # the greater label
+    assert one.pos_label == two.pos_label == 1  # {0, 1}: 1, as in scikit-learn
     assert one.to_dict() == two.to_dict()
+    minus = clinical_report(np.where(y == 1, 1, -1), score, n_bootstraps=0)
+    assert minus.pos_label == 1
+    boolean = clinical_report(y == 1, score, n_bootstraps=0)
+    assert boolean.pos_label is True
+    assert boolean.overall["sensitivity"].value == one.overall["sensitivity"].value
+
+
+@pytest.mark.parametrize("labels", [("normal", "pneumonia"), (1, 2)])
+@pytest.mark.parametrize("two_columns", [False, True])
+def test_report_without_pos_label_names_the_classes(labels, two_columns):
+    """Strings (or any pair but {0, 1} / {-1, 1}) do not say which class is positive;
+    guessing labels[1] would silently swap sensitivity and specificity."""
+    y, score = _samples(40, 0, classes=labels)
+    if two_columns:
+        score = np.column_stack([1 - score, score])
+    expected = re.escape(f"the classes are {list(labels)} and pos_label is not given")
+    with pytest.raises(ValueError, match=expected):
+        clinical_report(y, score, n_bootstraps=0)
+    report = clinical_report(y, score, pos_label=labels[1], n_bootstraps=0)
+    assert report.pos_label == labels[1]
 
 
 def test_report_multiclass_matches_hand_and_sklearn():
@@ -146,9 +167,13 @@ def test_bootstrap_auc_equals_sklearn_on_resamples():
     np.testing.assert_allclose(got, expected)
 
 
+def _report(y_score_pair, **kwargs):
+    return clinical_report(*y_score_pair, pos_label="pneumonia", **kwargs)
+
+
 def test_ci_contains_point_shrinks_and_is_reproducible():
-    small = clinical_report(*_samples(100, 0), n_bootstraps=300, random_state=0)
-    large = clinical_report(*_samples(2000, 1), n_bootstraps=300, random_state=0)
+    small = _report(_samples(100, 0), n_bootstraps=300, random_state=0)
+    large = _report(_samples(2000, 1), n_bootstraps=300, random_state=0)
     for report in (small, large):
         for metric, est in report.overall.items():
             assert est.ci_low <= est.value <= est.ci_high, metric
@@ -157,12 +182,11 @@ def test_ci_contains_point_shrinks_and_is_reproducible():
         width = {name: r.overall[metric].ci_high - r.overall[metric].ci_low
                  for name, r in (("small", small), ("large", large))}
         assert width["large"] < width["small"] / 2, metric  # ~ 1/sqrt(20)
-    again = clinical_report(*_samples(100, 0), n_bootstraps=300, random_state=0)
+    again = _report(_samples(100, 0), n_bootstraps=300, random_state=0)
     assert again.to_dict() == small.to_dict()
-    other = clinical_report(*_samples(100, 0), n_bootstraps=300, random_state=1)
+    other = _report(_samples(100, 0), n_bootstraps=300, random_state=1)
     assert other.overall["roc_auc"].ci_low != small.overall["roc_auc"].ci_low
-    wide = clinical_report(*_samples(100, 0), n_bootstraps=300, confidence=0.99,
-                           random_state=0)
+    wide = _report(_samples(100, 0), n_bootstraps=300, confidence=0.99, random_state=0)
     assert wide.overall["roc_auc"].ci_low < small.overall["roc_auc"].ci_low
 
 
@@ -182,7 +206,8 @@ def test_undefined_resamples_are_skipped_and_counted():
 def test_single_class_y_true_gives_nan_auc_with_warning():
     with pytest.warns(UserWarning, match="ROC AUC is undefined for class"):
         report = clinical_report(["pneumonia"] * 5, [0.9, 0.8, 0.3, 0.7, 0.6],
-                                 labels=["normal", "pneumonia"], n_bootstraps=20,
+                                 labels=["normal", "pneumonia"], pos_label="pneumonia",
+                                 n_bootstraps=20,
                                  random_state=0)
     assert np.isnan(report.overall["roc_auc"].value)
     assert report.overall["roc_auc"].n_resamples == 0
@@ -211,7 +236,7 @@ def test_report_bad_input(kwargs, match):
 
 
 def test_report_str_dict_frame():
-    report = clinical_report(*_samples(150, 2), n_bootstraps=100, random_state=0)
+    report = _report(_samples(150, 2), n_bootstraps=100, random_state=0)
     text = str(report)
     assert "positive class 'pneumonia'" in text and "95% CI" in text
     auc = report.overall["roc_auc"]
@@ -248,7 +273,8 @@ def test_scorers_binary_cross_validate_string_labels():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failing scorer would warn and give NaN
         res = cross_validate(LogisticRegression(), X, y, cv=cv,
-                             scoring=clinical_scorers(), return_estimator=True)
+                             scoring=clinical_scorers(pos_label="pneumonia"),
+                             return_estimator=True)
     for i, (train, test) in enumerate(cv.split(X, y)):
         est = res["estimator"][i]
         pred, proba = est.predict(X[test]), est.predict_proba(X[test])[:, 1]
@@ -263,6 +289,78 @@ def test_scorers_binary_cross_validate_string_labels():
                              scoring=clinical_scorers(pos_label="normal"))
     np.testing.assert_allclose(swapped["test_sensitivity"], res["test_specificity"])
     np.testing.assert_allclose(swapped["test_roc_auc"], res["test_roc_auc"])
+
+
+def test_scorers_string_labels_without_pos_label_name_the_classes():
+    X, y = _toy_xy(["normal", "pneumonia"])
+    est = LogisticRegression().fit(X, y)
+    scorers = clinical_scorers()
+    for name in ("sensitivity", "specificity", "f1"):
+        with pytest.raises(ValueError, match=re.escape(
+                "the classes are ['normal', 'pneumonia'] and pos_label is not given")):
+            scorers[name](est, X, y)
+    # symmetric in the two classes: no positive class needed
+    assert scorers["accuracy"](est, X, y) == pytest.approx(est.score(X, y))
+    assert scorers["roc_auc"](est, X, y) == pytest.approx(
+        roc_auc_score(y == "pneumonia", est.predict_proba(X)[:, 1]))
+    # {0, 1} names its positive class, as in scikit-learn
+    y01 = (y == "pneumonia").astype(int)
+    est01 = LogisticRegression().fit(X, y01)
+    assert scorers["sensitivity"](est01, X, y01) == pytest.approx(
+        recall_score(y01, est01.predict(X)))
+    # sklearn's own f1_score asks the same of string labels
+    with pytest.raises(ValueError, match="pos_label=1 is not a valid label"):
+        f1_score(y, est.predict(X))
+    with pytest.raises(ValueError, match="pos_label=1 is not a valid label"):
+        sensitivity_score(y, est.predict(X))
+
+
+def test_per_class_scorers_multiclass():
+    X, y = _toy_xy(["bacterial", "normal", "viral"], n=150)
+    est = LogisticRegression().fit(X, y)
+    scores = clinical_scorers(per_class=True)(est, X, y)
+    pred, proba = est.predict(X), est.predict_proba(X)
+    assert set(scores) == {"accuracy", "sensitivity", "specificity", "f1", "roc_auc"} | {
+        f"{m}_{c}" for m in ("sensitivity", "specificity", "f1", "roc_auc")
+        for c in ("bacterial", "normal", "viral")}
+    for k, c in enumerate(["bacterial", "normal", "viral"]):
+        assert scores[f"sensitivity_{c}"] == pytest.approx(
+            recall_score(y == c, pred == c))
+        assert scores[f"specificity_{c}"] == pytest.approx(
+            recall_score(y != c, pred != c))
+        assert scores[f"f1_{c}"] == pytest.approx(f1_score(y == c, pred == c))
+        assert scores[f"roc_auc_{c}"] == pytest.approx(roc_auc_score(y == c, proba[:, k]))
+    overall = {name: s(est, X, y) for name, s in clinical_scorers().items()}
+    assert {name: scores[name] for name in overall} == pytest.approx(overall)
+    # per-class sensitivities differ here, so the test below could fail
+    assert len({round(scores[f"sensitivity_{c}"], 6) for c in ("bacterial", "normal",
+                                                                "viral")}) > 1
+
+
+def test_per_class_scorers_in_gridsearch_refit_by_class():
+    X, y = _toy_xy(["bacterial", "normal", "viral"], n=120)
+    search = GridSearchCV(LogisticRegression(), {"C": [0.001, 1.0]}, cv=3,
+                          scoring=clinical_scorers(per_class=True),
+                          refit="sensitivity_viral", error_score="raise").fit(X, y)
+    means = search.cv_results_["mean_test_sensitivity_viral"]
+    assert search.best_index_ == int(np.argmax(means))
+    assert "mean_test_roc_auc_bacterial" in search.cv_results_
+    res = cross_validate(LogisticRegression(), X, y, cv=3,
+                         scoring=clinical_scorers(per_class=True))
+    assert np.all(np.isfinite(res["test_specificity_normal"]))
+
+
+def test_per_class_scorers_binary_and_bad_input():
+    X, y = _toy_xy(["normal", "pneumonia"])
+    est = LogisticRegression().fit(X, y)
+    scores = clinical_scorers("pneumonia", per_class=True)(est, X, y)
+    assert scores["sensitivity_pneumonia"] == pytest.approx(scores["sensitivity"])
+    assert scores["sensitivity_normal"] == pytest.approx(scores["specificity"])
+    assert scores["roc_auc_normal"] == pytest.approx(scores["roc_auc"])
+    with pytest.raises(ValueError, match="pos_label is not given"):
+        clinical_scorers(per_class=True)(est, X, y)
+    with pytest.raises(ValueError, match="per_class must be True or False; got 'yes'"):
+        clinical_scorers(per_class="yes")
 
 
 def test_scorers_multiclass_gridsearch_refit_roc_auc():
@@ -348,6 +446,7 @@ def test_cxr_classifier_in_threshold_tuning_and_calibration():
     proba = calibrated.predict_proba(X)
     assert proba.shape == (40, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
-    report = clinical_report(y, proba, labels=calibrated.classes_, n_bootstraps=50,
+    report = clinical_report(y, proba, labels=calibrated.classes_, pos_label="pneumonia",
+                             n_bootstraps=50,
                              random_state=0)
     assert report.n_samples == 40

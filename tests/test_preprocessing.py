@@ -138,3 +138,67 @@ def test_differently_sized_images_as_list_or_object_array():
     from_list = loader.fit_transform(images)
     assert from_list.shape == (2, 1, 16, 16)
     np.testing.assert_array_equal(loader.fit_transform(ragged), from_list)
+
+
+# ------------------------------------------------------------------ input conveniences
+def _png_files(tmp_path, n=3):
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_one_column_dataframe_of_paths_is_read_like_a_series(tmp_path):
+    pd = pytest.importorskip("pandas")
+    paths = _png_files(tmp_path)
+    loader = ImageLoader(size=8, channels=1, normalize="unit")
+    expected = loader.transform(paths)
+    frame = pd.DataFrame({"path": paths})
+    np.testing.assert_array_equal(loader.transform(frame), expected)
+    np.testing.assert_array_equal(loader.transform(frame["path"]), expected)
+    np.testing.assert_array_equal(np.asarray(ImageLoader(size=8, channels=1, normalize="unit",
+                                                         lazy=True).transform(frame)), expected)
+    frame["label"] = ["a", "b", "a"]
+    with pytest.raises(ValueError, match=r"DataFrame with 2 columns \['path', 'label'\]"):
+        loader.transform(frame)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_first_arrays(channels):
+    rng = np.random.default_rng(0)
+    last = rng.integers(0, 256, (4, 10, 12, channels), dtype=np.uint8)
+    first = np.moveaxis(last, -1, 1)  # (n, C, H, W)
+    loader = ImageLoader(size=None, channels=3, normalize="unit")
+    expected = loader.transform(last)
+    np.testing.assert_array_equal(loader.transform(first), expected)
+    np.testing.assert_array_equal(loader.transform(list(first)), expected)  # one by one
+    lazy = ImageLoader(size=None, channels=3, normalize="unit", lazy=True).transform(first)
+    np.testing.assert_array_equal(np.asarray(lazy), expected)
+
+
+def test_ambiguous_channel_layout_says_what_it_assumed():
+    X = np.zeros((2, 3, 6, 3), np.uint8)  # (n, C=3, H=6, W=3) or (n, H=3, W=6, C=3)?
+    with pytest.warns(UserWarning, match=r"shape \(3, 6, 3\) could be channels-first.*"
+                                         r"assumed channels-last \(H, W, C\)"):
+        out = ImageLoader(size=None, channels=3, normalize="unit").transform(X)
+    assert out.shape == (2, 3, 3, 6)
+
+
+def test_set_output_default_and_frames_refused():
+    from sklearn.pipeline import Pipeline
+
+    from cxr_estimators import CXRClassifier
+
+    loader = ImageLoader(size=8)
+    assert loader.set_output(transform="default") is loader
+    pipe = Pipeline([("load", loader), ("clf", CXRClassifier())])
+    assert pipe.set_output(transform="default") is pipe
+    for frame in ("pandas", "polars"):
+        with pytest.raises(ValueError, match=rf"set_output\(transform='{frame}'\): "
+                                             r"ImageLoader outputs image batches .*cannot "
+                                             rf"be {frame} DataFrames"):
+            pipe.set_output(transform=frame)
+    with pytest.raises(ValueError, match="transform='numpy'"):
+        loader.set_output(transform="numpy")

@@ -1,0 +1,337 @@
+"""The skorch callbacks of :class:`~cxr_estimators.CXRClassifier` (ours, and the user's
+``callbacks=`` appended after them: :func:`user_callbacks`).
+
+skorch does the work: :class:`~skorch.callbacks.EpochScoring` computes the monitored
+validation metric every epoch (from the predictions the validation pass already made: no
+extra forward pass) and writes it to the history as ``valid_<metric>``;
+:class:`~skorch.callbacks.EarlyStopping` watches it and restores the best weights;
+:class:`~skorch.callbacks.Checkpoint` saves the epoch early stopping keeps;
+:class:`~skorch.callbacks.LRScheduler` runs torch's schedulers (``lr_schedule``). Written
+here: turning the ``early_stopping`` parameter (int or dict) into that configuration with
+errors that name the bad key or value, the scorer of each monitor with the right positive
+class, reading back which epoch's weights were kept (``best_epoch_``), and the LR schedules
+below. Weight averaging (``average_weights``) is :mod:`cxr_estimators._averaging`'s
+callback, added last.
+
+LR schedules (``lr_schedule``), torch's own schedulers:
+
+* ``"plateau"``: :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` on the loss of the
+  validation set (training batches without one), stepped every epoch (a dict without
+  ``"policy"`` still means this one);
+* ``"cosine"``: :class:`~torch.optim.lr_scheduler.CosineAnnealingLR` from ``lr`` to
+  ``eta_min`` (default 0) over all batches of ``max_epochs`` epochs, after an optional
+  linear warm-up of ``warmup_epochs`` (:class:`~torch.optim.lr_scheduler.LinearLR`, chained
+  by :class:`~torch.optim.lr_scheduler.SequentialLR`);
+* ``"onecycle"``: :class:`~torch.optim.lr_scheduler.OneCycleLR` peaking at ``lr``, over all
+  batches of ``max_epochs`` epochs.
+
+skorch's ``LRScheduler`` builds its torch scheduler when training begins, before the
+validation split exists, so it cannot tell a per-batch schedule how many batches an epoch
+has: :class:`_PerBatchLR` builds it at the first epoch instead, from the length of the
+training DataLoader. Early stopping may end training before a schedule does (the learning
+rate then never reaches its end value).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import numbers
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import get_scorer, make_scorer, f1_score
+from skorch.callbacks import (
+    Callback, Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar,
+)
+from skorch.utils import noop
+from torch.optim import lr_scheduler as torch_lr
+
+from . import distributed
+from ._averaging import WeightAveraging, check_average_weights
+
+#: Metrics ``early_stopping={"monitor": ...}`` accepts.
+MONITORS = ("loss", "f1", "roc_auc", "accuracy", "balanced_accuracy")
+
+_ES_KEYS = ("patience", "monitor", "min_delta", "pos_label")
+_ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None}
+
+
+def _did_you_mean(value, options):
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def early_stopping_spec(early_stopping, classes):
+    """Validate ``early_stopping`` (None, int patience or dict) against the classes of y.
+
+    Returns None or a dict with ``patience``, ``monitor``, ``min_delta`` and
+    ``pos_index`` (the encoded positive class, or None where the metric needs none)."""
+    if early_stopping is None:
+        return None
+    if isinstance(early_stopping, numbers.Integral) and not isinstance(early_stopping, bool):
+        early_stopping = {"patience": int(early_stopping)}
+    if not isinstance(early_stopping, dict):
+        raise ValueError(f"early_stopping must be None, an int (patience) or a dict; got "
+                         f"{early_stopping!r}")
+    for key in early_stopping:
+        if key not in _ES_KEYS:
+            raise ValueError(f"early_stopping has an unknown key {key!r}; known: "
+                             f"{list(_ES_KEYS)}{_did_you_mean(key, _ES_KEYS)}")
+    if "patience" not in early_stopping:
+        raise ValueError(f"early_stopping={early_stopping!r} needs a 'patience' (int >= 1)")
+    spec = {**_ES_DEFAULTS, **early_stopping}
+    patience, monitor, min_delta = spec["patience"], spec["monitor"], spec["min_delta"]
+    if (not isinstance(patience, numbers.Integral) or isinstance(patience, bool)
+            or patience < 1):
+        raise ValueError(f"early_stopping patience must be an int >= 1; got {patience!r}")
+    if monitor not in MONITORS:
+        raise ValueError(f"early_stopping monitor={monitor!r} is not one of "
+                         f"{list(MONITORS)}{_did_you_mean(monitor, MONITORS)}")
+    if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
+        raise ValueError(f"early_stopping min_delta must be a number >= 0; got {min_delta!r}")
+    return {"patience": int(patience), "monitor": monitor, "min_delta": float(min_delta),
+            "pos_index": _pos_index(monitor, spec["pos_label"], classes)}
+
+
+def _pos_index(monitor, pos_label, classes):
+    """Encoded index of the positive class, resolved as sklearn's ``f1_score`` does: the
+    label 1 for {0, 1} or {-1, 1} labels, else ``pos_label`` must be given."""
+    classes = list(np.asarray(classes).tolist())
+    if pos_label is not None:
+        if pos_label not in classes:
+            raise ValueError(f"early_stopping pos_label={pos_label!r} is not one of y's "
+                             f"classes {classes}")
+        return classes.index(pos_label)
+    if monitor != "f1" or len(classes) != 2:  # multiclass f1 is macro-averaged
+        return None
+    if set(classes) in ({0, 1}, {-1, 1}):
+        return classes.index(1)
+    raise ValueError(
+        f"early_stopping monitor='f1' needs a positive class: y's classes are {classes}; "
+        "give early_stopping={..., 'pos_label': <one of them>}")
+
+
+def _scorer(monitor, n_classes, pos_index):
+    if monitor == "f1":
+        if n_classes == 2:
+            return make_scorer(f1_score, pos_label=pos_index)
+        return get_scorer("f1_macro")
+    if monitor == "roc_auc":  # binary AUC does not depend on which class is positive
+        return get_scorer("roc_auc" if n_classes == 2 else "roc_auc_ovr")
+    return get_scorer(monitor)
+
+
+def monitor_name(spec, has_valid):
+    """History key early stopping, checkpoints and ``best_epoch_`` follow."""
+    metric = "loss" if spec is None else spec["monitor"]
+    return f"{'valid' if has_valid else 'train'}_{metric}"
+
+
+class _KeptByEarlyStopping:
+    """Checkpoint ``monitor``: true in the epochs early stopping takes as its new best
+    (so the checkpoint holds the weights fit keeps, ``min_delta`` included)."""
+
+    def __call__(self, net):
+        stopper = dict(net.callbacks_)["early_stopping"]
+        return stopper.best_epoch_ == net.history[-1, "epoch"]
+
+
+def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
+                   average_weights=None, checkpoint_dir=None, verbose=0, extra=None,
+                   sync_ranks=False, writes_files=True):
+    """The named skorch callbacks for one fit.
+
+    ``spec``: :func:`early_stopping_spec` output. Without a validation set the monitored
+    values are those of the training batches (``train_<metric>``). ``extra``: the user's
+    ``callbacks=``, appended after ours (:func:`user_callbacks`). ``sync_ranks``: a
+    data-parallel fit, whose epoch scores are averaged over the ranks before anything
+    reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint)."""
+    monitor = monitor_name(spec, has_valid)
+    # accuracy of the training batches as trained (dropout, augmentation), from the
+    # predictions skorch already made: no extra forward pass
+    callbacks = [("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
+                                            lower_is_better=False))]
+    if spec is not None and spec["monitor"] != "loss":
+        scoring = _scorer(spec["monitor"], n_classes, spec["pos_index"])
+        callbacks.append((monitor, EpochScoring(scoring, name=monitor, on_train=not has_valid,
+                                                lower_is_better=False)))
+    if sync_ranks:  # after the scoring callbacks, before those that read the scores
+        callbacks.append(("sync_ranks", distributed.SyncEpochScores()))
+    if spec is not None:
+        callbacks.append(("early_stopping", EarlyStopping(
+            monitor=monitor, patience=spec["patience"], load_best=True,
+            threshold=spec["min_delta"], threshold_mode="abs",
+            lower_is_better=spec["monitor"] == "loss",
+            sink=print if verbose else noop,
+        )))
+    if lr_schedule is not None:
+        # plateau: on the loss of the same set (ReduceLROnPlateau's mode="min")
+        callbacks.append(("lr_schedule", make_lr_scheduler(
+            lr_schedule, max_epochs, monitor_name(None, has_valid))))
+    if checkpoint_dir is not None and writes_files:
+        kept = _KeptByEarlyStopping() if spec is not None else f"{monitor}_best"
+        callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=str(checkpoint_dir))))
+    if verbose and verbose > 1:
+        callbacks.append(("progress", ProgressBar()))
+    averaging = check_average_weights(average_weights, max_epochs)
+    if averaging is not None:  # last: its weights replace those early stopping restored
+        method, options = averaging
+        callbacks.append(("average_weights", WeightAveraging(method, **options)))
+    return callbacks + user_callbacks(extra, [name for name, _ in callbacks])
+
+
+#: Callback names skorch's NeuralNetClassifier gives its own default callbacks.
+_SKORCH_DEFAULT_CALLBACKS = ("epoch_timer", "train_loss", "valid_loss", "valid_acc",
+                             "print_log")
+
+
+def user_callbacks(callbacks, ours):
+    """``callbacks=`` validated and cloned, as skorch ``(name, callback)`` pairs.
+
+    Clones: :func:`sklearn.base.clone` (how skorch callbacks are meant to be copied);
+    where a parameter cannot be deep-copied (an open writer, a lock), a shallow copy —
+    the callback's fitted state, set up again by skorch at every fit, is its own either
+    way, while such a parameter is shared with the object given."""
+    taken = set(ours) | set(_SKORCH_DEFAULT_CALLBACKS)
+    # history keys of ours (our EpochScorings are named by the key they write)
+    scores = {"train_loss", "train_acc", "valid_loss", "valid_acc"} | set(ours)
+    out = []
+    for i, item in enumerate(callbacks or []):
+        name, cb = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        is_callback = isinstance(cb, Callback) or (isinstance(cb, type)
+                                                   and issubclass(cb, Callback))
+        if not is_callback or not (name is None or isinstance(name, str)):
+            raise ValueError(f"callbacks[{i}] = {item!r} is not a skorch callback (an "
+                             "instance or class of skorch.callbacks.Callback, or a "
+                             "(name, callback) pair)")
+        shown = name or (cb.__name__ if isinstance(cb, type) else type(cb).__name__)
+        if shown in taken:
+            raise ValueError(f"callbacks[{i}] is named {shown!r}, which CXRClassifier "
+                             f"already uses (taken: {sorted(taken)}); give it another "
+                             f"name, e.g. ('my_{shown}', callback)")
+        key = getattr(cb, "name", None) if not isinstance(cb, type) else None
+        if isinstance(key, str) and key in scores:
+            raise ValueError(f"callbacks[{i}] records its score as {key!r}, which "
+                             "CXRClassifier's own history already has; pass another "
+                             "name= to it")
+        if name is not None:  # skorch numbers unnamed callbacks of one class itself
+            taken.add(name)
+        cb = cb if isinstance(cb, type) else _clone_callback(cb)
+        out.append(cb if name is None else (name, cb))
+    return out
+
+
+def _clone_callback(cb):
+    try:
+        return clone(cb)
+    except Exception:  # noqa: BLE001 - any failure to deep-copy: share the parameters
+        return copy.copy(cb)
+
+
+def best_epoch(net):
+    """The (1-based) epoch whose weights the fitted net holds: early stopping's best epoch,
+    or the last epoch trained without early stopping or with weights averaged up to it."""
+    averaging = dict(net.callbacks_).get("average_weights")
+    if averaging is not None and averaging.n_averaged_:
+        return int(net.history[-1, "epoch"])
+    stopper = dict(net.callbacks_).get("early_stopping")
+    if stopper is not None and getattr(stopper, "best_epoch_", 0):
+        return int(stopper.best_epoch_)
+    return int(net.history[-1, "epoch"])
+
+
+# ------------------------------------------------------------------ LR schedules
+#: Names ``lr_schedule`` accepts.
+SCHEDULES = ("plateau", "cosine", "onecycle")
+
+# The arguments the package sets itself, per schedule; the user may set the others.
+_OWN_ARGS = {
+    "plateau": {"optimizer"},
+    "onecycle": {"optimizer", "max_lr", "total_steps", "epochs", "steps_per_epoch",
+                 "last_epoch"},
+}
+_COSINE_ARGS = ("warmup_epochs", "eta_min")
+
+
+def _allowed_args(policy):
+    if policy == "cosine":
+        return set(_COSINE_ARGS)
+    cls = torch_lr.ReduceLROnPlateau if policy == "plateau" else torch_lr.OneCycleLR
+    return set(inspect.signature(cls).parameters) - _OWN_ARGS[policy]
+
+
+def check_lr_schedule(lr_schedule, max_epochs):
+    """Validate ``lr_schedule``; return ``(policy, kwargs)`` or None.
+
+    Raises ValueError naming an unknown schedule or argument (with the closest valid
+    name) and a warm-up that does not leave at least one epoch of cosine decay.
+    """
+    if lr_schedule is None:
+        return None
+    if isinstance(lr_schedule, str):
+        policy, kwargs = lr_schedule, {}
+    else:
+        kwargs = dict(lr_schedule)
+        policy = kwargs.pop("policy", "plateau")
+    if policy not in SCHEDULES:
+        raise ValueError(f"lr_schedule={policy!r} is not a known schedule; known: "
+                         f"{list(SCHEDULES)}{_did_you_mean(policy, SCHEDULES)}")
+    allowed = _allowed_args(policy)
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(
+                f"lr_schedule {policy!r} has no argument {key!r}; known: {sorted(allowed)}"
+                f"{_did_you_mean(key, allowed)}")
+    warmup = kwargs.get("warmup_epochs", 0)
+    if not 0 <= warmup < max_epochs:
+        raise ValueError(f"lr_schedule warmup_epochs={warmup!r} must be >= 0 and below "
+                         f"max_epochs={max_epochs}")
+    return policy, kwargs
+
+
+def _cosine(optimizer, steps_per_epoch, n_epochs, warmup_epochs=0, eta_min=0.0):
+    total = n_epochs * steps_per_epoch
+    warm = round(warmup_epochs * steps_per_epoch)
+    cosine = torch_lr.CosineAnnealingLR(optimizer, T_max=total - warm, eta_min=eta_min)
+    if warm == 0:
+        return cosine
+    # first warm-up batch at lr / (warm + 1), reaching lr after `warm` batches
+    linear = torch_lr.LinearLR(optimizer, start_factor=1 / (warm + 1), total_iters=warm)
+    return torch_lr.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+
+
+def _onecycle(optimizer, steps_per_epoch, n_epochs, **kwargs):
+    return torch_lr.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                               total_steps=n_epochs * steps_per_epoch, **kwargs)
+
+
+class _PerBatchLR(LRScheduler):
+    """skorch ``LRScheduler`` stepped after every training batch, whose torch scheduler
+    ``policy(optimizer, steps_per_epoch, n_epochs, **kwargs)`` is built at the first epoch,
+    when the training split and so the number of batches per epoch are known."""
+
+    def __init__(self, policy, event_name="event_lr", **kwargs):
+        super().__init__(policy=policy, event_name=event_name, step_every="batch", **kwargs)
+
+    def on_train_begin(self, net, **kwargs):
+        self.batch_idx_ = 0
+        self.lr_scheduler_ = None
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        if self.lr_scheduler_ is None:
+            steps = len(net.get_iterator(dataset_train, training=True))
+            self.lr_scheduler_ = self.policy_(net.optimizer_, steps, net.max_epochs,
+                                              **self.kwargs)
+
+
+def make_lr_scheduler(lr_schedule, max_epochs, monitor):
+    """The skorch callback for ``lr_schedule`` (see the module docstring), or None."""
+    checked = check_lr_schedule(lr_schedule, max_epochs)
+    if checked is None:
+        return None
+    policy, kwargs = checked
+    if policy == "plateau":
+        return LRScheduler(policy=torch_lr.ReduceLROnPlateau, monitor=monitor, **kwargs)
+    return _PerBatchLR(_cosine if policy == "cosine" else _onecycle, **kwargs)
