@@ -370,7 +370,8 @@ def _drop_training_state(net):
     (not pickled); ``module_`` becomes the plain module, which pickles."""
     orig = getattr(net.module_, "_orig_mod", None)
     if orig is not None:
-        net.compiled_module_ = net.module_
+        # not a skorch module (skorch refuses torch modules set outside initialize)
+        object.__setattr__(net, "compiled_module_", net.module_)
         net.module_ = orig
     net.criterion_ = getattr(net.criterion_, "_orig_mod", net.criterion_)
     for _, callback in net.callbacks_:
