@@ -13,7 +13,8 @@ import sys
 
 from benchmarks import _common
 
-BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory")
+BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
+              "cpu_speed", "cpu_layout", "cpu_threads")
 
 
 def main(argv=None):

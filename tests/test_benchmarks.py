@@ -29,7 +29,7 @@ def test_quick_benchmarks_write_their_results(tmp_path):
                     "--out-dir", str(tmp_path)], check=True, cwd=ROOT, timeout=600)
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
-                            "memory"}
+                            "memory", "cpu_speed", "cpu_layout", "cpu_threads"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -59,6 +59,15 @@ def test_quick_benchmarks_write_their_results(tmp_path):
 
     for row in results["memory"]["rows"]:
         assert _finite_positive(row["predict_peak_rss_mb"])
+
+    speed = results["cpu_speed"]
+    for key in ("ratio_to_best_loop", "speedup_vs_before"):
+        assert speed[key] and all(k.rsplit("/", 1)[1] in ("fit", "predict") and "@" in k
+                                  and _finite_positive(v) for k, v in speed[key].items())
+    assert {r["variant"] for r in results["cpu_layout"]["rows"]} >= {
+        "contiguous_fp32", "channels_last_fp32"}
+    assert results["cpu_threads"]["threads_inside"]["loky n_jobs=2"] == [
+        max(1, results["cpu_threads"]["config"]["cpu_count"] // 2)] * 2
 
     page = (tmp_path / "benchmarks.md").read_text()
     assert "python -m benchmarks.overhead --out-dir" in page
