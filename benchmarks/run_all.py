@@ -14,7 +14,7 @@ import sys
 from benchmarks import _common
 
 BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
-              "cpu_speed", "cpu_layout", "cpu_threads")
+              "scale_out", "robustness", "cpu_speed", "cpu_layout", "cpu_threads")
 
 
 def main(argv=None):

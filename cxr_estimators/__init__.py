@@ -2,14 +2,17 @@
 
 Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
-``backbones``, ``augment``, ``io`` and ``distributed``.
+``backbones``, ``augment``, ``io`` and ``distributed``; :func:`save` / :func:`load` write
+and read model files that cannot run code (:mod:`cxr_estimators.persistence`).
 """
 
 from . import (
     audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
     plotting,
 )
+from ._callbacks import TrainingDivergedError
 from .classifier import CXRClassifier
+from .persistence import load, save
 from .preprocessing import ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
@@ -18,6 +21,9 @@ __all__ = [
     "CXRClassifier",
     "ImageLoader",
     "ImageDataset",
+    "save",
+    "load",
+    "TrainingDivergedError",
     "audit",
     "augment",
     "backbones",

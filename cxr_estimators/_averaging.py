@@ -3,14 +3,16 @@
 The averages are torch's own (:mod:`torch.optim.swa_utils`): an
 :class:`~torch.optim.swa_utils.AveragedModel` that is either an exponential moving average
 of the weights after every training batch (``"ema"``, BatchNorm statistics averaged along
-with them) or the equal-weight average of the weights at the end of each epoch from a
+with them; torch's EMA update with the decay warmed up as in TensorFlow's
+``ExponentialMovingAverage(num_updates=)``: ``min(decay, (1 + t) / (10 + t))`` at the
+t-th update, so a short fit is not dominated by its random initial weights) or the equal-weight average of the weights at the end of each epoch from a
 start epoch on (``"swa"``, stochastic weight averaging), whose BatchNorm statistics are
 then recomputed on the training split with :func:`~torch.optim.swa_utils.update_bn`.
 At the end of training the averaged weights are copied into the trained module: they are
 the fitted model.
 
-Written here by hand: the skorch callback that drives the averaging, and keeping the
-statistics of *frozen* BatchNorm layers (``freeze=``), which ``update_bn`` would reset
+Written here by hand: the skorch callback that drives the averaging, the decay warm-up,
+and keeping the statistics of *frozen* BatchNorm layers (``freeze=``), which ``update_bn`` would reset
 and, as they stay in inference mode, never recompute.
 """
 
@@ -67,6 +69,14 @@ def check_average_weights(average_weights, max_epochs):
     return method, options
 
 
+def _ema_update(decay):
+    """``multi_avg_fn`` of torch's EMA with the decay warmed up over the first updates."""
+    def update(averaged, current, n_averaged):
+        t = float(n_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + t) / (10 + t)))(averaged, current, n_averaged)
+    return update
+
+
 def _swa_start_epoch(start, max_epochs):
     if isinstance(start, numbers.Integral):
         return int(start)
@@ -81,7 +91,8 @@ class WeightAveraging(Callback):
     ----------
     method : {"ema", "swa"}
     decay : float, default=0.99
-        EMA: weight of the running average at each batch (``"ema"`` only).
+        EMA: weight of the running average at each batch, once warmed up: the t-th update
+        uses ``min(decay, (1 + t) / (10 + t))`` (``"ema"`` only).
     start : float or int, default=0.75
         SWA: first epoch whose end-of-epoch weights enter the average, as a fraction of
         ``max_epochs`` or an epoch number (``"swa"`` only).
@@ -105,7 +116,7 @@ class WeightAveraging(Callback):
         module = net.module_
         if self.method == "ema":
             self.averaged_ = AveragedModel(
-                module, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+                module, multi_avg_fn=_ema_update(self.decay), use_buffers=True)
         else:
             self.averaged_ = AveragedModel(module)
         self.start_epoch_ = _swa_start_epoch(self.start, net.max_epochs)

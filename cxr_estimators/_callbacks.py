@@ -30,6 +30,12 @@ validation split exists, so it cannot tell a per-batch schedule how many batches
 has: :class:`_PerBatchLR` builds it at the first epoch instead, from the length of the
 training DataLoader. Early stopping may end training before a schedule does (the learning
 rate then never reaches its end value).
+
+The divergence guard (:class:`DivergenceGuard`: a non-finite loss stops training with an
+error naming the epoch, the batch and the likely cause — skorch would train on with NaN
+weights) and telling a user's Ctrl-C from early stopping's own ``KeyboardInterrupt``,
+which skorch's ``partial_fit`` swallows alike (:func:`mark_interrupted`,
+:func:`raise_if_interrupted`), are here too.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import numbers
 
 import numpy as np
+import torch
 from sklearn.base import clone
 from sklearn.metrics import get_scorer, make_scorer, f1_score
 from skorch.callbacks import (
@@ -151,7 +159,8 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
     monitor = monitor_name(spec, has_valid)
     # accuracy of the training batches as trained (dropout, augmentation), from the
     # predictions skorch already made: no extra forward pass
-    callbacks = [("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
+    callbacks = [("divergence", DivergenceGuard()),
+                 ("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
                                             lower_is_better=False))]
     if spec is not None and spec["monitor"] != "loss":
         scoring = _scorer(spec["monitor"], n_classes, spec["pos_index"])
@@ -223,6 +232,18 @@ def user_callbacks(callbacks, ours):
     return out
 
 
+def clone_callbacks(callbacks):
+    """A copy of a ``callbacks=`` list for ``sklearn.base.clone`` of the estimator: each
+    callback cloned as :func:`user_callbacks` clones it (shallowly where deep-copying
+    fails), names and classes kept."""
+    out = []
+    for item in callbacks:
+        name, cb = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        cb = cb if isinstance(cb, type) or not isinstance(cb, Callback) else _clone_callback(cb)
+        out.append(cb if name is None else (name, cb))
+    return out
+
+
 def _clone_callback(cb):
     try:
         return clone(cb)
@@ -242,6 +263,76 @@ def best_epoch(net):
     return int(net.history[-1, "epoch"])
 
 
+# ---------------------------------------------------------------------------- divergence
+class TrainingDivergedError(FloatingPointError):
+    """Training produced a non-finite loss. The message names the epoch, the batch and the
+    likely cause. A previously fitted model is left as it was."""
+
+
+class DivergenceGuard(Callback):
+    """Raise :class:`TrainingDivergedError` at the first batch whose loss is NaN or inf.
+
+    Reads the loss skorch has already recorded (no extra device sync); only on failure
+    does it look at the batch and the weights to name the likely cause."""
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        key = "train_loss" if training else "valid_loss"
+        batches = net.history[-1]["batches"]
+        loss = batches[-1].get(key)
+        if loss is None or math.isfinite(loss):
+            return
+        n_batch = sum(1 for b in batches if key in b)
+        phase = "training" if training else "validation"
+        raise TrainingDivergedError(
+            f"training diverged: the {phase} loss is {loss} at epoch "
+            f"{net.history[-1]['epoch']}, batch {n_batch}; likely cause: "
+            f"{_likely_cause(net, batch)}")
+
+
+def _likely_cause(net, batch):
+    X, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+    if isinstance(X, torch.Tensor) and not torch.isfinite(X).all():
+        return "the input: images of this batch contain NaN or inf"
+    weight = getattr(getattr(net, "criterion_", None), "weight", None)
+    if weight is not None and isinstance(y, torch.Tensor) and y.numel():
+        if float(weight.cpu()[y.long().cpu()].sum()) == 0:
+            return ("the class weights: every image of this batch is of a class with "
+                    "weight 0 (class_weight), so the loss is 0/0")
+    lr = net.optimizer_.param_groups[0]["lr"] if hasattr(net, "optimizer_") else net.lr
+    opt = getattr(net.optimizer, "__name__", str(net.optimizer))
+    broken = not all(torch.isfinite(p).all() for p in net.module_.parameters())
+    return (f"the learning rate: lr={lr:g} ({opt}) is too high"
+            + (" — the weights have become NaN or inf" if broken else "")
+            + "; try a learning rate 10 to 100 times smaller")
+
+
+# ---------------------------------------------------------------------------- interrupts
+def _stopped_early(net):
+    """True when the KeyboardInterrupt came from skorch's EarlyStopping (it stops training
+    by raising one once ``misses_`` reaches ``patience``)."""
+    return any(isinstance(cb, EarlyStopping) and cb.misses_ >= cb.patience
+               for _, cb in getattr(net, "callbacks_", []))
+
+
+def mark_interrupted(net):
+    """Record a user's interrupt in the history (``history_[-1]["interrupted"]``) and on
+    the net; early stopping's own interrupt is not one."""
+    if _stopped_early(net):
+        return
+    if not len(net.history):
+        net.history.new_epoch()
+        net.history.record("epoch", 1)
+    net.history.record("interrupted", True)
+    net.interrupted_ = True
+
+
+def raise_if_interrupted(net):
+    """Re-raise a user's interrupt that skorch swallowed, once the estimator is usable."""
+    if getattr(net, "interrupted_", False):
+        raise KeyboardInterrupt(
+            f"fit interrupted during epoch {net.history[-1, 'epoch']} of {net.max_epochs}: "
+            f"the estimator holds the weights of epoch {best_epoch(net)} (the best so far "
+            "with early stopping, else the latest) and history_[-1]['interrupted'] is True")
 # ------------------------------------------------------------------ LR schedules
 #: Names ``lr_schedule`` accepts.
 SCHEDULES = ("plateau", "cosine", "onecycle")

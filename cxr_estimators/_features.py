@@ -5,23 +5,29 @@ image to the same feature vector in every epoch, CV fold and grid point; only th
 learns. So the features are computed once and the head is trained on them. Nothing in
 skorch or sklearn shares such work across fits, hence this module.
 
-Keys are (backbone, a digest of the trunk's weights, a digest of the input); values are float32
+Keys are (backbone, a digest of the trunk's weights and pooling, a digest of the input); values are float32
 feature arrays. ``memory=True`` keeps them in a small in-process LRU; a directory path
-stores them with :class:`joblib.Memory`, which survives processes.
+stores each as a safetensors file (``features-<key hash>.safetensors``) that survives
+processes. Those files hold raw float32 bytes, the full key and a SHA-256 of the array:
+reading one never unpickles (a file replaced by a pickle payload cannot run code), and a
+file whose key or digest does not match (bit rot, tampering, a hash collision) is
+recomputed and rewritten, with a warning. Writes are atomic.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from . import _runtime
+from ._safefile import SafeFileError, atomic_write, read_safetensors, tensor_digest
 
-__all__ = ["trunk_digest", "trunk_features", "clear_cache", "cache_info"]
+__all__ = ["features_digest", "trunk_digest", "trunk_features", "clear_cache", "cache_info"]
 
 _MAX_ENTRIES = 8
 _memory_cache: OrderedDict = OrderedDict()
@@ -56,7 +62,7 @@ def compute_features(trunk_forward, X, device, batch_size, runtime=None):
         for xb in batches:
             feats = trunk_forward(runtime.layout(torch.as_tensor(xb).to(device))).float()
             if out is None:
-                out = torch.empty((len(X), feats.shape[1]), dtype=torch.float32)
+                out = torch.empty((len(X), *feats.shape[1:]), dtype=torch.float32)
             out[start:start + len(feats)].copy_(feats)
             start += len(feats)
     return out.numpy()
@@ -86,14 +92,20 @@ def trunk_digest(module):
     return h.hexdigest()
 
 
+def features_digest(module):
+    """:func:`trunk_digest` of a :class:`~cxr_estimators.backbones.CXRNet`'s trunk plus
+    its pooling: the same trunk pooled another way gives other features."""
+    return f"{trunk_digest(module.trunk)}/{getattr(module, 'pool', None)!r}"
+
+
 def trunk_features(module, X, backbone, device, batch_size, memory=True, runtime=None,
                    digest=None):
     """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above.
 
-    ``runtime``: see :func:`compute_features`. ``digest``: :func:`trunk_digest` of
-    ``module.trunk`` if already known."""
+    ``runtime``: see :func:`compute_features`. ``digest``: :func:`features_digest` of
+    ``module`` if already known."""
     runtime = runtime or _runtime.Runtime(device)
-    key = (backbone, digest or trunk_digest(module.trunk), _digest(X), runtime.amp,
+    key = (backbone, digest or features_digest(module), _digest(X), runtime.amp,
            runtime.channels_last)
     if memory is True:
         if key in _memory_cache:
@@ -107,15 +119,36 @@ def trunk_features(module, X, backbone, device, batch_size, memory=True, runtime
         while len(_memory_cache) > _MAX_ENTRIES:
             _memory_cache.popitem(last=False)
         return feats
-    import joblib
+    return _disk_cached(os.fspath(memory), repr(key),
+                        lambda: _compute(module, X, device, batch_size, runtime))
 
-    store = joblib.Memory(os.fspath(memory), verbose=0)
 
-    @store.cache(ignore=["module", "X", "device", "batch_size"])
-    def _cached(key, module, X, device, batch_size):
-        return _compute(module, X, device, batch_size, runtime)
+def _disk_cached(directory, key, compute):
+    """The array stored under ``key`` in ``directory``, else ``compute()``, stored."""
+    from safetensors.torch import save as save_tensors
 
-    return _cached(key, module, X, device, batch_size)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "features-"
+                        + hashlib.sha256(key.encode()).hexdigest()[:32] + ".safetensors")
+    if os.path.exists(path):
+        try:
+            tensors, meta = read_safetensors(path, what="feature cache file")
+            feats = tensors["features"].numpy()
+            if meta.get("key") == key and meta.get("sha256") == tensor_digest(tensors):
+                _stats["hits"] += 1
+                feats.setflags(write=False)
+                return feats
+            reason = "its key or digest does not match its content"
+        except (SafeFileError, KeyError) as exc:
+            reason = str(exc)
+        warnings.warn(f"feature cache file {path!r} is not valid ({reason}); "
+                      "recomputing it", UserWarning, stacklevel=4)
+    _stats["misses"] += 1
+    feats = np.ascontiguousarray(compute(), dtype=np.float32)
+    tensors = {"features": torch.from_numpy(feats)}
+    atomic_write(path, save_tensors(tensors, metadata={"key": key,
+                                                       "sha256": tensor_digest(tensors)}))
+    return feats
 
 
 def clear_cache():

@@ -67,8 +67,10 @@ class FitRandomness:
         return torch.Generator().manual_seed(self.seed + offset)
 
     def reseed(self, offset):
-        """Restart the stream from ``seed + offset`` (one stream per DDP rank)."""
-        self.__init__(self.seed + offset, self.device)
+        """Restart the global-RNG stream from ``seed + offset`` (one per DDP rank: own
+        dropout and augmentation draws); :meth:`generator` keeps using ``seed``."""
+        other = FitRandomness(self.seed + offset, self.device)
+        self.cpu_state, self.cuda_state = other.cpu_state, other.cuda_state
 
     @contextlib.contextmanager
     def global_stream(self):

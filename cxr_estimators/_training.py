@@ -14,7 +14,9 @@ Written here because skorch does none of these as we need. Device resolution is 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
+import inspect
 import warnings
 
 import numpy as np
@@ -28,7 +30,9 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from . import _runtime, distributed
-from ._callbacks import make_callbacks
+from ._callbacks import make_callbacks, mark_interrupted
+from ._validation import check_class_weights
+from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
@@ -40,9 +44,10 @@ class _Net(NeuralNetClassifier):
     Also: training forward passes draw from the fit's own random stream
     (:class:`_FitRandomness`, attribute ``fit_rng_``), a batch given as
     ``{"X": images, "sample_weight": w}`` weights each image's loss, and under torch DDP
-    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and a
-    ``DistributedSampler``; fits running at once in one process share the cores
-    (:func:`cxr_estimators._runtime.thread_share`, refreshed each epoch)."""
+    (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and
+    each rank trains on its share of the training set; fits running at once in one
+    process share the cores (:func:`cxr_estimators._runtime.thread_share`, refreshed each
+    epoch)."""
 
     def __init__(self, *args, amp=False, channels_last=False, amp_device="cuda", **kwargs):
         super().__init__(*args, **kwargs)
@@ -67,10 +72,18 @@ class _Net(NeuralNetClassifier):
         state.pop("compiled_module_", None)  # compiled code does not pickle
         return state
 
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        # skorch's partial_fit swallows KeyboardInterrupt; mark a user's one so that
+        # CXRClassifier.fit can re-raise it (see _callbacks.raise_if_interrupted)
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            mark_interrupted(self)
+            raise
     def get_iterator(self, dataset, training=False):
         ddp = getattr(self, "ddp_", None)
-        if training and ddp is not None:
-            return ddp.train_iterator(self, dataset)
+        if training and ddp is not None:  # skorch has opened this epoch's history row
+            dataset = ddp.shard(dataset, epoch=len(self.history))
         return super().get_iterator(dataset, training)
 
     def infer(self, x, **fit_params):
@@ -225,6 +238,13 @@ class _GroupedValidSplit:
                                   random_state=self.random_state)
         y = np.asarray(y)
         train, valid = next(cv.split(np.zeros(len(y)), y, self.groups))
+        lost = sorted(set(np.unique(y).tolist()) - set(np.unique(y[train]).tolist()))
+        if lost:
+            warnings.warn(
+                f"the grouped validation split (validation_fraction={self.fraction}) puts "
+                f"every image of class index(es) {lost} (of classes_) in the validation part: the "
+                "model trains without them. Use fewer patients per class in validation, "
+                "more data, or pass X_val/y_val", UserWarning, stacklevel=2)
         return (torch.utils.data.Subset(dataset, train),
                 torch.utils.data.Subset(dataset, valid))
 
@@ -240,9 +260,14 @@ def class_weights(class_weight, classes, y_enc):
                 f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
                 f"{classes.tolist()}"
             )
-        weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+        try:
+            weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
+        except (TypeError, ValueError):
+            raise ValueError(f"class_weight values must be numbers; got {class_weight!r}") \
+                from None
     else:
         weights = compute_class_weight(class_weight, classes=np.arange(len(classes)), y=y_enc)
+    check_class_weights(weights, classes)
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
@@ -280,6 +305,47 @@ def valid_dataset(X_val, y_val_enc):
     return Dataset(X_val, y_val_enc)
 
 
+def optimizer_kwargs(optimizer, kwargs):
+    """``optimizer_kwargs`` checked against the torch optimizer's signature, as skorch
+    ``optimizer__*`` parameters."""
+    kwargs = dict(kwargs or {})
+    cls = OPTIMIZERS[optimizer]
+    known = [name for name in inspect.signature(cls).parameters
+             if name not in ("self", "params", "lr", "weight_decay")]
+    for key in kwargs:
+        if key in ("lr", "weight_decay"):
+            raise ValueError(f"optimizer_kwargs has {key!r}; set the {key}= parameter "
+                             "instead")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(
+                f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
+                f"(optimizer={optimizer!r}); known: {known}"
+                + (f"; did you mean {close[0]!r}?" if close else ""))
+    return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _dataset_labels(dataset):
+    """Encoded labels of a training dataset as skorch hands it to the iterator."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return _dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    return np.asarray(dataset.y)
+
+
+def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
+    """skorch ``iterator_train`` for ``sampling="balanced"``: a DataLoader whose
+    ``WeightedRandomSampler`` draws ``len(dataset)`` images per epoch, each class equally
+    often, with replacement. Built per epoch by skorch on the training part only (after
+    any internal validation split); ``generator`` carries the seed across epochs."""
+    y = _dataset_labels(dataset)
+    weights = 1.0 / np.bincount(y)[y]
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), len(y), replacement=True,
+        generator=generator)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, generator=generator,
+                                       **kwargs)
+
+
 def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
              weighted=False, predict_batch_size=None):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
@@ -296,6 +362,12 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
         kwargs["criterion__reduction"] = "none"
     if not est.verbose:
         kwargs["callbacks__print_log"] = None
+    kwargs.update(optimizer_kwargs(est.optimizer, est.optimizer_kwargs))
+    groups = decay_param_groups(module, est.weight_decay_scope)
+    if groups is not None:
+        kwargs["optimizer__param_groups"] = groups
+    if est.sampling == "balanced":
+        kwargs["iterator_train"] = balanced_loader
     callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
                                max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
                                average_weights=est.average_weights,

@@ -7,15 +7,18 @@ do, and is written here by hand:
 
 * cutting the classifier off any model generically (the *last* ``nn.Linear`` is replaced by
   ``nn.Identity``; its ``in_features`` is the feature width);
-* the head ``features -> Linear(neurons) -> ReLU -> Dropout -> Linear(n_classes)``;
+* the head (:mod:`cxr_estimators.heads`: pooling, dense layers, BatchNorm, dropout);
 * freezing all of the trunk or all but its last ``k`` blocks, keeping frozen BatchNorm
   layers in inference mode (as Keras' ``trainable=False`` does);
 * the two small CNNs students build (``simple_cnn``, ``deep_cnn``);
-* finding the last convolution of the trunk (used by Grad-CAM).
+* finding the last convolution of the trunk (used by Grad-CAM);
+* warning about random frozen weights, and refusing frozen features that do not vary.
 """
 
 from __future__ import annotations
 
+import difflib
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -24,8 +27,11 @@ import torch
 from torch import nn
 import torchvision
 
+from .heads import check_map, conv_map_trunk, make_head, make_pool, probe_map_shape
+
 __all__ = [
     "CXRNet",
+    "check_frozen_features",
     "SimpleCNN",
     "DeepCNN",
     "available_backbones",
@@ -59,6 +65,7 @@ class SimpleCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Identity()  # keeps the "last Linear replaced" convention
+        self.classifier_name = "fc"
         self.num_features = widths[-1]
 
     def forward(self, x):
@@ -68,8 +75,33 @@ class SimpleCNN(nn.Module):
 class DeepCNN(SimpleCNN):
     """Five conv blocks with BatchNorm (32, 64, 128, 256, 256 channels). Output ``(n, 256)``."""
 
-    def __init__(self, in_channels=1):
-        super().__init__(in_channels, widths=(32, 64, 128, 256, 256), batch_norm=True)
+    def __init__(self, in_channels=1, widths=(32, 64, 128, 256, 256), batch_norm=True):
+        super().__init__(in_channels, widths=widths, batch_norm=batch_norm)
+
+
+_SMALL_CNN_KWARGS = ("widths", "batch_norm")
+
+
+def _small_cnn(backbone, in_channels, kwargs):
+    """``SimpleCNN`` / ``DeepCNN`` with ``backbone_kwargs`` checked."""
+    for key in kwargs:
+        if key not in _SMALL_CNN_KWARGS:
+            close = difflib.get_close_matches(key, _SMALL_CNN_KWARGS, n=1)
+            raise ValueError(
+                f"backbone_kwargs has an unknown key {key!r} for {backbone!r}; known: "
+                f"{list(_SMALL_CNN_KWARGS)}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    widths = kwargs.get("widths")
+    if widths is not None and (
+            isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or not widths
+            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1
+                       for w in widths)):
+        raise ValueError(f"backbone_kwargs widths must be a non-empty tuple of ints >= 1 "
+                         f"(channels per conv block); got {widths!r}")
+    if "batch_norm" in kwargs and not isinstance(kwargs["batch_norm"], bool):
+        raise ValueError(f"backbone_kwargs batch_norm must be True or False; got "
+                         f"{kwargs['batch_norm']!r}")
+    kwargs = {**kwargs, **({"widths": tuple(int(w) for w in widths)} if widths else {})}
+    return (SimpleCNN if backbone == "simple_cnn" else DeepCNN)(in_channels, **kwargs)
 
 
 def available_backbones():
@@ -78,35 +110,37 @@ def available_backbones():
 
 
 class CXRNet(nn.Module):
-    """Trunk (features) followed by the dense head.
+    """Trunk (features), pooling, then the dense head.
 
     Parameters
     ----------
     trunk : nn.Module
-        Maps ``(n, C, H, W)`` to ``(n, n_features)``.
+        Maps ``(n, C, H, W)`` to ``(n, n_features)``, or to a feature map that ``pool``
+        turns into ``(n, n_features)``.
     n_features, n_classes, neurons, dropout : int, int, int, float
         Head sizes: ``Linear(n_features, neurons) → ReLU → Dropout(dropout) →
-        Linear(neurons, n_classes)``.
+        Linear(neurons, n_classes)``, unless ``head`` is given.
     in_channels : int
         Channels the trunk expects. A 1-channel input given to a 3-channel trunk is
         repeated to three channels, so ImageNet first-layer weights are used unchanged.
     augment : nn.Module or None
         Applied to the input only in training mode (see :mod:`cxr_estimators.augment`).
+    pool : nn.Module or None
+        Between trunk and head (:func:`cxr_estimators.heads.make_pool`); None: identity.
+    head : nn.Module or None
+        The head (:func:`cxr_estimators.heads.make_head`); None builds the default one.
     """
 
     def __init__(self, trunk, n_features, n_classes, neurons=128, dropout=0.5, in_channels=3,
-                 augment=None):
+                 augment=None, *, pool=None, head=None):
         super().__init__()
         self.trunk = trunk
         self.in_channels = in_channels
         self.n_features = n_features
         self.augment = augment
-        self.head = nn.Sequential(
-            nn.Linear(n_features, neurons),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(neurons, n_classes),
-        )
+        self.pool = pool if pool is not None else nn.Identity()
+        self.head = head if head is not None else make_head(n_features, n_classes, neurons,
+                                                            dropout)
 
     def forward_features(self, x):
         if x.ndim == 3:
@@ -118,7 +152,7 @@ class CXRNet(nn.Module):
         out = self.trunk(x)
         if isinstance(out, tuple):  # inception / googlenet in train mode with aux heads
             out = out[0]
-        return out
+        return self.pool(out)
 
     def forward(self, x):
         return self.head(self.forward_features(x))
@@ -151,6 +185,7 @@ def _strip_classifier(model):
     parent = model.get_submodule(parent_name) if parent_name else model
     n_features = getattr(parent, attr).in_features
     setattr(parent, attr, nn.Identity())
+    model.classifier_name = last.split(".")[0]  # the top-level child that held it
     return n_features
 
 
@@ -215,6 +250,11 @@ def _load_local_weights(model, trunk, path):
         state = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
     own = trunk.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    broken = [k for k, v in usable.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"weights file {str(path)!r} has tensors with NaN or inf values ({len(broken)}, "
+            f"e.g. {broken[:3]}): it was saved from a diverged model or is corrupt")
     if not usable:
         raise ValueError(
             f"weights file {str(path)!r} has no parameter matching backbone "
@@ -232,26 +272,36 @@ def _load_local_weights(model, trunk, path):
     return missing
 
 
-def build_trunk(backbone, weights=None, in_channels=3):
+def build_trunk(backbone, weights=None, in_channels=3, *, backbone_kwargs=None):
     """Build a feature extractor by name.
+
+    ``backbone_kwargs``: for the small CNNs ``widths`` (channels per conv block) and
+    ``batch_norm``; for torchvision models, keyword arguments of its builder
+    (``torchvision.models.get_model``), e.g. ``{"dropout": 0.3}`` for an EfficientNet.
 
     Returns ``(trunk, n_features, trunk_in_channels, weights_enum)``; ``weights_enum`` is the
     torchvision weights object when ImageNet weights were requested (its ``transforms()``
     gives the matching preprocessing), else None.
     """
+    backbone_kwargs = dict(backbone_kwargs or {})
     if not isinstance(backbone, str):
         raise ValueError(f"backbone must be a model name (str); got {backbone!r}")
     enum, path = _resolve_weights(backbone, weights) if backbone in available_backbones() else (None, None)
-    if backbone == "simple_cnn":
-        trunk = SimpleCNN(in_channels)
-    elif backbone == "deep_cnn":
-        trunk = DeepCNN(in_channels)
+    if backbone in SMALL_CNNS:
+        trunk = _small_cnn(backbone, in_channels, backbone_kwargs)
     elif backbone in available_backbones():
         kwargs = {}
         if backbone in ("inception_v3", "googlenet"):
             kwargs = {"aux_logits": enum is not None, "init_weights": False}
+        kwargs.update(backbone_kwargs)
         # Downloads only when ImageNet weights are asked for and not in TORCH_HOME already.
-        trunk = torchvision.models.get_model(backbone, weights=enum, **kwargs)
+        try:
+            trunk = torchvision.models.get_model(backbone, weights=enum, **kwargs)
+        except TypeError as exc:
+            if not backbone_kwargs:
+                raise
+            raise ValueError(f"backbone_kwargs={backbone_kwargs!r} do not fit torchvision's "
+                             f"{backbone!r} builder: {exc}") from exc
         if backbone in ("inception_v3", "googlenet"):
             trunk.aux_logits = False
             for aux in ("AuxLogits", "aux1", "aux2"):
@@ -259,9 +309,13 @@ def build_trunk(backbone, weights=None, in_channels=3):
                     setattr(trunk, aux, None)
         in_channels = 3
     else:
+        import difflib
+
+        close = difflib.get_close_matches(backbone, available_backbones(), n=3)
         raise ValueError(
             f"backbone={backbone!r} is not a torchvision classification model nor one of "
-            f"{SMALL_CNNS}; see cxr_estimators.backbones.available_backbones()"
+            f"{SMALL_CNNS}{f'; did you mean {close}?' if close else ''} (see "
+            "cxr_estimators.backbones.available_backbones())"
         )
     n_features = trunk.num_features if backbone in SMALL_CNNS else _strip_classifier(trunk)
     if path is not None:
@@ -304,15 +358,82 @@ def apply_freeze(trunk, freeze):
 
 
 def build_model(backbone, n_classes, *, weights=None, in_channels=3, neurons=128,
-                dropout=0.5, freeze=False, augment=None):
-    """Build a :class:`CXRNet` for ``n_classes`` outputs. See :class:`CXRClassifier`."""
-    trunk, n_features, trunk_channels, _ = build_trunk(backbone, weights, in_channels)
+                dropout=0.5, freeze=False, augment=None, pooling=None, head_batch_norm=False,
+                input_dropout=0.0, backbone_kwargs=None, image_size=(224, 224)):
+    """Build a :class:`CXRNet` for ``n_classes`` outputs. See :class:`CXRClassifier`.
+
+    ``image_size``: (H, W) of the input; with ``pooling`` set, one probe forward pass at
+    that size gives the feature map's shape (and refuses ``"flatten"`` on a 1 × 1 map)."""
+    trunk, n_features, trunk_channels, _ = build_trunk(backbone, weights, in_channels,
+                                                       backbone_kwargs=backbone_kwargs)
     if in_channels not in (1, trunk_channels):
         raise ValueError(
             f"X has {in_channels} channels but backbone {backbone!r} takes {trunk_channels}"
         )
+    if pooling is not None:
+        trunk = conv_map_trunk(trunk, trunk.classifier_name)
+        map_shape = probe_map_shape(trunk, trunk_channels, image_size, backbone)
+        check_map(pooling, map_shape, backbone)
+        n_features = map_shape[0] * (map_shape[1] * map_shape[2] if pooling == "flatten" else 1)
     apply_freeze(trunk, freeze)
-    return CXRNet(trunk, n_features, n_classes, neurons, dropout, trunk_channels, augment)
+    if weights is None and backbone not in SMALL_CNNS and any(
+            not p.requires_grad for p in trunk.parameters()):
+        warnings.warn(
+            f"backbone {backbone!r} with weights=None and freeze={freeze!r}: the frozen "
+            "layers keep their random initialisation, so the features they give are random; "
+            "give pretrained weights (weights='DEFAULT' or a checkpoint path) or "
+            "freeze=False", UserWarning, stacklevel=3)
+    head = make_head(n_features, n_classes, neurons, dropout, batch_norm=head_batch_norm,
+                     input_dropout=input_dropout)
+    return CXRNet(trunk, n_features, n_classes, in_channels=trunk_channels, augment=augment,
+                  pool=make_pool(pooling), head=head)
+
+
+def check_frozen_features(module, X, backbone, n_images=64):
+    """Refuse a frozen part of ``module`` whose output does not vary over images ``X``.
+
+    The output of the last frozen trunk block (the pooled features for a fully frozen
+    trunk) on the first ``n_images`` images, in eval mode. A variance of ~0 for every
+    feature (EfficientNet with random weights gives ~1e-28) means the head would train on
+    a constant. Nothing to check without frozen blocks."""
+    blocks = trunk_blocks(module.trunk)
+    frozen = [b for b in blocks if not any(p.requires_grad for p in b.parameters())]
+    if not frozen:
+        return
+    whole = all(not p.requires_grad for p in module.trunk.parameters())
+    images = _first_images(X, n_images)
+    if len(images) < 2:
+        return
+    seen = []
+    handle = None if whole else frozen[-1].register_forward_hook(
+        lambda m, i, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            device = next(module.parameters()).device
+            out = module.forward_features(images.to(device))
+    finally:
+        module.train(was_training)
+        if handle is not None:
+            handle.remove()
+    features = (out if whole else seen[-1]).float().flatten(1)
+    spread = float(features.var(dim=0).max())
+    if not spread > 1e-10:
+        where = "features" if whole else "output of its last frozen block"
+        raise ValueError(
+            f"the frozen part of backbone {backbone!r} gives the same {where} for every "
+            f"training image (largest variance over {len(images)} images: {spread:.3g}); "
+            "the head cannot learn from constant features. Random weights frozen? Give "
+            "pretrained weights or set freeze=False")
+
+
+def _first_images(X, n):
+    if isinstance(X, torch.utils.data.Dataset):
+        items = [X[i] for i in range(min(n, len(X)))]
+        items = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+        return torch.stack([torch.as_tensor(item) for item in items]).float()
+    return torch.as_tensor(X[:n]).float()
 
 
 def find_last_conv(module):

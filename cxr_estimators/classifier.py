@@ -13,30 +13,38 @@ device placement and data-parallel training in :mod:`cxr_estimators.distributed`
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
+import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _features, _runtime, distributed
-from ._callbacks import best_epoch, early_stopping_spec
+from ._callbacks import (
+    best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
+)
 from ._rng import FitRandomness, fit_seed
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
     _training_data, load_warm_start, make_net, stream_proba, train_split, valid_dataset,
     warm_start_module,
 )
+from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
+                          check_image_batch, check_labels, check_memory, check_not_paths,
+                          warn_unnormalised)
 from ._averaging import check_average_weights
 from ._callbacks import check_lr_schedule
 from ._tta import check_tta, tta_context
 from .augment import make_augmenter
-from .backbones import build_model
+from .backbones import build_model, check_frozen_features
+from .heads import POOLINGS
 
 __all__ = ["CXRClassifier"]
 
@@ -56,15 +64,26 @@ def _as_images(X, name="X"):
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
             raise ValueError(f"{name} is an empty dataset")
+        if not hasattr(X, "shape") and not hasattr(X[0], "shape"):
+            raise ValueError(f"{name}'s items must be (C, H, W) arrays or tensors; got "
+                             f"{type(X[0]).__name__} (a TensorDataset yields tuples: pass "
+                             "the tensor itself)")
         shape = _image_shape(X)
         if len(shape) != 3 or shape[0] not in (1, 3):
             raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
         return X
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    check_not_paths(X, name)
+    if getattr(X, "dtype", np.float32) != np.float32:
+        check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
+                     "float32", "pass float32 images or fewer of them at a time")
+    raw_dtype = getattr(X, "dtype", None)
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)
+    warn_unnormalised(X, raw_dtype, name)
     if X.ndim == 2:
+        check_flattened(X)
         X = X[:, None, None, :]
     elif X.ndim == 3:
         X = X[:, None]
@@ -79,7 +98,7 @@ def _as_images(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-class CXRClassifier(ClassifierMixin, BaseEstimator):
+class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     """Chest X-ray classifier: a torchvision backbone + dense head, trained with skorch.
 
     Parameters
@@ -89,6 +108,10 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         e.g. "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16",
         "inception_v3"; or a small from-scratch CNN, "simple_cnn" (3 conv blocks) or
         "deep_cnn" (5 conv blocks with BatchNorm).
+    backbone_kwargs : dict or None, default=None
+        Passed to the backbone's builder. Small CNNs: ``widths`` (channels per conv
+        block, one block each, e.g. ``(64, 128, 256)``) and ``batch_norm``; torchvision
+        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet).
     weights : None, str or path, default=None
         None: random init. A torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...):
         loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``).
@@ -99,15 +122,36 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
         children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
         resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
-        transitions, a VGG's ``features`` and ``classifier``; k above their number is an
-        error. Frozen BatchNorm layers stay in inference mode.
-    neurons : int, default=128
-        Width of the dense layer of the head.
+        transitions, a VGG's ``features`` and ``classifier`` (with ``pooling`` set, the
+        layers of its conv base); k above their number is an error. Frozen BatchNorm
+        layers stay in inference mode. With ``weights=None`` a frozen part of a
+        torchvision backbone gives random features: a UserWarning; frozen features that
+        do not vary over the training images are an error.
+    pooling : None, "avg", "max" or "flatten", default=None
+        How the backbone's output becomes the head's input (:mod:`cxr_estimators.heads`).
+        None: as the torchvision model does before its classifier (global average pooling
+        for most; VGG's frozen fc6/fc7 and MobileNetV3's pre-logit layer included).
+        "avg" / "max": global pooling of the last conv feature map; "flatten": that map
+        as is (Keras' ``Flatten()``; for VGG the conv base without fc6/fc7). A 1 × 1 map
+        cannot be flattened meaningfully: an error.
+    neurons : int or tuple of int, default=128
+        Width of the dense layer of the head; a tuple gives several dense layers.
+    head_batch_norm : bool, default=False
+        BatchNorm after each dense layer (``Linear → BatchNorm → ReLU → Dropout``).
     dropout : float in [0, 1), default=0.5
-        Dropout after the dense layer.
+        Dropout after each dense layer.
+    input_dropout : float in [0, 1), default=0.0
+        Dropout on the head's input, before the first dense layer.
     weight_decay : float, default=0.0
         L2 penalty passed to the optimizer.
+    weight_decay_scope : {"all", "head"}, default="all"
+        "all": ``weight_decay`` on every parameter (torch's behaviour); "head": only on
+        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them).
     optimizer : {"adam", "rmsprop", "sgd"}, default="adam"
+    optimizer_kwargs : dict or None, default=None
+        Further arguments of the torch optimizer, e.g. ``{"betas": (0.9, 0.999)}``,
+        ``{"alpha": 0.9, "eps": 1e-7}`` (RMSprop, Keras' defaults) or ``{"momentum":
+        0.9}``; ``lr`` and ``weight_decay`` have their own parameters.
     lr : float, default=1e-3
     batch_size : int, default=32
     max_epochs : int, default=10
@@ -148,22 +192,33 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
+    sampling : None or "balanced", default=None
+        "balanced": every epoch draws as many training images as there are, each class
+        equally often, with replacement (torch's ``WeightedRandomSampler``), so minority
+        images recur under fresh augmentation; seeded by ``random_state``. The
+        validation set is not resampled.
     augment : None, bool or dict, default=None
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
-        predict time. True uses mild defaults without horizontal flip.
+        predict time. True uses mild defaults without horizontal flip. A dict names the
+        transforms to apply, with Keras ``ImageDataGenerator``'s meaning: ``rotation``,
+        ``shift``, ``shear`` (degrees), ``zoom`` (float or ``(min, max)`` scale),
+        ``horizontal_flip``, ``fill`` ("constant", "nearest", "reflect"), ``brightness``
+        (float: additive; ``(lo, hi)``: multiplicative), ``contrast``; **a key it omits
+        is off**.
     tta : None, int >= 0 or dict, default=None
         Test-time augmentation: ``predict_proba`` averages the probabilities of each image
         and of ``tta`` augmented views of it, drawn with the ``augment`` settings (the
         mild defaults if training did not augment); a dict gives augmentation settings
-        plus ``"views"`` (default 8). Seeded by ``random_state`` (0 if None); read at
-        predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
+        plus ``"views"`` (default 8). Seeded by the fit's seed (``random_state``); read
+        at predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
         (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
         Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
-        points), a directory path caches on disk with ``joblib.Memory``. Ignored otherwise.
+        points), a directory path caches on disk (safetensors files with a digest, never
+        pickles: see :mod:`cxr_estimators._features`). Ignored otherwise.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
         "auto" picks CUDA, then MPS, then CPU; on CUDA the first GPU that
         ``CUDA_VISIBLE_DEVICES`` shows the process, or ``cuda:<LOCAL_RANK>`` when a
@@ -251,12 +306,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "backbone": [str],
+        "backbone_kwargs": [dict, None],
         "weights": [str, os.PathLike, None],
         "freeze": ["boolean", Interval(numbers.Integral, 0, None, closed="left")],
-        "neurons": [Interval(numbers.Integral, 1, None, closed="left")],
+        "pooling": [StrOptions(set(POOLINGS)), None],
+        "neurons": [Interval(numbers.Integral, 1, None, closed="left"), tuple],
+        "head_batch_norm": ["boolean"],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "weight_decay_scope": [StrOptions({"all", "head"})],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "optimizer_kwargs": [dict, None],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -266,6 +327,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "average_weights": [StrOptions({"ema", "swa"}), dict, None],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
+        "sampling": [StrOptions({"balanced"}), None],
         "augment": ["boolean", dict, None],
         "tta": [Interval(numbers.Integral, 0, None, closed="left"), dict, None],
         "checkpoint_dir": [str, os.PathLike, None],
@@ -281,6 +343,9 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         "warm_start": ["boolean"],
     }
 
+    #: Upper bounds that keep allocations sane (neurons=10**9 is a 512 GB head).
+    _param_upper_bounds = {"neurons": 65536}
+
     def __init__(self, backbone="resnet18", weights=None, freeze=False, neurons=128,
                  dropout=0.5, weight_decay=0.0, optimizer="adam", lr=1e-3, batch_size=32,
                  max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
@@ -288,14 +353,23 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                  class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
                  device="auto", precision="auto", predict_batch_size=None, compile=False,
                  num_workers=0, random_state=None, verbose=0,
-                 callbacks=None, warm_start=False):
+                 callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
+                 head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
+                 optimizer_kwargs=None, sampling=None):
         self.backbone = backbone
+        self.backbone_kwargs = backbone_kwargs
         self.weights = weights
         self.freeze = freeze
+        self.pooling = pooling
         self.neurons = neurons
+        self.head_batch_norm = head_batch_norm
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.weight_decay = weight_decay
+        self.weight_decay_scope = weight_decay_scope
         self.optimizer = optimizer
+        self.optimizer_kwargs = optimizer_kwargs
+        self.sampling = sampling
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -326,15 +400,30 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None"
             )
         y = column_or_1d(y, warn=True)
+        check_labels(y, missing=True)
         if len(y) < 2:
             raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
+        check_labels(encoder.classes_)
         if len(encoder.classes_) < 2:
             raise ValueError(
                 f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
+                + (f" (and sampling={self.sampling!r} needs classes to balance)"
+                   if self.sampling else "")
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
+
+    def _build_module(self, n_classes, image_shape, weights, augmenter):
+        """The untrained :class:`~cxr_estimators.backbones.CXRNet` for these parameters:
+        what ``fit`` trains and what :func:`cxr_estimators.load` fills with saved weights."""
+        return build_model(
+            self.backbone, n_classes, weights=weights, in_channels=image_shape[0],
+            neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
+            augment=augmenter, pooling=self.pooling, head_batch_norm=self.head_batch_norm,
+            input_dropout=self.input_dropout, backbone_kwargs=self.backbone_kwargs,
+            image_size=tuple(image_shape[1:]),
+        )
 
     # ------------------------------------------------------------------ public API
     def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, groups=None):
@@ -373,6 +462,18 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : CXRClassifier
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became NaN or inf; the message names the epoch, the batch and the
+            likely cause. A previously fitted model is left as it was (as for any error).
+        KeyboardInterrupt
+            Ctrl-C during training, re-raised after the estimator was left usable with the
+            weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
+            set, so that a search stops instead of scoring a half-trained model.
+        MemoryError
+            A training batch's estimated activations do not fit in the available memory.
         """
         self._validate_params()
         classes, y_enc = self._encode_targets(y)
@@ -401,20 +502,20 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         seed = distributed.same_on_all_ranks(fit_seed(self.random_state))
         rng = FitRandomness(seed, device)
         with rng.global_stream():  # weight init draws from this fit's stream
-            module = build_model(
-                self.backbone, len(classes),
-                weights=self.weights if previous is None else None,
-                in_channels=image_shape[0], neurons=self.neurons, dropout=self.dropout,
-                freeze=self.freeze, augment=augmenter,
-            )
+            module = self._build_module(len(classes), image_shape,
+                                        self.weights if previous is None else None,
+                                        augmenter)
         if previous is not None:
             load_warm_start(self, module, previous)
+        check_frozen_features(module, X, self.backbone)
         if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
             rng.reseed(distributed.rank())
         runtime.prepare(module)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
-        digest = _features.trunk_digest(module.trunk) if use_cache else None  # frozen: fixed
+        check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device,
+                         runtime.amp, training=not use_cache)
+        digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
         predict_batch_size = self._predict_batch_size(device)
         with _runtime.thread_share():
             if use_cache:
@@ -446,6 +547,7 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         self._seed = seed  # also seeds test-time augmentation
         self.net_ = net
         self.best_epoch_ = best_epoch(net)
+        raise_if_interrupted(net)  # after the state above: usable, and marked as such
         return self
 
     def _validation_set(self, X_val, y_val, classes, image_shape):
@@ -471,6 +573,26 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
                              f"{classes.tolist()}")
         return X_val, np.searchsorted(classes, y_val).astype(np.int64)
 
+    def _initialize_net(self):
+        """The skorch net ``fit`` builds for ``classes_``, ``image_shape_`` and ``device_``,
+        initialised but not trained (``weights`` is not read: random init), in eval mode.
+        :func:`cxr_estimators.load` puts the saved weights into it."""
+        device = self.device_
+        runtime = _runtime.resolve_runtime(self.backbone, device, self.precision)
+        with warnings.catch_warnings():  # about the random init this is about to replace
+            warnings.simplefilter("ignore", UserWarning)
+            module = self._build_module(len(self.classes_), self.image_shape_, None,
+                                        make_augmenter(self.augment))
+        runtime.prepare(module)
+        net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
+                       device=device, runtime=runtime, split=None, es_spec=None,
+                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
+                       predict_batch_size=self._predict_batch_size(device))
+        net.initialize()
+        net.module_.eval()
+        _drop_training_state(net)
+        return net
+
     @property
     def module_(self):
         check_is_fitted(self, "net_")
@@ -481,6 +603,20 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         return self.net_.history
 
+    def __sklearn_clone__(self):
+        """sklearn's clone; a ``callbacks`` entry whose parameters cannot be deep-copied
+        (an open writer, a lock) is copied shallowly instead of failing, as fit does."""
+        try:
+            return super().__sklearn_clone__()
+        except Exception:  # noqa: BLE001 - deep-copying a callback parameter failed
+            if not self.callbacks:
+                raise
+        stripped = copy.copy(self)
+        stripped.callbacks = None
+        new = clone(stripped)
+        new.callbacks = clone_callbacks(self.callbacks)
+        return new
+
     def __setstate__(self, state):
         super().__setstate__(state)
         if "net_" in state:  # skorch may have mapped a CUDA model to the CPU on load
@@ -488,6 +624,8 @@ class CXRClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self, "net_")
+        if getattr(X, "ndim", None) == 3:
+            check_image_batch(X.shape, self.image_shape_)
         X = _as_images(X)
         shape = _image_shape(X)
         if shape != self.image_shape_:

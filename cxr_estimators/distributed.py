@@ -13,8 +13,8 @@ process group with :func:`process_group` and call ``fit`` as usual::
 
 While a process group of more than one process is open, ``CXRClassifier.fit`` trains one
 model data-parallel: torch's :class:`~torch.nn.parallel.DistributedDataParallel` averages
-the gradients, a :class:`~torch.utils.data.DistributedSampler` gives each rank its share
-of the training images every epoch (``batch_size`` is per rank), and ``device="auto"``
+the gradients, each rank trains on its share of the training images every epoch (the
+indices of a :class:`~torch.utils.data.DistributedSampler`; ``batch_size`` is per rank), and ``device="auto"``
 puts rank ``LOCAL_RANK`` on ``cuda:<LOCAL_RANK>``. Every rank must pass the same X and y.
 Written here, because neither torch nor skorch does it for a skorch net: the epoch's
 losses and accuracies are averaged over the ranks before early stopping and LR scheduling
@@ -221,16 +221,16 @@ class DDPState:
                 module, device_ids=ids)
         return self._wrapped
 
-    def train_iterator(self, net, dataset):
-        """skorch's training DataLoader with a ``DistributedSampler`` (this rank's share,
-        reshuffled each epoch from the shared seed) in place of shuffling."""
-        kwargs = net.get_params_for("iterator_train")
-        for key in ("shuffle", "generator", "sampler"):
-            kwargs.pop(key, None)
-        kwargs.setdefault("batch_size", net.batch_size)
+    def shard(self, dataset, epoch):
+        """This rank's share of the training set for ``epoch``: the indices torch's
+        ``DistributedSampler`` gives it (one permutation seeded by seed + epoch, padded
+        to a multiple of the ranks, split by rank), as a ``Subset``. Sharding the dataset
+        rather than replacing the sampler keeps whatever iterator the net uses
+        (shuffling, ``sampling="balanced"``) working on the share, and gives every rank
+        the same number of batches."""
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=self.seed)
-        sampler.set_epoch(len(net.history))  # skorch has opened this epoch's row
-        return net.iterator_train(dataset, sampler=sampler, **kwargs)
+        sampler.set_epoch(epoch)
+        return torch.utils.data.Subset(dataset, list(sampler))
 
 
 def begin_fit(net, seed):

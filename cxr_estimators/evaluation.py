@@ -1,19 +1,25 @@
-"""Evaluation helpers: patient-grouped cross-validation and external validation.
+"""Evaluation helpers: patient-grouped CV, external validation, retraining on all data.
 
-Both are thin: :func:`grouped_cv` is scikit-learn's
-:class:`~sklearn.model_selection.StratifiedGroupKFold` with shuffling on, and
+All are thin: :func:`grouped_cv` is scikit-learn's
+:class:`~sklearn.model_selection.StratifiedGroupKFold` with shuffling on;
 :func:`external_validate` runs :func:`cxr_estimators.metrics.clinical_report` on each
-held-out dataset after checking that its labels are ones the model knows.
+held-out dataset after checking that its labels are ones the model knows;
+:func:`best_epoch_scorer` and :func:`retrain_on_all` are the "select with early stopping on
+validation data, then retrain on train + validation for that many epochs" protocol
+around a :class:`~sklearn.model_selection.GridSearchCV` (whose own ``refit`` would early-stop
+again, on an internal split).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
 
 from .metrics import clinical_report
 
-__all__ = ["external_validate", "grouped_cv"]
+__all__ = ["best_epoch_scorer", "external_validate", "grouped_cv", "retrain_on_all"]
 
 
 def grouped_cv(n_splits=5, *, random_state=None):
@@ -131,3 +137,90 @@ def external_validate(estimator, datasets, *, pos_label=None, n_bootstraps=1000,
             y, estimator.predict_proba(X), labels=classes, pos_label=pos_label,
             n_bootstraps=n_bootstraps, random_state=random_state)
     return reports
+
+
+def _classifier_step(estimator):
+    """``(parameter prefix, step)`` of the step with early stopping epochs (a
+    :class:`~cxr_estimators.CXRClassifier`), the estimator itself or a Pipeline's step."""
+    if isinstance(estimator, Pipeline):
+        for name, step in estimator.steps:
+            if "max_epochs" in step.get_params(deep=False):
+                return f"{name}__", step
+    elif "max_epochs" in estimator.get_params(deep=False):
+        return "", estimator
+    raise ValueError(f"{type(estimator).__name__} is neither a CXRClassifier nor a "
+                     "Pipeline with one")
+
+
+def best_epoch_scorer(estimator, X, y):
+    """Scorer that records the fitted classifier's ``best_epoch_`` (``X``, ``y`` unused).
+
+    Add it to a search's ``scoring`` dict (``{"roc_auc": "roc_auc", "best_epoch":
+    best_epoch_scorer}``): ``cv_results_["mean_test_best_epoch"]`` then holds, per
+    candidate, the epoch early stopping kept, which :func:`retrain_on_all` uses."""
+    return float(_classifier_step(estimator)[1].best_epoch_)
+
+
+def retrain_on_all(search, X, y, *, metric=None, **fit_params):
+    """Retrain a search's best candidate on all of ``X``, ``y`` for its best epoch count.
+
+    The refit step of the protocol "choose hyper-parameters with early stopping on
+    validation data, then train the chosen model on train + validation": a clone of
+    ``search.estimator`` with the best parameters and ``max_epochs`` = the candidate's
+    mean ``best_epoch_`` over the folds (rounded), ``early_stopping=None`` and
+    ``validation_fraction=0``, fitted on every image. It is
+    ``clf.set_params(max_epochs=clf.best_epoch_, early_stopping=None,
+    validation_fraction=0).fit(X_all, y_all)`` for the winner of a search. Run the search
+    with ``refit=False`` (its own refit would train once more, early-stopping on an
+    internal split) and :func:`best_epoch_scorer` in ``scoring``.
+
+    Parameters
+    ----------
+    search : fitted GridSearchCV or RandomizedSearchCV
+        Of a :class:`~cxr_estimators.CXRClassifier` or a Pipeline ending in one, with
+        ``scoring`` including ``"best_epoch": best_epoch_scorer``.
+    X, y : all the training images (e.g. train + validation) and their labels
+    metric : str or None, default=None
+        The scoring key that ranks the candidates; None uses ``search.refit`` when it
+        names one (or ``search.best_index_``).
+    **fit_params
+        Passed to ``fit`` (e.g. ``groups``).
+
+    Returns
+    -------
+    estimator : the fitted clone
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import GridSearchCV, PredefinedSplit
+    >>> from cxr_estimators.evaluation import best_epoch_scorer, retrain_on_all
+    >>> search = GridSearchCV(pipe, grid, cv=PredefinedSplit(fold), refit=False,
+    ...                       scoring={"roc_auc": "roc_auc", "best_epoch": best_epoch_scorer}
+    ...                       )  # doctest: +SKIP
+    >>> search.fit(X_all, y_all, X_val=X_val, y_val=y_val)  # doctest: +SKIP
+    >>> final = retrain_on_all(search, X_all, y_all, metric="roc_auc")  # doctest: +SKIP
+    """
+    results = getattr(search, "cv_results_", None)
+    if results is None:
+        raise ValueError("search is not fitted: call search.fit first")
+    if "mean_test_best_epoch" not in results:
+        raise ValueError("search.cv_results_ has no 'mean_test_best_epoch': add "
+                         "'best_epoch': best_epoch_scorer to the search's scoring dict")
+    if metric is None and isinstance(search.refit, str):
+        metric = search.refit
+    if metric is not None:
+        if f"rank_test_{metric}" not in results:
+            scorers = sorted(k[len("rank_test_"):] for k in results if k.startswith("rank_test_"))
+            raise ValueError(f"metric={metric!r} is not one of the search's scorers {scorers}")
+        best = int(np.flatnonzero(results[f"rank_test_{metric}"] == 1)[0])
+    elif hasattr(search, "best_index_"):
+        best = int(search.best_index_)
+    else:
+        raise ValueError("retrain_on_all needs metric= (the scoring key that ranks the "
+                         "candidates) for a search fitted with refit=False")
+    epochs = max(1, int(round(float(results["mean_test_best_epoch"][best]))))
+    prefix, _ = _classifier_step(search.estimator)
+    estimator = clone(search.estimator).set_params(**results["params"][best])
+    estimator.set_params(**{f"{prefix}max_epochs": epochs, f"{prefix}early_stopping": None,
+                            f"{prefix}validation_fraction": 0})
+    return estimator.fit(X, y, **fit_params)

@@ -83,26 +83,81 @@ def _resolve_layer(module, layer):
     )
 
 
-def _default_layer(module, x):
-    """Last top-level trunk block whose output is a 4-D feature map, checked by a forward
-    hook on one image (in a VGG-style stack: its last activation before the final
-    pooling). A block, not the last ``nn.Conv2d``: in multi-branch blocks (inception's
-    Mixed_7c) the last convolution is one branch only."""
-    prefix = {m: n for n, m in module.named_modules()}
-    blocks = [b for b in trunk_blocks(module.trunk) if b in prefix]
-    ndims = {}
-    handles = [b.register_forward_hook(
-        lambda m, i, out: ndims.__setitem__(m, getattr(out, "ndim", None))) for b in blocks]
+def _map_shapes(module, x):
+    """Output shape of every submodule of ``module`` on one image (4-D tensors only)."""
+    names = {m: n for n, m in module.named_modules() if n}
+    shapes = {}
+
+    def record(mod, inputs, out):
+        if isinstance(out, torch.Tensor) and out.ndim == 4:
+            shapes.setdefault(names[mod], tuple(out.shape[-2:]))
+
+    handles = [m.register_forward_hook(record) for m in names]
     try:
         with torch.no_grad():
             module(x[:1])
     finally:
         for h in handles:
             h.remove()
-    for block in reversed(blocks):
-        if ndims.get(block) == 4:
-            return _before_final_pool(block, prefix[block])
-    return find_last_conv(module)
+    return shapes
+
+
+def _too_small(shape):
+    return shape is None or min(shape) < 2
+
+
+def _default_layer(module, x):
+    """Last top-level trunk block whose output is a 4-D feature map of at least 2x2,
+    checked by forward hooks on one image (in a VGG-style stack: its last activation
+    before the final pooling). A block, not the last ``nn.Conv2d``: in multi-branch blocks
+    (inception's Mixed_7c) the last convolution is one branch only. A deeper block whose
+    map is smaller than 2x2 (resnet18's layer4 at 32 px is 1x1) is passed over with a
+    warning: the Grad-CAM of a 1x1 map is one constant."""
+    prefix = {m: n for n, m in module.named_modules()}
+    shapes = _map_shapes(module, x)
+    skipped = []
+    name = _last_big_enough(trunk_blocks(module.trunk), prefix, shapes, skipped)
+    if name is None:
+        return find_last_conv(module)
+    if skipped:
+        small = shapes[skipped[0]]
+        warnings.warn(
+            f"Grad-CAM: layer {skipped[0]!r} outputs a {small[0]}x{small[1]} map at this "
+            f"input size, too small to localise anything; using {name!r} "
+            f"({shapes[name][0]}x{shapes[name][1]}) instead (pass layer= to choose)",
+            UserWarning, stacklevel=4)
+    return name
+
+
+def _last_big_enough(blocks, prefix, shapes, skipped):
+    """Name of the last of ``blocks`` with a 4-D output of at least 2x2; if none is, the
+    same search inside the too-small ones (recorded in ``skipped``), deepest first."""
+    blocks = [b for b in reversed(blocks) if b in prefix and prefix[b] in shapes]
+    too_small = []
+    for block in blocks:
+        name = _before_final_pool(block, prefix[block])
+        if not _too_small(shapes.get(name)):
+            return name
+        skipped.append(name if name in shapes else prefix[block])
+        too_small.append(block)
+    for block in too_small:
+        found = _last_big_enough(list(block.children()), prefix, shapes, skipped)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_layer_size(module, layer, x):
+    """Refuse an explicit ``layer`` whose map is smaller than 2x2, naming a better one."""
+    shape = _map_shapes(module, x).get(layer)
+    if shape is not None and _too_small(shape):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            better = _default_layer(module, x)
+        raise ValueError(
+            f"layer={layer!r} outputs a {shape[0]}x{shape[1]} map at this input size "
+            f"({tuple(x.shape[-2:])}): its Grad-CAM is one constant value. Use an earlier "
+            f"layer, e.g. layer={better!r}, or larger images")
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
@@ -209,7 +264,10 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         (resnet), ``trunk.features.norm5`` (densenet121), ``trunk.features.18``
         (mobilenet_v2), ``trunk.Mixed_7c`` (inception_v3), ``trunk.features.2``
         (simple_cnn), ...; in a flat VGG-style stack the activation after its last
-        convolution, before the final max-pool (``trunk.features.29`` for vgg16).
+        convolution, before the final max-pool (``trunk.features.29`` for vgg16). A block
+        whose map is smaller than 2x2 at the input size is skipped with a warning, and an
+        explicit ``layer`` that small is an error naming a better one: the Grad-CAM of a
+        1x1 map is one constant.
     batch_size : int, default=32
         Images per forward/backward pass.
 
@@ -245,9 +303,11 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
     try:
         module.eval()
         with torch.enable_grad():
+            first = layout(_rows(X, 0, 1, device))
             if layer is None:
-                layer = _default_layer(module, layout(_rows(X, 0, 1, device)))
+                layer = _default_layer(module, first)
             layer_module = _resolve_layer(module, layer)
+            _check_layer_size(module, layer, first)
             for start in range(0, len(X), int(batch_size)):
                 stop = start + int(batch_size)
                 x = layout(_rows(X, start, stop, device))

@@ -1,13 +1,15 @@
 """Decode one image file robustly into a float32 array in [0, 1], with a decode cache.
 
 :func:`read_image` is the only place the package turns bytes on disk into pixels. It
-reads JPEG/PNG (and anything else Pillow opens) in every Pillow mode, honours EXIF
-orientation, reads DICOM through the optional ``pydicom`` dependency, refuses
-decompression bombs, and raises :class:`ImageReadError` naming the file and the reason
+reads PNG, JPEG, TIFF and BMP (recognised by content, never by extension: no other Pillow
+plugin is ever used, see :mod:`cxr_estimators._formats`) in every Pillow mode, honours
+EXIF orientation, reads DICOM through the optional ``pydicom`` dependency, refuses
+decompression bombs and multi-frame files without a chosen frame, and raises
+:class:`ImageReadError` naming the file and the reason (for every ``OSError`` too)
 instead of a bare traceback from deep inside Pillow.
 
-Decoded images are kept in an in-process LRU cache keyed by
-``(absolute path, mtime_ns, size)`` and bounded by the bytes it holds (1 GiB by
+Decoded images are kept in an in-process LRU cache keyed by :func:`file_key` (path,
+inode, size, mtime, ctime and a digest of the file's first and last 64 KiB) and bounded by the bytes it holds (1 GiB by
 default, :func:`set_cache_bytes`), so a cross-validation or grid search that reloads
 the same files decodes each file once as long as they fit (see :func:`cache_info`).
 Cached arrays are returned read-only so that no caller can corrupt the cache; call
@@ -21,17 +23,25 @@ loaders run on every file without decoding pixels.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import stat
+import struct
 import threading
 import warnings
-from collections import OrderedDict, namedtuple
 from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._formats import (ALLOWED_FORMATS, ImageNotFoundError, ImagePermissionError,
+                       ImageReadError, describe, dicom_to_unit, pil_to_array,
+                       png_significant_bits, sniff)
+from ._lru import CacheInfo, _LRUCache
+
 __all__ = [
+    "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "ImageReadError",
     "ImageNotFoundError",
@@ -42,82 +52,18 @@ __all__ = [
     "set_cache_bytes",
     "cache_info",
     "clear_cache",
+    "file_key",
 ]
 
-#: Default decompression-bomb limit for :func:`read_image` (width * height).
-DEFAULT_MAX_PIXELS = 100_000_000
+#: Default decompression-bomb limit for :func:`read_image` (width * height): 40 million
+#: pixels (e.g. 6300 x 6300, twice the largest radiograph detectors) keeps one decode of
+#: an RGB file under about 1 GB (8-bit data as read plus the float32 result).
+DEFAULT_MAX_PIXELS = 40_000_000
 #: Default upper bound of the decode cache, in bytes of decoded float32 pixels (1 GiB:
 #: about 50 full-resolution 2500 x 2000 radiographs, or 300,000 28 x 28 MedMNIST images).
 DEFAULT_CACHE_BYTES = 1 << 30
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
-_COLOUR_MODES_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa")
-_UINT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-class ImageReadError(ValueError):
-    """A file could not be decoded as an image; the message names the file and why."""
-
-
-class ImageNotFoundError(ImageReadError, FileNotFoundError):
-    """The image path does not exist (also a :class:`FileNotFoundError`)."""
-
-
-class ImagePermissionError(ImageReadError, PermissionError):
-    """The image file cannot be read by this user (also a :class:`PermissionError`)."""
-
-
-CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "max_bytes", "nbytes", "currsize"])
-
-
-class _LRUCache:
-    """Thread-safe mapping bounded by the total ``nbytes`` of its arrays, with counters."""
-
-    def __init__(self, max_bytes):
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self.hits = self.misses = 0
-        self._data = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                self.hits += 1
-                return self._data[key]
-            self.misses += 1
-            return None
-
-    def put(self, key, value):
-        with self._lock:
-            if value.nbytes > self.max_bytes:
-                return  # would evict everything else and still not fit
-            old = self._data.pop(key, None)
-            self.nbytes += value.nbytes - (0 if old is None else old.nbytes)
-            self._data[key] = value
-            self._evict()
-
-    def _evict(self):
-        while self.nbytes > self.max_bytes:
-            _, evicted = self._data.popitem(last=False)
-            self.nbytes -= evicted.nbytes
-
-    def resize(self, max_bytes):
-        with self._lock:
-            self.max_bytes = max_bytes
-            self._evict()
-
-    def clear(self):
-        with self._lock:
-            self._data.clear()
-            self.nbytes = 0
-            self.hits = self.misses = 0
-
-    def info(self):
-        with self._lock:
-            return CacheInfo(self.hits, self.misses, self.max_bytes, self.nbytes,
-                             len(self._data))
 
 
 _CACHE = _LRUCache(DEFAULT_CACHE_BYTES)
@@ -161,19 +107,31 @@ def clear_cache():
     _CACHE.clear()
 
 
-def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS):
+def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS, frame=None, bits=None):
     """Decode an image file into a read-only float32 array in [0, 1].
 
     Parameters
     ----------
-    path : str or os.PathLike
-        A JPEG, PNG (or any format Pillow reads), or a DICOM file (``.dcm``/``.dicom``
-        suffix or the ``DICM`` magic at byte 128; needs ``pydicom``).
-    max_pixels : int or None, default=100_000_000
+    path : str, bytes or os.PathLike
+        A PNG, JPEG, TIFF or BMP file, or a DICOM file (the ``DICM`` magic at byte 128,
+        or a ``.dcm``/``.dicom`` file without preamble; needs ``pydicom``). The format is
+        recognised by content, never by extension; any other format is refused before a
+        decoder sees it (see :data:`ALLOWED_FORMATS`).
+    max_pixels : int or None, default=40_000_000
         Refuse images with ``width * height > max_pixels`` (decompression-bomb guard)
-        before decoding any pixels. None disables this check. Pillow's own
+        before decoding any pixels: at the default one decode of an RGB image stays
+        under about 1 GB. None disables this check. Pillow's own
         ``PIL.Image.MAX_IMAGE_PIXELS`` guard still applies on top of it (Pillow refuses
         images above twice that value); raise both to read larger images.
+    frame : int or None, default=None
+        The frame (page) to read from a multi-frame file (multi-page TIFF, animated
+        PNG, multi-frame DICOM). None: a multi-frame file is an error, so that a stack
+        is never silently reduced to its first image.
+    bits : int in [1, 16] or None, default=None
+        Significant bits of 16-bit data: values are divided by ``2**bits - 1``. None:
+        from the PNG's ``sBIT`` chunk when it has one, else 16 (with a warning when all
+        values fit in 12 bits, as 10- and 12-bit detector data stored in 16-bit files
+        would otherwise come out nearly black).
 
     Returns
     -------
@@ -189,22 +147,30 @@ def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS):
     ImagePermissionError
         The file is not readable (a :class:`PermissionError`).
     ImageReadError
-        Zero-byte, truncated or corrupt file, not an image, a directory, too many pixels.
+        Zero-byte, truncated or corrupt file, not an allowed image format, a directory,
+        too many pixels, several frames and no ``frame``, or any other ``OSError``
+        while reading (a symlink loop, a name too long, an I/O error); always naming
+        the file.
     ImportError
         A DICOM file and ``pydicom`` is not installed.
 
     Notes
     -----
     Scaling per source: 8-bit data / 255; 16-bit data (``I;16*``) / 65535 (the true bit
-    range, never / 255); mode ``I`` / 65535 when all values lie in [0, 65535], else
-    min-max; mode ``F`` unchanged when within [0, 1], else min-max. EXIF orientation is
-    applied (a rotated phone photo comes out upright, with height and width swapped).
-    Alpha channels (LA, RGBA, PA) are dropped, not composited: radiographs carry no
-    meaningful transparency and compositing on black would darken the image where alpha
-    is partial. Palette images are expanded; a palette whose entries are all gray gives
-    ``(H, W)``. CMYK, YCbCr, LAB, HSV are converted to RGB by Pillow. DICOM: pixel data ×
-    RescaleSlope + RescaleIntercept, then the first WindowCenter/WindowWidth if present
-    (clipped to the window), else min-max; MONOCHROME1 is inverted so that bone is bright.
+    range, never / 255) or by ``bits``; mode ``I`` / 65535 when all values lie in
+    [0, 65535], else min-max; mode ``F`` unchanged when within [0, 1], else min-max. EXIF
+    orientation is applied (a rotated phone photo comes out upright, with height and
+    width swapped). Alpha channels (LA, RGBA, PA) are dropped, not composited:
+    radiographs carry no meaningful transparency and compositing on black would darken
+    the image where alpha is partial. Palette images are expanded; a palette whose
+    entries are all gray gives ``(H, W)``. CMYK, YCbCr, LAB, HSV are converted to RGB by
+    Pillow. DICOM: pixel data × RescaleSlope + RescaleIntercept, then the first
+    WindowCenter/WindowWidth if present (clipped to the window), else min-max;
+    MONOCHROME1 is inverted so that bone is bright.
+
+    The decode cache is keyed by the file's path, device, inode, size, modification and
+    status-change times and a digest of its first and last 64 KiB, so a file replaced
+    under the same name is decoded again even when copied with ``cp -p``.
 
     Examples
     --------
@@ -212,12 +178,12 @@ def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS):
     >>> read_image("chest.png").shape  # doctest: +SKIP
     (1024, 1024)
     """
-    name = os.fspath(path)
+    name = _path_name(path)
     st = _stat(name)
-    key = (os.path.abspath(name), st.st_mtime_ns, st.st_size)
+    key = (file_key(name, st), frame, bits)
     image = _CACHE.get(key)
     if image is None:
-        image = _decode(name, st.st_size, max_pixels)
+        image = _decode(name, st.st_size, max_pixels, frame, bits)
         image.setflags(write=False)
         _CACHE.put(key, image)
     else:
@@ -225,16 +191,63 @@ def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS):
     return image
 
 
+def _path_name(path):
+    """``path`` as str (bytes paths decoded as the OS does), or a TypeError naming it."""
+    try:
+        name = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"an image path must be a str, bytes or os.PathLike; got "
+                        f"{type(path).__name__} {path!r:.60}") from None
+    return os.fsdecode(name)
+
+
+def _os_error(name, exc):
+    """The package's error for an OSError met while reading ``name``."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageNotFoundError(f"image file {name!r} does not exist")
+    if isinstance(exc, PermissionError):
+        return ImagePermissionError(f"image file {name!r}: permission denied ({exc})")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ImageReadError(f"image file {name!r} could not be read: {reason}"
+                          + (f" (errno {exc.errno})" if exc.errno else ""))
+
+
 def _stat(name):
     try:
         st = os.stat(name)
-    except FileNotFoundError:
-        raise ImageNotFoundError(f"image file {name!r} does not exist") from None
-    except PermissionError as exc:
-        raise ImagePermissionError(f"image file {name!r}: permission denied ({exc})") from None
-    if os.path.isdir(name):
+    except OSError as exc:
+        raise _os_error(name, exc) from None
+    except ValueError as exc:  # embedded NUL byte
+        raise ImageReadError(f"image path {name!r} is not a valid path: {exc}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageReadError(f"image path {name!r} is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageReadError(f"image path {name!r} is not a regular file (a pipe, socket "
+                             "or device)")
     return st
+
+
+_SAMPLE = 64 * 1024
+
+
+def file_key(name, st=None):
+    """Identity of a file's current content, cheaply: (absolute path, device, inode, size,
+    mtime_ns, ctime_ns, BLAKE2 digest of the first and last 64 KiB).
+
+    The status-change time cannot be set back by ``touch`` or ``cp -p``, and the sampled
+    content catches a replacement within the file system's timestamp granularity."""
+    st = _stat(name) if st is None else st
+    h = hashlib.blake2b(digest_size=12)
+    try:
+        with _open_file(name) as fh:
+            h.update(fh.read(_SAMPLE))
+            if st.st_size > 2 * _SAMPLE:
+                fh.seek(-_SAMPLE, os.SEEK_END)
+            h.update(fh.read(_SAMPLE))
+    except OSError as exc:
+        raise _os_error(name, exc) from None
+    return (os.path.abspath(name), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns, h.hexdigest())
 
 
 def _open_file(name):
@@ -258,26 +271,39 @@ def _check_not_empty(name, size):
 
 @contextmanager
 def _opened(name):
-    """The file open for binary reading; a PermissionError becomes ImagePermissionError."""
+    """The file open for binary reading; an OSError (opening or reading) becomes the
+    package's error naming the file."""
     try:
         with _open_file(name) as fh:
             yield fh
-    except PermissionError as exc:
-        raise ImagePermissionError(f"image file {name!r}: permission denied ({exc})") from None
+    except ImageReadError:
+        raise
+    except OSError as exc:
+        raise _os_error(name, exc) from None
 
 
-def _is_dicom(name, fh):
+def _format_of(name, fh):
+    """"PNG", "JPEG", "TIFF", "BMP" or "DICOM" from the content; else ImageReadError."""
     head = fh.read(132)
     fh.seek(0)
-    return name.lower().endswith(_DICOM_SUFFIXES) or head[128:132] == b"DICM"
+    kind = sniff(head)
+    if kind is None and name.lower().endswith(_DICOM_SUFFIXES):
+        kind = "DICOM"  # DICOM without the 128-byte preamble: pydicom checks the content
+    if kind is None:
+        raise ImageReadError(
+            f"file {name!r} is not a recognised image: its content is not one of "
+            f"{', '.join(ALLOWED_FORMATS)} ({describe(head)}); other formats are refused "
+            "whatever the file is named")
+    return kind
 
 
-def _decode(name, size, max_pixels):
+def _decode(name, size, max_pixels, frame=None, bits=None):
     _check_not_empty(name, size)
     with _opened(name) as fh:
-        if _is_dicom(name, fh):
-            return _decode_dicom(name, fh, max_pixels)
-        return _decode_pil(name, fh, max_pixels)
+        kind = _format_of(name, fh)
+        if kind == "DICOM":
+            return _decode_dicom(name, fh, max_pixels, frame)
+        return _decode_pil(name, fh, kind, max_pixels, frame, bits)
 
 
 def check_image_file(path, *, max_pixels=DEFAULT_MAX_PIXELS):
@@ -288,24 +314,27 @@ def check_image_file(path, *, max_pixels=DEFAULT_MAX_PIXELS):
 
     Parameters
     ----------
-    path : str or os.PathLike
-    max_pixels : int or None, default=100_000_000
+    path : str, bytes or os.PathLike
+    max_pixels : int or None, default=40_000_000
         As in :func:`read_image`, checked against the size the header declares.
 
     Raises
     ------
     ImageNotFoundError, ImagePermissionError, ImageReadError
         As :func:`read_image` does for a missing path, an unreadable file, a directory, a
-        zero-byte file, a file Pillow cannot identify (e.g. text named ``.png``), a DICOM
-        header pydicom cannot parse, or a declared size above ``max_pixels``. A truncated
-        or corrupt pixel stream passes: only decoding (:func:`read_image`) finds it.
-        Without ``pydicom`` a DICOM file's header is not checked.
+        zero-byte file, a file whose content is not an allowed format (e.g. text or
+        PostScript named ``.png``), a DICOM header pydicom cannot parse, or a declared
+        size above ``max_pixels``. A truncated or corrupt pixel stream passes: only
+        decoding (:func:`read_image`) finds it; so does a multi-frame file (read_image
+        needs ``frame=`` for it). Without ``pydicom`` a DICOM file's header is not
+        checked.
     """
-    name = os.fspath(path)
+    name = _path_name(path)
     _check_not_empty(name, _stat(name).st_size)
     with _opened(name) as fh:
-        if not _is_dicom(name, fh):
-            with _pil_errors(name, fh), Image.open(fh) as im:
+        kind = _format_of(name, fh)
+        if kind != "DICOM":
+            with _pil_errors(name, fh), Image.open(fh, formats=[kind]) as im:
                 _check_pixels(name, im.width, im.height, max_pixels)
         elif importlib.util.find_spec("pydicom") is not None:
             _read_dicom(name, fh, max_pixels, stop_before_pixels=True)
@@ -329,17 +358,38 @@ def _pil_errors(name, fh):
         raise ImageReadError(
             f"file {name!r} is not a recognised image (Pillow cannot identify its format)"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError:
+        raise ImageReadError(f"image {name!r}: not enough memory to decode it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(f"image {name!r} is truncated or corrupt: {exc}") from None
 
 
-def _decode_pil(name, fh, max_pixels):
-    with _pil_errors(name, fh), Image.open(fh) as im:
+def _decode_pil(name, fh, kind, max_pixels, frame, bits):
+    with _pil_errors(name, fh), Image.open(fh, formats=[kind]) as im:
         _check_pixels(name, im.width, im.height, max_pixels)
+        _seek_frame(name, im, getattr(im, "n_frames", 1), frame, im.seek)
+        if bits is None and kind == "PNG" and im.mode.startswith("I;16"):
+            bits = png_significant_bits(fh)
         im.load()
-        return _pil_to_array(ImageOps.exif_transpose(im))
+        return pil_to_array(ImageOps.exif_transpose(im), name, bits)
+
+
+def _seek_frame(name, im, n_frames, frame, seek):
+    """Refuse a multi-frame file without ``frame``; go to ``frame`` if given."""
+    if frame is None:
+        if n_frames > 1:
+            raise ImageReadError(
+                f"image {name!r} has {n_frames} frames (pages); pass frame=k "
+                "(0-based) to read_image to choose one")
+        return
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) \
+            or not 0 <= frame < n_frames:
+        raise ImageReadError(f"image {name!r}: frame={frame!r} is not an int in "
+                             f"[0, {n_frames - 1}] (the file has {n_frames} frame(s))")
+    if n_frames > 1:
+        seek(int(frame))
 
 
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -351,49 +401,10 @@ def _header_size(fh):
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             fh.seek(0)
-            with Image.open(fh) as im:  # header only: no pixel data is decoded
+            with Image.open(fh, formats=list(ALLOWED_FORMATS[:-1])) as im:  # header only
                 return im.size
         finally:
             Image.MAX_IMAGE_PIXELS = limit
-
-
-def _pil_to_array(im):
-    mode = im.mode
-    if mode in ("P", "PA"):
-        im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
-        rgb = np.asarray(im)[..., :3]
-        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-            return rgb[..., 0].astype(np.float32) / 255.0
-        return rgb.astype(np.float32) / 255.0
-    if mode == "1":
-        return np.asarray(im, dtype=np.float32)  # bool pixels → 0.0 / 1.0
-    if mode in ("L", "LA", "La"):
-        return np.asarray(im.getchannel(0), dtype=np.float32) / 255.0
-    if mode in ("RGB", "RGBA"):
-        return np.asarray(im, dtype=np.float32)[..., :3] / 255.0
-    if mode in _COLOUR_MODES_TO_RGB:
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    if mode in _UINT16_MODES:
-        return np.asarray(im).astype(np.float32) / 65535.0
-    if mode == "I":
-        arr = np.asarray(im).astype(np.float64)
-        if arr.min() >= 0 and arr.max() <= 65535:
-            return (arr / 65535.0).astype(np.float32)
-        return _min_max(arr)
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise ValueError("mode F image contains NaN or inf")
-        return arr.copy() if arr.min() >= 0 and arr.max() <= 1 else _min_max(arr)
-    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-
-
-def _min_max(arr):
-    arr = np.asarray(arr, dtype=np.float64)
-    lo, hi = arr.min(), arr.max()
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.float32)
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
 def _read_dicom(name, fh, max_pixels, *, stop_before_pixels=False):
@@ -413,38 +424,26 @@ def _read_dicom(name, fh, max_pixels, *, stop_before_pixels=False):
     return ds
 
 
-def _decode_dicom(name, fh, max_pixels):
+def _decode_dicom(name, fh, max_pixels, frame=None):
     ds = _read_dicom(name, fh, max_pixels)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise ImageReadError(
-            f"DICOM file {name!r} has {ds.NumberOfFrames} frames; only single-frame "
-            "radiographs are supported"
-        )
     try:
-        arr = ds.pixel_array.astype(np.float64)
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"DICOM file {name!r}: NumberOfFrames "
+                             f"{ds.get('NumberOfFrames')!r} is not a number") from None
+    _seek_frame(name, None, n_frames, frame, lambda k: None)
+    try:
+        arr = ds.pixel_array
     except Exception as exc:  # missing pixel data, unsupported transfer syntax, truncation
         raise ImageReadError(f"DICOM file {name!r}: pixel data not decodable: {exc}") from None
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
-        bits = int(ds.get("BitsStored", 8))
-        return np.clip(arr / (2**bits - 1), 0, 1).astype(np.float32)
-    arr = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is not None and width is not None:
-        center, width = _first(center), _first(width)
-        if width > 0:
-            lo = center - width / 2
-            arr = np.clip((arr - lo) / width, 0, 1).astype(np.float32)
-        else:
-            arr = _min_max(arr)
-    else:
-        arr = _min_max(arr)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = 1.0 - arr
-    return arr.astype(np.float32)
-
-
-def _first(value):
+    if n_frames > 1:
+        arr = arr[int(frame)]
     try:
-        return float(value[0])
-    except (TypeError, IndexError):
-        return float(value)
+        return dicom_to_unit(ds, arr.astype(np.float64))
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise ImageReadError(f"DICOM file {name!r} has an invalid pixel-value tag "
+                             f"(SamplesPerPixel, BitsStored, RescaleSlope/Intercept, "
+                             f"WindowCenter/Width): {exc}") from None
+
+
+

@@ -17,7 +17,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from torchvision.transforms.v2 import functional as F
 
-from .io import ImageReadError
+from ._validation import StrictParamsMixin, check_memory, format_bytes
+from .io import ImageReadError, file_key
 
 __all__ = ["ImageLoader", "NORMALIZATION_PRESETS"]
 
@@ -101,7 +102,32 @@ def _as_unit_tensor(image, row, channels_last=False):
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True if not arr.flags.writeable else None))
 
 
-class ImageLoader(TransformerMixin, BaseEstimator):
+#: Largest output image ImageLoader makes, in bytes of float32 (as one decode, ~1 GB).
+MAX_IMAGE_BYTES = 1 << 30
+
+
+def _check_array_batch(X):
+    """Refuse an array that is one image, not a batch; warn about uint16 holding 8-bit data."""
+    if X.ndim == 2:
+        raise ValueError(f"X has shape {X.shape}: a single (H, W) image, not a batch of "
+                         "images; pass X[None] (a batch of one)")
+    if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] >= 8 * X.shape[-1]:
+        raise ValueError(
+            f"X has shape {X.shape}: a single (H, W, C) image, not a batch; as a batch it "
+            f"would be {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} pixels. Pass "
+            "X[None] (a batch of one)")
+    _warn_uint16_8bit(X, "X")
+
+
+def _warn_uint16_8bit(arr, what):
+    if arr.dtype == np.uint16 and arr.size and arr.max() <= 255:
+        warnings.warn(
+            f"{what} is uint16 but all its values are <= 255 (max {int(arr.max())}): "
+            "uint16 is scaled by 65535, so 8-bit data comes out nearly black; pass "
+            "X.astype(np.uint8) if it holds 8-bit data", UserWarning, stacklevel=4)
+
+
+class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
     """Load chest X-rays from paths or arrays into a normalised float32 batch.
 
     Parameters
@@ -183,6 +209,9 @@ class ImageLoader(TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"normalize must be a preset name or (mean, std); got {self.normalize!r}"
                 ) from None
+            mean, std = [float(m) for m in mean], [float(s) for s in std]
+            if not np.isfinite(np.asarray(mean + std, dtype=float)).all():
+                raise ValueError(f"normalize must be finite; got mean {mean}, std {std}")
             if min(std) <= 0:
                 raise ValueError(f"normalize std must be > 0; got {std}")
         return list(mean[: self.channels]), list(std[: self.channels])
@@ -191,10 +220,21 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         if self.size is None:
             return None
         if isinstance(self.size, numbers.Integral):
-            return [int(self.size), int(self.size)]
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be an int or (height, width); got {self.size!r}")
-        return [int(s) for s in self.size]
+            size = [int(self.size), int(self.size)]
+        elif (len(self.size) != 2 or not all(isinstance(s, numbers.Integral)
+                                             and not isinstance(s, bool) for s in self.size)
+              or min(self.size) < 1):
+            raise ValueError(f"size must be an int or (height, width) of ints >= 1; got "
+                             f"{self.size!r}")
+        else:
+            size = [int(s) for s in self.size]
+        nbytes = size[0] * size[1] * self.channels * 4
+        if nbytes > MAX_IMAGE_BYTES:
+            raise ValueError(
+                f"size={self.size!r} makes images of {size[0]}x{size[1]}x{self.channels} "
+                f"float32 = {format_bytes(nbytes)} each, above the "
+                f"{format_bytes(MAX_IMAGE_BYTES)} limit per image")
+        return size
 
     def _prepare(self, image, row, mean, std, size, channels_last=False):
         img = _as_unit_tensor(image, row, channels_last)
@@ -219,8 +259,15 @@ class ImageLoader(TransformerMixin, BaseEstimator):
             return list(X), [f"{i} ({os.fspath(p)!r})" for i, p in enumerate(X)], read_image
         ragged = not isinstance(X, np.ndarray) or X.dtype == object
         if ragged and all(np.ndim(x) in (2, 3) for x in X):
+            for i, x in enumerate(X):
+                _warn_uint16_8bit(np.asarray(x), f"image {i} of X")
             return list(X), [str(i) for i in range(len(X))], None  # differently sized images
+        if ragged and any(isinstance(x, (str, os.PathLike)) for x in X):
+            first = next(i for i, x in enumerate(X) if not isinstance(x, (str, os.PathLike)))
+            raise ValueError(f"X mixes file paths and other values: item {first} is "
+                             f"{type(X[first]).__name__} {X[first]!r:.40}")
         X = np.asarray(X)
+        _check_array_batch(X)
         if X.ndim not in (3, 4):
             raise ValueError(
                 f"X must be a list of paths or an array (n, H, W), (n, H, W, C) or "
@@ -241,6 +288,11 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         out = []
         for i in range(len(dataset)):
             img = dataset[i]
+            if not out:  # torch.stack below copies: the list and the batch coexist
+                check_memory(2 * len(dataset) * img.numel() * img.element_size(),
+                             f"ImageLoader.transform of {len(dataset)} images of shape "
+                             f"{tuple(img.shape)}", "use ImageLoader(lazy=True), a smaller "
+                             "size=, or transform in chunks")
             if out and img.shape != out[0].shape:
                 raise ValueError(
                     f"image {dataset.names[i]} has size {tuple(img.shape[-2:])} but image 0 "
@@ -317,16 +369,15 @@ class ImageDataset(torch.utils.data.Dataset):
         return arr if dtype is None else arr.astype(dtype)
 
     def fingerprint(self):
-        """A digest of the sources (paths with size and mtime, or array bytes) and the
-        loader's parameters: equal fingerprints mean equal images."""
+        """A digest of the sources (:func:`~cxr_estimators.io.file_key` of paths, or array
+        bytes) and the loader's parameters: equal fingerprints mean equal images."""
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
         h.update(repr(sorted(self.loader.get_params().items())).encode())
         for item in self.items:
             if isinstance(item, (str, os.PathLike)):
-                st = os.stat(item)
-                h.update(f"{os.fspath(item)}|{st.st_size}|{st.st_mtime_ns}".encode())
+                h.update(repr(file_key(os.fspath(item))).encode())
             else:
                 arr = np.ascontiguousarray(item)
                 h.update(str((arr.shape, arr.dtype.str)).encode())

@@ -54,6 +54,8 @@ def main(argv=None):
     p.add_argument("--backbone", default="simple_cnn")
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--sampling", default=None, choices=["balanced"])
+    p.add_argument("--augment", action="store_true")
     p.add_argument("--quick", action="store_true", help="120 images, 2 epochs")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one core per process on a CPU run
@@ -66,6 +68,7 @@ def main(argv=None):
     X = ImageLoader(size=args.size, channels=1, normalize="minus_one_one").fit_transform(files)
     clf = CXRClassifier(backbone=args.backbone, neurons=32, batch_size=16, lr=1e-3,
                         max_epochs=2 if args.quick else args.epochs, early_stopping=3,
+                        sampling=args.sampling, augment=args.augment or None,
                         random_state=0)
 
     with distributed.process_group():  # gloo on CPU, NCCL on GPUs

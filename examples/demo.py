@@ -13,7 +13,8 @@ ATTRIBUTION.md``) it:
    on ROC AUC;
 4. prints sensitivity, specificity, F1 and ROC AUC (with bootstrap 95% CIs) on the
    held-out part;
-5. saves the best pipeline with joblib, reloads it and checks the predictions agree;
+5. saves the best pipeline with ``cxr_estimators.save`` (safe to load, unlike a joblib
+   pickle), reloads it and checks the predictions agree;
 6. writes training curves and Grad-CAM overlays next to the model.
 
 PneumoniaMNIST has no patient ids, so the split cannot be grouped by patient; with real
@@ -27,7 +28,7 @@ import argparse
 import time
 from pathlib import Path
 
-import joblib
+import cxr_estimators
 import numpy as np
 import torch
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
@@ -83,9 +84,9 @@ def main():
     print(report)
     (out / "report.txt").write_text(str(report) + "\n")
 
-    model_path = out / "model.joblib"
-    joblib.dump(model, model_path)
-    reloaded = joblib.load(model_path)
+    model_path = out / "model.safetensors"
+    cxr_estimators.save(model, model_path)  # no pickle: loading it cannot run code
+    reloaded = cxr_estimators.load(model_path)
     same = np.array_equal(reloaded.predict(paths_test), model.predict(paths_test))
     print(f"\nSaved {model_path} ({model_path.stat().st_size / 1e6:.1f} MB); "
           f"reloaded predictions identical: {same}")

@@ -58,8 +58,9 @@ def test_swa_is_the_mean_of_the_end_of_epoch_weights():
 def test_ema_is_the_moving_average_of_the_batch_weights():
     net, record = _linear_net(WeightAveraging("ema", decay=0.9), "batch")
     expected = record.weights_[0]["weight"]
-    for w in record.weights_[1:]:
-        expected = 0.9 * expected + 0.1 * w["weight"]
+    for t, w in enumerate(record.weights_[1:], start=1):
+        decay = min(0.9, (1 + t) / (10 + t))  # warmed up: 0.18, 0.27, ... then 0.9
+        expected = decay * expected + (1 - decay) * w["weight"]
     torch.testing.assert_close(net.module_.weight.data, expected)
 
 

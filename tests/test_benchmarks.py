@@ -29,7 +29,8 @@ def test_quick_benchmarks_write_their_results(tmp_path):
                     "--out-dir", str(tmp_path)], check=True, cwd=ROOT, timeout=600)
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
-                            "memory", "cpu_speed", "cpu_layout", "cpu_threads"}
+                            "memory", "scale_out", "robustness", "cpu_speed",
+                            "cpu_layout", "cpu_threads"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -49,6 +50,16 @@ def test_quick_benchmarks_write_their_results(tmp_path):
         low, high = pneu["test_ci95"][key]
         assert 0 <= low <= high <= 1
     assert pneu["test_evaluations"] == 1
+    assert {c["name"] for c in pneu["candidates"]} >= {"baseline", "all tools"}
+    assert pneu["selected"]["name"] in {c["name"] for c in pneu["candidates"]}
+    assert {a["tool"] for a in pneu["ablation"]} >= {"label smoothing 0.1"}
+    for row in pneu["ablation"]:
+        assert row["delta"] == pytest.approx(row["val_roc_auc_with"]
+                                             - row["val_roc_auc_without"])
+    cv = pneu["cv_train_val"]
+    assert len(cv["roc_auc_folds"]) == cv["n_splits"] == 5
+    assert cv["cv_minus_test_roc_auc"] == pytest.approx(cv["roc_auc_mean"]
+                                                        - pneu["test"]["roc_auc"])
     assert _finite_positive(pneu["peak_rss_mb"]) and _finite_positive(pneu["wall_time_s"])
 
     rows = results["throughput"]["rows"]
@@ -60,6 +71,14 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     for row in results["memory"]["rows"]:
         assert _finite_positive(row["predict_peak_rss_mb"])
 
+    scale = results["scale_out"]
+    assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2"}
+    assert all(_finite_positive(t) for t in scale["time_s"].values())
+    assert all(isinstance(v, bool) for v in scale["cv_results_agree"].values())
+    assert _finite_positive(scale["rng_lock"]["scope_us"])
+    robust = results["robustness"]
+    assert sum(robust["counts"].values()) == robust["n_cases"] > 0
+    assert robust["code_executed"] == 0 and robust["joblib_load_runs_payload"] is True
     speed = results["cpu_speed"]
     for key in ("ratio_to_best_loop", "speedup_vs_before"):
         assert speed[key] and all(k.rsplit("/", 1)[1] in ("fit", "predict") and "@" in k

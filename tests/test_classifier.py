@@ -305,21 +305,6 @@ def test_augmentation_only_while_training(toy_binary, small_clf_params, monkeypa
     np.testing.assert_array_equal(p1, p2)
 
 
-def test_augmenter_changes_images_and_flip_default_off():
-    torch.manual_seed(0)
-    x = torch.rand(4, 1, 16, 16)
-    aug = Augmenter(rotation=20, shift=0.1, zoom=0.1, brightness=0.2, contrast=0.2)
-    assert aug.geometric is not None
-    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in aug.geometric.transforms)
-    out = aug(x)
-    assert out.shape == x.shape and not torch.allclose(out, x)
-    with pytest.raises(ValueError, match="augment rotation"):
-        Augmenter(rotation=-1)
-    from cxr_estimators.augment import make_augmenter
-    with pytest.raises(ValueError, match="unknown keys \\['flip'\\]"):
-        make_augmenter({"flip": True})
-
-
 def test_early_stopping_restores_best_and_checkpoint(tmp_path, toy_binary, small_clf_params):
     X, y = toy_binary
     clf = CXRClassifier(**{**small_clf_params, "max_epochs": 30, "lr": 0.05}, early_stopping=2,
@@ -402,13 +387,15 @@ def test_feature_cache_on_disk(tmp_path, toy_binary, small_clf_params):
     X, y = toy_binary
     params = {**small_clf_params, "freeze": True}
     a = CXRClassifier(**params, cache=str(tmp_path)).fit(X, y).predict_proba(X)
-    assert any(tmp_path.rglob("*.pkl"))
+    assert any(tmp_path.rglob("features-*.safetensors")) and not any(tmp_path.rglob("*.pkl"))
     b = CXRClassifier(**params, cache=str(tmp_path)).fit(X, y).predict_proba(X)
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_keyboard_interrupt_keeps_model(toy_binary, small_clf_params, monkeypatch):
-    """An interrupt during training ends fit with the weights trained so far (skorch)."""
+def test_keyboard_interrupt_keeps_model_and_propagates(toy_binary, small_clf_params,
+                                                       monkeypatch):
+    """An interrupt during training propagates (a search stops) after leaving the model
+    usable with the weights trained so far and the history marking the interruption."""
     from cxr_estimators import classifier as mod
 
     X, y = toy_binary
@@ -422,9 +409,12 @@ def test_keyboard_interrupt_keeps_model(toy_binary, small_clf_params, monkeypatc
         return original(self, batch, **kw)
 
     monkeypatch.setattr(mod._Net, "train_step", interrupting)
-    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 10}).fit(X, y)
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 10})
+    with pytest.raises(KeyboardInterrupt, match="fit interrupted during epoch 2 of 10"):
+        clf.fit(X, y)
     assert clf.predict(X).shape == (len(X),)
-    assert len(clf.history_) < 10
+    assert len(clf.history_) == 2 and clf.history_[-1, "interrupted"] is True
+    assert "interrupted" not in clf.history_[0]
 
 
 def test_device_auto_is_cpu_without_gpu(toy_binary, small_clf_params):

@@ -49,6 +49,27 @@ def test_grid_search_on_dask_local_cluster_matches_n_jobs_1(toy_binary):
     np.testing.assert_array_equal(on_dask.predict_proba(X), serial.predict_proba(X))
 
 
+def test_grid_search_on_ray_matches_n_jobs_1(toy_binary):
+    """Ray's joblib backend needs no code of ours (ray is not a dependency: skipped
+    where it is not installed)."""
+    ray = pytest.importorskip("ray")
+    from ray.util.joblib import register_ray
+
+    X, y = toy_binary
+    X = X[:, :, :12, :12]
+    serial = _grid(1).fit(X, y)
+    register_ray()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with joblib.parallel_backend("ray"):
+            on_ray = _grid(-1).fit(X, y)
+    finally:
+        ray.shutdown()
+    for key in _RESULT_KEYS:
+        np.testing.assert_array_equal(on_ray.cv_results_[key], serial.cv_results_[key],
+                                      err_msg=key)
+
+
 def test_distributed_helpers_outside_a_process_group(monkeypatch):
     assert not distributed.is_active()
     assert distributed.rank() == 0 and distributed.world_size() == 1
@@ -69,11 +90,13 @@ def test_distributed_helpers_outside_a_process_group(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ddp_fit_on_two_processes_agrees_on_every_rank(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--sampling", "balanced", "--augment"]])
+def test_ddp_fit_on_two_processes_agrees_on_every_rank(tmp_path, options):
     """``examples/ddp_fit.py`` under torchrun: 2 CPU processes over gloo."""
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         "2", str(ROOT / "examples" / "ddp_fit.py"), "--quick", "--out", str(tmp_path)],
+         "2", str(ROOT / "examples" / "ddp_fit.py"), "--quick", "--out", str(tmp_path),
+         *options],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import joblib
+import cxr_estimators
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ def test_demo_quick(tmp_path):
     assert "reloaded predictions identical: True" in out.stdout
     for line in ("sensitivity", "specificity", "f1", "roc_auc"):
         assert line in out.stdout
-    model = joblib.load(tmp_path / "model.joblib")
+    model = cxr_estimators.load(tmp_path / "model.safetensors")
     assert list(model.classes_) == ["normal", "pneumonia"]
     assert len(list((tmp_path / "gradcam").glob("*.png"))) == 4
     assert (tmp_path / "report.txt").stat().st_size > 0

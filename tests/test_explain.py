@@ -266,10 +266,10 @@ def test_densenet_matches_reference_despite_inplace_relu():
 
 @pytest.mark.parametrize("backbone, size, layer", [
     ("simple_cnn", 32, "trunk.features.2"),
-    ("deep_cnn", 32, "trunk.features.4"),
+    ("deep_cnn", 64, "trunk.features.4"),
     ("efficientnet_b0", 64, "trunk.features.8"),
     ("mobilenet_v3_small", 64, "trunk.features"),
-    ("inception_v3", 75, "trunk.Mixed_7c"),  # not the last conv: one branch of Mixed_7c
+    ("inception_v3", 139, "trunk.Mixed_7c"),  # not the last conv: one branch of Mixed_7c
 ])
 def test_default_layer(backbone, size, layer):
     torch.manual_seed(0)

@@ -88,7 +88,7 @@ def test_paths_any_pil_mode(tmp_path):
 def test_bad_inputs():
     with pytest.raises(ValueError, match="not a single path"):
         ImageLoader().fit_transform("a.png")
-    with pytest.raises(ValueError, match="got shape \\(3, 4\\)"):
+    with pytest.raises(ValueError, match="shape \\(3, 4\\): a single \\(H, W\\) image"):
         ImageLoader().fit_transform(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="image 1 has size \\(5, 5\\) but image 0 has"):
         ImageLoader(size=None).fit_transform([np.zeros((4, 4), np.uint8),

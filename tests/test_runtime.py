@@ -196,10 +196,10 @@ def test_predict_batch_size_default_and_equivalence(toy_binary, small_clf_params
                                    default, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, "32"])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "32", True])
 def test_bad_predict_batch_size(toy_binary, small_clf_params, bad):
     X, y = toy_binary
-    with pytest.raises(InvalidParameterError, match="'predict_batch_size' parameter"):
+    with pytest.raises(ValueError, match="'predict_batch_size' parameter"):
         _fit(X, y, small_clf_params, predict_batch_size=bad)
 
 

@@ -8,6 +8,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.callbacks import Callback, EarlyStopping, EpochScoring
 
@@ -124,24 +125,6 @@ def test_device_auto_with_more_ranks_than_gpus(two_gpus, monkeypatch):
         distributed.resolve_device("auto")
 
 
-@pytest.mark.parametrize("device, message", [
-    ("cdua", r"device='cdua' is not one of .*did you mean 'cuda'\?"),
-    ("cuda:x", r"device='cuda:x' is not one of"),
-    ("gpu", r"device='gpu' is not one of"),
-])
-def test_bad_device_names(toy_binary, small_clf_params, device, message):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match=message):
-        CXRClassifier(**{**small_clf_params, "device": device}).fit(X, y)
-
-
-@pytest.mark.skipif(torch.cuda.device_count() >= 8, reason="needs fewer than 8 GPUs")
-def test_device_cuda_7_without_that_gpu(toy_binary, small_clf_params):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match="device='cuda:7'"):
-        CXRClassifier(**{**small_clf_params, "device": "cuda:7"}).fit(X, y)
-
-
 # ---------------------------------------------------------------------- sample_weight
 def test_equal_weights_give_the_unweighted_model(toy_binary, small_clf_params):
     X, y = toy_binary
@@ -221,21 +204,6 @@ def test_weights_change_the_model_lazy_and_cached_alike(toy_binary, small_clf_pa
     np.testing.assert_allclose(c.predict_proba(X), d.predict_proba(X), atol=1e-5)
 
 
-@pytest.mark.parametrize("weights, message", [
-    (np.ones(3), r"sample_weight has shape \(3,\) but y has 48 labels"),
-    (np.ones((48, 2)), r"sample_weight has shape \(48, 2\)"),
-    (np.r_[np.ones(5), -0.5, np.ones(42)], r"sample_weight\[5\] = .*-0.5.* is negative"),
-    (np.r_[np.ones(7), np.nan, np.ones(40)], r"sample_weight\[7\] = .*nan.* is not finite"),
-    (np.r_[np.ones(2), np.inf, np.ones(45)], r"sample_weight\[2\] = .*inf.* is not finite"),
-    (np.zeros(48), r"sample_weight is zero for all 48 images"),
-    (["a"] * 48, r"sample_weight must be numbers"),
-])
-def test_bad_sample_weight(toy_binary, small_clf_params, weights, message):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match=message):
-        CXRClassifier(**small_clf_params).fit(X, y, sample_weight=weights)
-
-
 # -------------------------------------------------------------------------- callbacks
 class _EpochCounter(Callback):
     """Appends to a list it is given; holds a lock, which cannot be deep-copied."""
@@ -268,25 +236,14 @@ def test_extra_callbacks_run_after_ours_and_are_cloned(toy_binary, small_clf_par
 def test_extra_callbacks_in_a_grid_search(toy_binary, small_clf_params):
     X, y = toy_binary
     auc = EpochScoring("roc_auc", name="valid_auc", lower_is_better=False)
+    seen = []
+    counter = _EpochCounter(seen, threading.Lock())  # sklearn's clone cannot deep-copy it
     gs = GridSearchCV(CXRClassifier(**{**small_clf_params, "max_epochs": 1},
-                                    callbacks=[auc]), {"lr": [1e-2, 1e-3]}, cv=2).fit(X, y)
+                                    callbacks=[auc, ("count", counter)]),
+                      {"lr": [1e-2, 1e-3]}, cv=2).fit(X, y)
     assert "valid_auc" in gs.best_estimator_.history_[-1]
-
-
-@pytest.mark.parametrize("callbacks, message", [
-    ([("early_stopping", EarlyStopping())], r"callbacks\[0\] is named 'early_stopping', "
-                                            r"which CXRClassifier already uses"),
-    ([("a", EarlyStopping()), ("train_loss", EarlyStopping())],
-     r"callbacks\[1\] is named 'train_loss'"),
-    ([EpochScoring("accuracy", name="valid_acc")],
-     r"callbacks\[0\] records its score as 'valid_acc'"),
-    (["tensorboard"], r"callbacks\[0\] = 'tensorboard' is not a skorch callback"),
-    ([(1, EarlyStopping())], r"callbacks\[0\] = \(1, .* is not a skorch callback"),
-])
-def test_bad_callbacks(toy_binary, small_clf_params, callbacks, message):
-    X, y = toy_binary
-    with pytest.raises(ValueError, match=message):
-        CXRClassifier(**small_clf_params, callbacks=callbacks).fit(X, y)
+    assert seen == [1] * 5  # 2 points × 2 folds + refit, each one epoch
+    assert clone(gs.best_estimator_).callbacks[1][1].lock is counter.lock
 
 
 # ------------------------------------------------------------------------- warm start
@@ -303,22 +260,4 @@ def test_warm_start_continues_from_the_fitted_weights(toy_binary, small_clf_para
     torch.testing.assert_close(cold.module_.head[0].weight, fresh.module_.head[0].weight)
 
 
-@pytest.mark.parametrize("change, message", [
-    ("classes", r"warm_start=True: y has classes \['a', 'b'\] but the fitted model has "
-                r"\['normal', 'pneumonia'\]"),
-    ("shape", r"warm_start=True: X has images of shape \(1, 8, 8\) but the fitted model "
-              r"was trained on \(1, 16, 16\)"),
-    ("neurons", r"warm_start=True: the fitted model's weights do not fit .*neurons=4"),
-])
-def test_warm_start_refuses_a_different_problem(toy_binary, small_clf_params, change,
-                                                message):
-    X, y = toy_binary
-    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, warm_start=True).fit(X, y)
-    if change == "classes":
-        y = np.where(y == "normal", "a", "b")
-    elif change == "shape":
-        X = X[:, :, :8, :8]
-    else:
-        clf.set_params(neurons=4)
-    with pytest.raises(ValueError, match=message):
-        clf.fit(X, y)
+# Bad sample weights, callbacks, devices and warm starts: tests/test_errors.py

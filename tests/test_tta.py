@@ -90,7 +90,7 @@ def test_tta_with_the_feature_cache(toy_binary, small_clf_params):
 @pytest.mark.parametrize("tta, message", [
     (-1, r"'tta' parameter .* Got -1"),
     ({"views": 0}, r"tta views=0 must be an int >= 1"),
-    ({"views": 2, "rotaton": 5}, r"unknown keys \['rotaton'\]"),
+    ({"views": 2, "rotaton": 5}, r"unknown key 'rotaton'.*did you mean 'rotation'"),
 ])
 def test_bad_tta_is_a_value_error_naming_it(toy_binary, small_clf_params, tta, message):
     X, y = toy_binary

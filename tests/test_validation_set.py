@@ -166,3 +166,29 @@ def test_feature_cache_with_validation_set(split, small_clf_params):
     assert cached._uses_cache and _features.cache_info()["entries"] >= 2
     np.testing.assert_allclose(cached.history_[:, "valid_loss"],
                                plain.history_[:, "valid_loss"], rtol=1e-4)
+
+
+def test_grid_search_then_retrain_on_all(split, small_clf_params):
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+    from cxr_estimators.evaluation import best_epoch_scorer, retrain_on_all
+
+    X, y, Xv, yv = split
+    X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    fold = np.r_[-np.ones(len(X)), np.zeros(len(Xv))]  # train on X, score on X_val
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 6},
+                        early_stopping={"patience": 2, "monitor": "roc_auc"})
+    search = GridSearchCV(clf, {"neurons": [8, 16]}, cv=PredefinedSplit(fold), refit=False,
+                          scoring={"roc_auc": "roc_auc", "best_epoch": best_epoch_scorer})
+    search.fit(X_all, y_all, X_val=Xv, y_val=yv)
+    epochs = search.cv_results_["mean_test_best_epoch"]
+    assert set(epochs) <= set(range(1, 7))
+    final = retrain_on_all(search, X_all, y_all, metric="roc_auc")
+    best = int(np.argmin(search.cv_results_["rank_test_roc_auc"]))
+    assert final.neurons == search.cv_results_["params"][best]["neurons"]
+    assert len(final.history_) == final.best_epoch_ == int(epochs[best])
+    assert _train_valid_counts(final.history_) == (len(X_all), 0)
+    with pytest.raises(ValueError, match="needs metric="):
+        retrain_on_all(search, X_all, y_all)
+    with pytest.raises(ValueError, match=r"metric='f1' is not one of the search's scorers"):
+        retrain_on_all(search, X_all, y_all, metric="f1")

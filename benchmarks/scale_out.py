@@ -1,0 +1,236 @@
+"""One grid search three ways: ``n_jobs=1``, loky ``n_jobs=2``, Dask ``LocalCluster``.
+
+The same ``GridSearchCV`` — lr × neurons × dropout (2 × 2 × 2 = 8 points) × 3 folds = 24
+fits of ``CXRClassifier(backbone="simple_cnn")`` on PneumoniaMNIST images, ``refit=False``
+(the refit is one more fit in the calling process, the same in every mode) — run
+
+* ``n_jobs_1``: in this process, one thread per fit;
+* ``loky_2``: ``n_jobs=2`` with joblib's default (loky) backend, one thread per worker
+  (``inner_max_num_threads=1``); the 2 workers are started (and import the package)
+  before the timer, their start-up is reported apart;
+* ``dask_2``: ``n_jobs=-1`` under ``joblib.parallel_backend("dask")`` on a
+  ``dask.distributed.LocalCluster`` of 2 worker processes × 1 thread, started before the
+  timer (its start-up is reported apart); X and y are scattered to the workers once;
+* ``n_jobs_1_all_threads`` (only when asked for, ``--modes ... n_jobs_1_all_threads``):
+  for reference, in this process with torch's default number of threads (intra-op
+  parallelism instead of parallel fits). Not run by default: on a busy machine two
+  spinning torch threads per core can make it many times slower than the rest.
+
+Reported: wall time of each, the speed-up of the parallel runs over ``n_jobs_1`` (goal
+≥ 1.6 on a 2-core machine; also with the workers' start-up counted,
+``speedup_with_start``) and whether their ``cv_results_`` (params, per-split and mean
+scores, ranks) equal ``n_jobs_1``'s exactly. ``rng_lock``: what the per-fit random
+streams (:mod:`cxr_estimators._rng`) cost — the time of entering and leaving the global
+stream once (paid once per training batch) against a training batch's time, and two fits
+run in two threads of one process with and without the lock (the lock serialises their
+training forward passes; without it the fits are not reproducible, so that run only
+measures time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+import joblib
+import numpy as np
+import torch
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from benchmarks import _common
+from cxr_estimators import CXRClassifier, _rng
+
+GRID = {"lr": [1e-3, 3e-3], "neurons": [16, 64], "dropout": [0.2, 0.5]}
+_RESULT_KEYS = ["params", "mean_test_score", "std_test_score", "rank_test_score"] + [
+    f"split{k}_test_score" for k in range(3)]
+
+
+def _search(cfg, seed, n_jobs):
+    clf = CXRClassifier(backbone="simple_cnn", max_epochs=cfg["epochs"], batch_size=32,
+                        early_stopping=None, validation_fraction=0, device="cpu",
+                        random_state=seed)
+    return GridSearchCV(clf, GRID, cv=StratifiedKFold(3, shuffle=True, random_state=seed),
+                        scoring="roc_auc", n_jobs=n_jobs, refit=False)
+
+
+def _timed_fit(gs, X, y):
+    with _common.Timer() as t:
+        gs.fit(X, y)
+    return gs.cv_results_, t.seconds
+
+
+def _agree(a, b):
+    """Exact agreement of the result columns, and the largest score difference."""
+    same = all(np.array_equal(np.asarray(a[k], dtype=object), np.asarray(b[k], dtype=object))
+               for k in _RESULT_KEYS)
+    diff = max(float(np.max(np.abs(np.asarray(a[k], float) - np.asarray(b[k], float))))
+               for k in _RESULT_KEYS if k != "params")
+    return same, diff
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_dask(X, y, cfg, seed):
+    import dask.distributed as dd
+
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    with _common.Timer() as start:
+        cluster = dd.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, env=env)
+        client = dd.Client(cluster)
+        client.run(lambda: __import__("cxr_estimators"))  # workers import torch now
+    try:
+        with joblib.parallel_backend("dask", scatter=[X, y]):
+            results, seconds = _timed_fit(_search(cfg, seed, -1), X, y)
+    finally:
+        client.close()
+        cluster.close()
+    return results, seconds, start.seconds
+
+
+def _import_package():
+    import cxr_estimators  # noqa: F401  (a worker's one-time start-up: torch, sklearn)
+
+    return os.getpid()
+
+
+def run_loky(X, y, cfg, seed):
+    with joblib.parallel_backend("loky", inner_max_num_threads=1):
+        with _common.Timer() as start:  # the same executor then serves the search
+            joblib.Parallel(n_jobs=2)(joblib.delayed(_import_package)() for _ in range(2))
+        results, seconds = _timed_fit(_search(cfg, seed, 2), X, y)
+    return results, seconds, start.seconds
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def measure_rng_lock(X, y, cfg, seed):
+    """Cost of the per-fit random streams (see the module docstring)."""
+    stream = _rng.FitRandomness(seed)
+    n = 20000
+    with _threads(1):
+        start = time.perf_counter()
+        for _ in range(n):
+            with stream.global_stream():
+                pass
+        scope_us = (time.perf_counter() - start) / n * 1e6
+        params = dict(backbone="simple_cnn", max_epochs=cfg["epochs"], batch_size=32,
+                      neurons=64, dropout=0.5, early_stopping=None, validation_fraction=0,
+                      device="cpu", random_state=seed)
+        n_fold = 2 * len(y) // 3
+        clf = CXRClassifier(**params)
+        with _common.Timer() as one:
+            clf.fit(X[:n_fold], y[:n_fold])
+        batches = cfg["epochs"] * -(-n_fold // 32)
+
+        def two_threaded():
+            threads = [threading.Thread(target=CXRClassifier(**params).fit,
+                                        args=(X[:n_fold], y[:n_fold])) for _ in range(2)]
+            with _common.Timer() as t:
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+            return t.seconds
+
+        with_lock = two_threaded()
+        saved, _rng.GLOBAL_RNG_LOCK = _rng.GLOBAL_RNG_LOCK, _NoLock()
+        try:
+            without_lock = two_threaded()
+        finally:
+            _rng.GLOBAL_RNG_LOCK = saved
+    batch_ms = one.seconds / batches * 1e3
+    return {
+        "scope_us": scope_us,
+        "train_batch_ms": batch_ms,
+        "scope_fraction_of_batch": scope_us / 1e3 / batch_ms,
+        "one_fit_s": one.seconds,
+        "two_threaded_fits_s": {"lock": with_lock, "no_lock": without_lock},
+        "threaded_lock_slowdown": with_lock / without_lock,
+        "torch_threads_per_fit": 1,
+    }
+
+
+def main(argv=None):
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--modes", nargs="+", default=None,
+                   choices=["n_jobs_1", "loky_2", "dask_2", "n_jobs_1_all_threads"])
+    args = p.parse_args(argv)
+    cfg = dict(n=90, size=16, epochs=1) if args.quick else dict(n=600, size=48, epochs=3)
+    cfg.update({k: getattr(args, k) for k in cfg if getattr(args, k) is not None})
+    modes = args.modes or ["n_jobs_1", "loky_2", "dask_2"]
+
+    data = _common.load_pneumoniamnist()
+    images, y = _common.stratified_subset(*data["train"], cfg["n"], seed=args.seed)
+    X = _common.to_inputs(images, cfg["size"])
+    default_threads = torch.get_num_threads()
+    results, times, start_s = {}, {}, {}
+    for mode in modes:
+        if mode == "n_jobs_1":
+            with _threads(1):
+                results[mode], times[mode] = _timed_fit(_search(cfg, args.seed, 1), X, y)
+        elif mode == "n_jobs_1_all_threads":
+            with _threads(default_threads):
+                results[mode], times[mode] = _timed_fit(_search(cfg, args.seed, 1), X, y)
+        elif mode == "loky_2":
+            results[mode], times[mode], start_s["loky_2"] = run_loky(X, y, cfg, args.seed)
+        else:
+            results[mode], times[mode], start_s["dask_2"] = run_dask(X, y, cfg, args.seed)
+        print(f"{mode}: {times[mode]:.1f} s", flush=True)
+    base = "n_jobs_1" if "n_jobs_1" in results else modes[0]
+    speedup, with_start, agree, max_diff = {}, {}, {}, {}
+    for mode in results:
+        if mode == base:
+            continue
+        speedup[mode] = times[base] / times[mode]
+        if mode in start_s:
+            with_start[mode] = times[base] / (times[mode] + start_s[mode])
+        agree[mode], max_diff[mode] = _agree(results[mode], results[base])
+    rng_lock = measure_rng_lock(X, y, cfg, args.seed)
+    print(f"speed-up {speedup}, cv_results_ agree {agree}; rng lock {rng_lock}", flush=True)
+    payload = {
+        "config": {**cfg, "backbone": "simple_cnn", "grid": GRID, "folds": 3,
+                   "n_fits": 24, "refit": False, "batch_size": 32, "early_stopping": None,
+                   "validation_fraction": 0, "scoring": "roc_auc", "device": "cpu",
+                   "workers": 2, "threads_per_fit": 1,
+                   "torch_default_threads": default_threads, "modes": modes},
+        "time_s": times,
+        "speedup": speedup,
+        "cv_results_agree": agree,
+        "max_score_difference": max_diff,
+        "worker_start_s": start_s,
+        "speedup_with_start": with_start,
+        "mean_test_score": {m: np.asarray(r["mean_test_score"]).tolist()
+                            for m, r in results.items()},
+        "rng_lock": rng_lock,
+        "goal": {"speedup": 1.6, "cv_results_agree": True},
+        "goal_met": bool(all(s >= 1.6 for m, s in speedup.items()
+                             if m in ("loky_2", "dask_2")) and all(agree.values())),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else None,
+    }
+    _common.write_result("scale_out", payload, args)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

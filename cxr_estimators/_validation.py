@@ -1,0 +1,240 @@
+"""Input checks shared by the estimators: each names the culprit and its value.
+
+sklearn's ``_parameter_constraints`` does most parameter validation; it cannot say that
+``True`` is not a patience of 1 (``bool`` is an ``int``), put an upper bound that keeps
+an allocation sane, or look at the data. Those checks are here, written by hand:
+
+* :class:`StrictParamsMixin`: booleans refused for integer parameters, upper bounds;
+* labels that differ only by case or surrounding whitespace (``"normal"``/``"normal "``);
+* 2-D ``X`` that is clearly flattened images, a single image where a batch is expected;
+* class weights that are NaN, infinite, negative or all zero;
+* memory: an estimate of what a step allocates against the memory available, so a step
+  that cannot fit is refused before it allocates instead of swapping or being killed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval
+
+__all__ = ["StrictParamsMixin", "available_memory", "check_labels", "check_class_weights",
+           "check_fit_memory", "check_flattened", "check_image_batch", "check_memory",
+           "check_not_paths", "format_bytes", "warn_unnormalised"]
+
+#: Fraction of the available memory one step may plan to use.
+MEMORY_FRACTION = 0.8
+
+
+class StrictParamsMixin:
+    """``_validate_params`` that also refuses booleans for integer parameters and values
+    above ``_param_upper_bounds`` (``{name: bound}``; ints, or tuples/lists of ints)."""
+
+    _param_upper_bounds: dict = {}
+
+    def _validate_params(self):
+        super()._validate_params()
+        params = self.get_params(deep=False)
+        for name, constraints in self._parameter_constraints.items():
+            value = params.get(name)
+            if isinstance(value, bool) and "boolean" not in constraints and any(
+                    isinstance(c, Interval) and c.type is numbers.Integral
+                    for c in constraints):
+                raise ValueError(
+                    f"The '{name}' parameter of {type(self).__name__} must be an int, not "
+                    f"the boolean {value!r} (a bool is not taken as {int(value)})")
+        for name, bound in self._param_upper_bounds.items():
+            value = params.get(name)
+            values = value if isinstance(value, (tuple, list)) else [value]
+            for v in values:
+                if isinstance(v, numbers.Real) and not isinstance(v, bool) and v > bound:
+                    raise ValueError(
+                        f"The '{name}' parameter of {type(self).__name__} is {value!r}; "
+                        f"values above {bound} are refused (they would allocate more "
+                        "memory than any machine has)")
+
+
+def available_memory():
+    """Bytes of memory available to this process now (Linux ``MemAvailable``, else
+    psutil, else None when unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def format_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def check_memory(needed, what, hint, available=None, fraction=MEMORY_FRACTION):
+    """Refuse a step that would need ``needed`` bytes when less is available."""
+    available = available_memory() if available is None else available
+    if available is not None and needed > fraction * available:
+        raise MemoryError(
+            f"{what} needs about {format_bytes(needed)} but only "
+            f"{format_bytes(available)} of memory is available; {hint}")
+
+
+def _label_key(label):
+    return label.strip().casefold()
+
+
+def check_labels(labels, name="y", missing=False):
+    """Refuse string labels that differ only by case or surrounding whitespace; with
+    ``missing``, also None/NaN labels and labels mixing strings and numbers (all rows)."""
+    labels = np.asarray(labels)
+    if missing and labels.dtype == object:
+        gone = [i for i, v in enumerate(labels.tolist())
+                if v is None or (isinstance(v, float) and math.isnan(v))]
+        if gone:
+            raise ValueError(f"{name} has missing labels (None or NaN) at rows "
+                             f"{gone[:10]}{' ...' if len(gone) > 10 else ''}")
+        kinds = {"str" if isinstance(v, str) else type(v).__name__ for v in labels.tolist()}
+        if any(isinstance(v, str) for v in labels.tolist()) and len(kinds) > 1:
+            first = next(i for i, v in enumerate(labels.tolist()) if not isinstance(v, str))
+            raise ValueError(f"{name} mixes label types {sorted(kinds)} (e.g. row {first}: "
+                             f"{labels[first]!r}); use one type for every label")
+    if missing:
+        return
+    by_key = {}
+    for label in labels.tolist():
+        if isinstance(label, str):
+            by_key.setdefault(_label_key(label), []).append(str(label))
+    clashes = [v for v in by_key.values() if len(v) > 1]
+    if clashes:
+        raise ValueError(
+            f"{name} has labels that differ only by case or surrounding whitespace: "
+            f"{clashes}; they would become separate classes. Fix the spelling so that "
+            "each class has one name")
+
+
+def check_not_paths(X, name="X"):
+    """Refuse file paths given where images are expected."""
+    first = X[0] if isinstance(X, (list, tuple)) and len(X) else (
+        X.flat[0] if isinstance(X, np.ndarray) and X.dtype.kind in "USO" and X.size else None)
+    if isinstance(first, (str, bytes, os.PathLike)):
+        raise ValueError(f"{name} holds file paths or strings (e.g. {first!r}), not images; "
+                         "put an ImageLoader before CXRClassifier in a Pipeline")
+
+
+def warn_unnormalised(X, raw_dtype, name="X"):
+    """Warn when integer pixels (0-255) reach the network unnormalised."""
+    if raw_dtype is not None and np.dtype(raw_dtype).kind in "ui" and X.size \
+            and X.ndim >= 3 and X.max() > 1:
+        warnings.warn(
+            f"{name} is {np.dtype(raw_dtype)} with values up to {X.max():g}: the network gets "
+            "raw pixel values, not normalised images; use ImageLoader (or scale X) first",
+            UserWarning, stacklevel=4)
+
+
+def check_class_weights(weights, classes):
+    """Refuse NaN, infinite or negative class weights, and all-zero ones."""
+    weights = np.asarray(weights, dtype=np.float64)
+    bad = [(c, w) for c, w in zip(np.asarray(classes).tolist(), weights.tolist())
+           if not math.isfinite(w) or w < 0]
+    if bad:
+        raise ValueError(
+            f"class_weight gives {', '.join(f'class {c!r} the weight {w!r}' for c, w in bad)}; "
+            "class weights must be finite and >= 0 (NaN or inf make every loss NaN)")
+    if not weights.any():
+        raise ValueError(f"class_weight gives every class the weight 0 ({weights.tolist()}); "
+                         "the loss would be 0/0 = NaN")
+
+
+def check_flattened(X):
+    """Refuse 2-D ``X`` of shape (n, d) whose d is the pixel count of square images
+    (784 = 28x28, 3 x 64 x 64, ...): such X is flattened images, which would train on
+    1 x 1 x d strips. Small d (tabular data, sklearn's estimator checks) passes."""
+    d = X.shape[1]
+    for channels in (1, 3):
+        side = math.isqrt(d // channels)
+        if d >= 256 and d % channels == 0 and side * side * channels == d:
+            shape = (X.shape[0], channels, side, side)
+            raise ValueError(
+                f"X is 2-D with shape {X.shape}: that looks like flattened {side}x{side}"
+                f"{'' if channels == 1 else ' RGB'} images, which would be read as "
+                f"1x1x{d} strips. Pass images shaped (n, C, H, W), e.g. "
+                f"X.reshape{shape}")
+
+
+def check_image_batch(shape, fit_shape=None):
+    """Refuse a single (C, H, W) image where a batch (n, C, H, W) is expected: 3-D input
+    equal to the fitted image shape with C = 3 (a grayscale (1, H, W) is a batch of one
+    anyway)."""
+    if fit_shape is not None and tuple(shape) == tuple(fit_shape) and fit_shape[0] == 3:
+        raise ValueError(
+            f"X has shape {tuple(shape)}: a single image of the fitted shape {fit_shape}, "
+            "not a batch; it would be read as 3 grayscale images. Pass X[None] for one "
+            "image")
+
+
+
+def _activation_bytes(module, image_shape, probe=80):
+    """Bytes of the activations one image of ``image_shape`` makes in ``module``'s forward
+    pass, estimated from one forward pass at ``probe`` pixels (activations of a
+    convolutional network grow with the pixel count); None if the probe fails."""
+    c, h, w = image_shape
+    scale = min(1.0, probe / max(h, w))
+    ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
+    seen, total = set(), [0]
+
+    def record(mod, inputs, out):
+        if isinstance(out, torch.Tensor) and out.data_ptr() not in seen:  # in-place ops once
+            seen.add(out.data_ptr())
+            total[0] += out.numel() * 4
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, c, ph, pw))
+    except Exception:  # a backbone that needs larger input fails later, with its own error
+        return None
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total[0] * (h * w) / (ph * pw)
+
+
+def check_fit_memory(module, image_shape, batch_size, device, amp=False, training=True,
+                     available=None):
+    """Refuse a fit whose batch of activations (kept for the backward pass and matched by
+    their gradients when ``training``) cannot fit in the memory of ``device``.
+
+    A rough estimate that errs high only by the activations' gradients, and compared with
+    all of the available memory: it refuses fits that cannot run (two 4096 x 4096 images
+    on a laptop), not ones that merely come close."""
+    per_image = _activation_bytes(module, image_shape)
+    if per_image is None:
+        return
+    needed = per_image * batch_size * (2 if training else 1) * (0.5 if amp else 1)
+    needed += sum(p.numel() * 4 for p in module.parameters()) * (4 if training else 1)
+    if available is None:
+        if str(device).startswith("cuda"):
+            available = torch.cuda.mem_get_info(torch.device(device))[0]
+        elif str(device) == "cpu":
+            available = available_memory()
+    check_memory(needed, f"training on batches of {batch_size} images of shape "
+                 f"{tuple(image_shape)} on {device}",
+                 "use smaller images (ImageLoader(size=...)), a smaller batch_size, or a "
+                 "frozen backbone with cache=True", available=available, fraction=1.0)
