@@ -31,7 +31,7 @@ FAMILIES = (("simple_cnn", 64), ("deep_cnn", 64), ("resnet18", 128), ("resnet50"
             ("densenet121", 64), ("mobilenet_v2", 64), ("efficientnet_b0", 64),
             ("vgg11", 64))
 BATCH_SIZES = (16, 32, 64, 128, 256)
-BATCH_ROWS = (("simple_cnn", 64), ("deep_cnn", 64), ("resnet18", 128))
+BATCH_ROWS = (("simple_cnn", 64, 512), ("deep_cnn", 64, 512), ("resnet18", 128, 128))
 
 
 def _variants():
@@ -142,8 +142,7 @@ def main(argv=None):
                   f"{row['images_per_s']:8.1f} img/s  x{row['ratio_min']:.2f} (fastest) "
                   f"x{row['ratio_median']:.2f} (median)", flush=True)
     batch_rows = []
-    for backbone, size in ([("simple_cnn", 32)] if quick else BATCH_ROWS):
-        n = 64 if quick else 512
+    for backbone, size, n in ([("simple_cnn", 32, 64)] if quick else BATCH_ROWS):
         for row in measure_batch_sizes(backbone, size, n, (8, 32) if quick else BATCH_SIZES,
                                        reps, args.seed):
             batch_rows.append(row)

@@ -7,8 +7,10 @@ times each:
 * ``n_jobs=1``: one fit at a time, torch with all cores;
 * ``loky n_jobs=2``: joblib's default backend, which starts each worker process with
   ``cpu_count // n_jobs`` threads (``OMP_NUM_THREADS``), as torch obeys;
-* ``loky n_jobs=2, full threads``: the same with ``inner_max_num_threads=cpu_count``:
-  what would happen without that limit (oversubscription);
+* ``loky n_jobs=2, full threads``: the same with each fit setting
+  ``torch.set_num_threads(cpu_count)`` first: what would happen without that limit
+  (oversubscription). (Not ``inner_max_num_threads``: changing it restarts loky's
+  workers, whose start-up would then be timed.)
 * ``threading n_jobs=2``: two fits in threads of one process, each taking its share
   (``cxr_estimators._runtime.thread_share``);
 * ``threading n_jobs=2, no sharing``: the same with the sharing switched off.
@@ -31,20 +33,46 @@ from benchmarks import _common
 from cxr_estimators import CXRClassifier, _runtime
 
 
-def _search(X, y, n_jobs, epochs, seed):
-    clf = CXRClassifier(backbone="simple_cnn", max_epochs=epochs, batch_size=32,
+class _AllThreads(CXRClassifier):
+    """CXRClassifier whose fit and predict run with all cores' threads, restored after."""
+
+    def _with_all_threads(self, method, *args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count())
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    def fit(self, X, y, **kwargs):
+        return self._with_all_threads(super().fit, X, y, **kwargs)
+
+    def predict_proba(self, X):
+        return self._with_all_threads(super().predict_proba, X)
+
+
+def _search(X, y, n_jobs, epochs, seed, estimator=CXRClassifier):
+    clf = estimator(backbone="simple_cnn", max_epochs=epochs, batch_size=32,
                         validation_fraction=0, early_stopping=None, device="cpu",
                         random_state=seed)
     grid = {"lr": [1e-3, 3e-3], "neurons": [32, 64]}
     return GridSearchCV(clf, grid, cv=2, n_jobs=n_jobs, scoring="accuracy").fit(X, y)
 
 
-def _threads_inside(n_jobs, backend_kwargs):
+def _threads_inside(n_jobs, backend_kwargs, all_threads=False):
     """torch threads seen by two tasks running at once under the configuration."""
     def probe():
-        with _runtime.thread_share():
-            time.sleep(2)  # let the other task enter too
-            return _runtime.refresh_thread_share()
+        before = torch.get_num_threads()
+        if all_threads:
+            torch.set_num_threads(os.cpu_count())
+        try:
+            with _runtime.thread_share():
+                time.sleep(1)  # let the other task enter too
+                threads = _runtime.refresh_thread_share()
+                time.sleep(1)  # stay while the other one reads
+                return threads
+        finally:
+            torch.set_num_threads(before)
 
     with joblib.parallel_config(**backend_kwargs):
         return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(probe)() for _ in range(2))
@@ -76,29 +104,29 @@ def main(argv=None):
     X = rng.standard_normal((n, 1, size, size), dtype=np.float32)
     y = np.arange(n) % 2
 
-    configs = {
-        "n_jobs=1": (1, {}, contextlib.nullcontext),
-        "loky n_jobs=2": (2, {"backend": "loky"}, contextlib.nullcontext),
-        "loky n_jobs=2, full threads": (2, {"backend": "loky",
-                                            "inner_max_num_threads": cores},
-                                        contextlib.nullcontext),
-        "threading n_jobs=2": (2, {"backend": "threading"}, contextlib.nullcontext),
-        "threading n_jobs=2, no sharing": (2, {"backend": "threading"}, _no_sharing),
+    null = contextlib.nullcontext
+    configs = {  # name: (n_jobs, joblib config, switch, estimator class)
+        "n_jobs=1": (1, {}, null, CXRClassifier),
+        "loky n_jobs=2": (2, {"backend": "loky"}, null, CXRClassifier),
+        "loky n_jobs=2, full threads": (2, {"backend": "loky"}, null, _AllThreads),
+        "threading n_jobs=2": (2, {"backend": "threading"}, null, CXRClassifier),
+        "threading n_jobs=2, no sharing": (2, {"backend": "threading"}, _no_sharing,
+                                           CXRClassifier),
     }
     if args.quick:  # smoke run: one configuration per backend, no warm-up
         configs = {k: configs[k] for k in ("n_jobs=1", "loky n_jobs=2", "threading n_jobs=2")}
     times = {name: [] for name in configs}
     threads = {}
-    for name, (n_jobs, backend, switch) in configs.items():  # warm-up (worker start-up)
+    for name, (n_jobs, backend, switch, cls) in configs.items():  # warm-up: worker start
         if not args.quick:
             with switch(), joblib.parallel_config(**backend):
-                _search(X[:64], y[:64], n_jobs, 1, args.seed)
+                _search(X[:64], y[:64], n_jobs, 1, args.seed, cls)
         with switch():
-            threads[name] = _threads_inside(n_jobs, backend)
+            threads[name] = _threads_inside(n_jobs, backend, cls is _AllThreads)
     for rep in range(reps):
-        for name, (n_jobs, backend, switch) in configs.items():
+        for name, (n_jobs, backend, switch, cls) in configs.items():
             with switch(), joblib.parallel_config(**backend), _common.Timer() as t:
-                _search(X, y, n_jobs, epochs, args.seed)
+                _search(X, y, n_jobs, epochs, args.seed, cls)
             times[name].append(t.seconds)
             print(f"rep {rep} {name:32s} {t.seconds:7.2f} s", flush=True)
     med = {k: _common.median(v) for k, v in times.items()}

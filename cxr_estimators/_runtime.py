@@ -28,17 +28,18 @@ __all__ = ["Runtime", "check_compile", "cpu_has_native_bf16", "cpu_policy", "ref
            "resolve_runtime", "thread_share"]
 
 #: Per backbone family on CPU: (name patterns, channels_last, bf16 autocast under
-#: precision="auto" on a CPU with native bf16). From ``benchmarks/cpu_speed.py --probe``
-#: (docs/design.md, "CPU layout and precision"). A backbone matching no pattern keeps the
-#: old behaviour: contiguous float32.
+#: precision="auto" on a CPU with native bf16). From ``python -m benchmarks.cpu_layout``
+#: (docs/design.md, "CPU: layout, precision, threads, compile"). A backbone matching no
+#: pattern keeps the old behaviour: contiguous float32.
 CPU_POLICY = (
     (("simple_cnn", "deep_cnn"), True, True),
     (("resnet*", "resnext*", "wide_resnet*"), True, True),
     (("densenet*",), True, True),
     # depthwise convolutions: channels_last helps, their bf16 backward is slower than fp32
     (("mobilenet*", "efficientnet*", "mnasnet*"), True, False),
-    # the dense layers (25088 × 4096) dominate; channels_last slows training
-    (("vgg*",), False, False),
+    # the dense layers (25088 x 4096) dominate training, whatever the layout or precision;
+    # channels_last speeds up prediction, bf16 does not
+    (("vgg*",), True, False),
 )
 
 

@@ -227,9 +227,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         bf16 mixed precision and channels_last are used when the GPU supports bf16
         (Ampere and newer); older GPUs (T4, V100) train in float32 (see ``precision``).
         On CPU the model and every batch use the channels_last memory layout for the
-        backbone families where it is faster (small CNNs, resnets, densenets,
-        mobilenets/efficientnets; not VGG): results equal the contiguous layout's within
-        float tolerance. While a torch.distributed process group is open, fit trains one
+        backbone families where it was measured faster (small CNNs, resnets, densenets,
+        mobilenets/efficientnets, VGG; others stay contiguous): results equal the
+        contiguous layout's within float tolerance. While a torch.distributed process group is open, fit trains one
         model data-parallel over its processes (:mod:`cxr_estimators.distributed`).
     precision : {"auto", "float32", "bfloat16"}, default="auto"
         "auto": bf16 mixed precision (autocast; weights and optimizer stay float32) on a
