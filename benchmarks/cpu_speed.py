@@ -19,8 +19,10 @@ warm-up batch sizes only) are stored as ``compile_warmup_s``.
 Fit: one epoch of ``n`` synthetic single-channel images, batch 32, Adam, no validation
 split or early stopping, model construction included. Predict: ``predict_proba`` (the
 loop: softmax into a preallocated tensor) of ``n_predict`` images. Each worker warms up
-on the row first. Images/s are medians over the repetitions; ``ratio_to_best_loop`` is
-now ÷ loop and ``speedup_vs_before`` now ÷ before, keyed ``"<backbone>@<size>/<mode>"``.
+on the row first. Images/s are medians over the repetitions; ``ratio_to_best_loop`` (now
+÷ loop) and ``speedup_vs_before`` (now ÷ before), keyed ``"<backbone>@<size>/<mode>"``,
+are medians of the per-repetition ratios: the runs of one repetition follow each other,
+so a drift in the machine's load cancels in their ratio.
 """
 
 from __future__ import annotations
@@ -126,6 +128,26 @@ def measure_row(workers, backbone, size, n_fit, n_predict, reps, seed):
     return rates, times, info
 
 
+def paired_ratio(seconds, num, den):
+    """Median over repetitions of speed(num) / speed(den) = seconds(den) / seconds(num)."""
+    return _common.median([d / n for n, d in zip(seconds[num], seconds[den])])
+
+
+def derived_ratios(raw):
+    """``ratio_to_best_loop``, ``speedup_vs_before`` and ``compiled_vs_now`` from the
+    per-repetition seconds ``{row: {"<impl>/<mode>": [s, ...]}}``."""
+    ratio, speedup, compiled = {}, {}, {}
+    for key, seconds in raw.items():
+        for mode in ("fit", "predict"):
+            k = f"{key}/{mode}"
+            ratio[k] = paired_ratio(seconds, f"now/{mode}", f"loop/{mode}")
+            if f"before/{mode}" in seconds:
+                speedup[k] = paired_ratio(seconds, f"now/{mode}", f"before/{mode}")
+            if f"compiled/{mode}" in seconds:
+                compiled[k] = paired_ratio(seconds, f"compiled/{mode}", f"now/{mode}")
+    return ratio, speedup, compiled
+
+
 def main(argv=None):
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5)")
@@ -166,15 +188,7 @@ def main(argv=None):
                 w.close()
         threads = workers["now"].info["torch_threads"]
 
-    ratio, speedup, compiled = {}, {}, {}
-    for key, r in results.items():
-        for mode in ("fit", "predict"):
-            rate = r["images_per_s"]
-            ratio[f"{key}/{mode}"] = rate[f"now/{mode}"] / rate[f"loop/{mode}"]
-            if f"before/{mode}" in rate:
-                speedup[f"{key}/{mode}"] = rate[f"now/{mode}"] / rate[f"before/{mode}"]
-            if f"compiled/{mode}" in rate:
-                compiled[f"{key}/{mode}"] = rate[f"compiled/{mode}"] / rate[f"now/{mode}"]
+    ratio, speedup, compiled = derived_ratios(raw)
     for key in ratio:
         print(f"{key:28s} now/loop {ratio[key]:.3f}  now/before "
               f"{speedup.get(key, float('nan')):.2f}")
