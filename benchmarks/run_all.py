@@ -14,7 +14,7 @@ import sys
 from benchmarks import _common
 
 BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
-              "scale_out", "robustness")
+              "scale_out", "robustness", "input_pipeline")
 
 
 def main(argv=None):
