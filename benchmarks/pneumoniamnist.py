@@ -43,7 +43,7 @@ PUBLISHED = {
 
 #: The previous selection: early stopping and reduce-on-plateau on an internal 10 %.
 BASELINE = dict(backbone="deep_cnn", lr=1e-3, augment=True, lr_schedule="plateau",
-                early_stopping=5, validation_fraction=0.1)
+                early_stopping=5, validation_fraction=0.1, max_epochs=20)
 #: Every tool on: a fixed number of epochs on all of train, so no internal split.
 TOOLS = dict(backbone="deep_cnn", lr=1e-3, augment=True, lr_schedule="cosine",
              early_stopping=None, validation_fraction=0, label_smoothing=0.1,
@@ -63,7 +63,8 @@ FULL_CANDIDATES = [
     _candidate("all tools − EMA", {**TOOLS, "average_weights": None}),
     _candidate("all tools − cosine (plateau + early stopping)",
                {**TOOLS, **{k: BASELINE[k] for k in ("lr_schedule", "early_stopping",
-                                                       "validation_fraction")}}),
+                                                       "validation_fraction",
+                                                       "max_epochs")}}),
     _candidate("all tools at 56 px", TOOLS, size=56),
 ]
 #: (tool, candidate with it, candidate without it); "tta": same fit, predicted both ways.
@@ -79,7 +80,8 @@ ABLATION = [
 
 _QUICK_TOOLS = {**TOOLS, "backbone": "simple_cnn", "lr": 3e-3}
 QUICK_CANDIDATES = [
-    _candidate("baseline", {**BASELINE, "backbone": "simple_cnn", "lr": 3e-3}, tta=None),
+    _candidate("baseline", {**BASELINE, "backbone": "simple_cnn", "lr": 3e-3,
+                            "max_epochs": 2}, tta=None),
     _candidate("all tools", _QUICK_TOOLS, tta=2),
     _candidate("all tools, ensemble of 2 seeds", _QUICK_TOOLS, tta=2, seeds=(0, 1)),
     _candidate("all tools − label smoothing", {**_QUICK_TOOLS, "label_smoothing": 0.0},
@@ -116,8 +118,9 @@ def youden_threshold(y, score):
 
 
 def make_classifier(params, tta, cfg, seed):
-    return CXRClassifier(**params, tta=tta, batch_size=cfg["batch_size"],
-                         max_epochs=cfg["epochs"], device="cpu", random_state=seed)
+    params = {"max_epochs": cfg["epochs"], **params}  # the baseline keeps its own
+    return CXRClassifier(**params, tta=tta, batch_size=cfg["batch_size"], device="cpu",
+                         random_state=seed)
 
 
 def make_estimator(cand, cfg):
@@ -220,7 +223,7 @@ def main(argv=None):
     p.add_argument("--n-boot", type=int, default=None)
     args = p.parse_args(argv)
     cfg = dict(epochs=2, batch_size=64, n_train=800, n_boot=200) if args.quick \
-        else dict(epochs=20, batch_size=64, n_train=None, n_boot=1000)
+        else dict(epochs=15, batch_size=64, n_train=None, n_boot=1000)
     if args.epochs is not None:
         cfg["epochs"] = args.epochs
     if args.n_boot is not None:

@@ -6,8 +6,16 @@ them; images/s = n / wall time. A warm-up fit on one batch precedes the timed ru
 Weights are random (``weights=None``): throughput does not depend on them.
 
 On CUDA (``--device cuda``) the classifier runs with its defaults there (bf16 autocast,
-channels_last), and a plain torch loop with bf16 autocast and channels_last on the same
-model is timed as the ceiling (``implementation = "plain_torch_amp_channels_last"``).
+channels_last) on uint8 images (``CompactImages``, normalised inside the model), with the
+training set in host memory (``data_device="cpu"``: pinned, prefetched batches;
+implementation ``"CXRClassifier_uint8_host"``) and kept on the GPU
+(``data_device="cuda"``; ``"CXRClassifier_uint8_device"``); ``--inputs`` adds
+``float32_host`` (the float32 array of the earlier runs). A plain torch loop with bf16
+autocast and channels_last on the same model, data on the GPU, is timed as the ceiling
+(``"plain_torch_amp_channels_last"``). ``ratio_to_plain["<backbone>@<size>/<fit|predict>"]``
+is the device-resident estimator's img/s ÷ the plain loop's (what ``data_device="auto"``
+gives when the data fit on the GPU); ``ratio_to_plain_host`` the same for host-resident
+data. Predict always streams from host memory.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from torch import nn
 from benchmarks import _common
 from cxr_estimators import CXRClassifier
 from cxr_estimators.backbones import build_model
+from cxr_estimators.preprocessing import CompactImages
 
 BACKBONES = ["resnet18", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0"]
 
@@ -28,11 +37,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_classifier(X, y, backbone, device, batch_size, seed):
+def time_classifier(X, y, backbone, device, batch_size, seed, **params):
     def make():
         return CXRClassifier(backbone=backbone, max_epochs=1, batch_size=batch_size,
                              validation_fraction=0, early_stopping=None, device=device,
-                             random_state=seed)
+                             random_state=seed, **params)
 
     make().fit(X[:batch_size], y[:batch_size])  # warm-up: allocator, kernels, cuDNN
     _sync(device)
@@ -83,6 +92,18 @@ def time_plain_amp(X, y, backbone, batch_size, seed):
     return t_fit.seconds, t_pred.seconds
 
 
+#: CUDA input modes of the estimator → its ``data_device``.
+CUDA_INPUTS = {"uint8_host": "cpu", "uint8_device": "cuda", "float32_host": "cpu"}
+
+
+def ratios_to_plain(rows, implementation):
+    """``{"<backbone>@<size>/<mode>": img/s of implementation ÷ img/s of the plain loop}``."""
+    speed = {(r["backbone"], r["size"], r["mode"], r["implementation"]): r["images_per_s"]
+             for r in rows}
+    return {f"{b}@{s}/{m}": v / speed[(b, s, m, "plain_torch_amp_channels_last")]
+            for (b, s, m, impl), v in speed.items() if impl == implementation}
+
+
 def main(argv=None):
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -90,6 +111,9 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", type=int, default=None)
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--inputs", nargs="+", choices=list(CUDA_INPUTS),
+                   default=["uint8_host", "uint8_device"],
+                   help="estimator input modes timed on CUDA")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is available")
@@ -106,10 +130,21 @@ def main(argv=None):
     rows = []
     for size in sizes:
         X = rng.standard_normal((n, 1, size, size), dtype=np.float32)
+        # the same images in uint8, carrying the normalisation that maps them back to X's
+        # range (mean 0.5, std 1/6 on [0, 1] ~ N(0, 1) clipped to +-3)
+        compact = CompactImages(np.clip(np.rint((X / 6 + 0.5) * 255), 0, 255)
+                                .astype(np.uint8), [0.5], [1 / 6])
         for backbone in backbones:
-            timings = {"CXRClassifier": time_classifier(X, y, backbone, args.device,
-                                                        batch_size, args.seed)}
-            if on_cuda:
+            if not on_cuda:
+                timings = {"CXRClassifier": time_classifier(X, y, backbone, args.device,
+                                                            batch_size, args.seed)}
+            else:
+                timings = {}
+                for name in args.inputs:
+                    data = X if name.startswith("float32") else compact
+                    timings[f"CXRClassifier_{name}"] = time_classifier(
+                        data, y, backbone, args.device, batch_size, args.seed,
+                        data_device=CUDA_INPUTS[name])
                 timings["plain_torch_amp_channels_last"] = time_plain_amp(
                     X, y, backbone, batch_size, args.seed)
             for impl, (t_fit, t_pred) in timings.items():
@@ -122,8 +157,14 @@ def main(argv=None):
                           f"{row['images_per_s']:8.1f} img/s", flush=True)
     payload = {"config": {"backbones": backbones, "sizes": sizes, "n": n,
                           "batch_size": batch_size, "epochs": 1, "weights": None,
-                          "channels": 1, "images": "synthetic N(0, 1)"},
+                          "channels": 1, "images": "synthetic N(0, 1)",
+                          **({"inputs": args.inputs} if on_cuda else {})},
                "rows": rows}
+    if on_cuda:
+        for key, impl in (("ratio_to_plain", "CXRClassifier_uint8_device"),
+                          ("ratio_to_plain_host", "CXRClassifier_uint8_host")):
+            if impl[len("CXRClassifier_"):] in args.inputs:
+                payload[key] = ratios_to_plain(rows, impl)
     name = "throughput_cuda" if on_cuda else "throughput"
     _common.write_result(name, payload, args, device=args.device)
     return payload

@@ -1,6 +1,7 @@
 """cxr_estimators: scikit-learn classifiers for chest X-rays over torchvision backbones.
 
-Public API: :class:`CXRClassifier`, :class:`ImageLoader`, and the submodules
+Public API: :class:`CXRClassifier`, :class:`ImageLoader` (and the :class:`CompactImages`
+it returns with ``dtype="uint8"``), and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
 ``backbones``, ``augment``, ``io`` and ``distributed``; :func:`save` / :func:`load` write
 and read model files that cannot run code (:mod:`cxr_estimators.persistence`).
@@ -13,7 +14,7 @@ from . import (
 from ._callbacks import TrainingDivergedError
 from .classifier import CXRClassifier
 from .persistence import load, save
-from .preprocessing import ImageDataset, ImageLoader
+from .preprocessing import CompactImages, ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "CXRClassifier",
     "ImageLoader",
     "ImageDataset",
+    "CompactImages",
     "save",
     "load",
     "TrainingDivergedError",

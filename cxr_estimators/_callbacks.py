@@ -273,16 +273,29 @@ class DivergenceGuard(Callback):
     """Raise :class:`TrainingDivergedError` at the first batch whose loss is NaN or inf.
 
     Reads the loss skorch has already recorded (no extra device sync); only on failure
-    does it look at the batch and the weights to name the likely cause."""
+    does it look at the batch and the weights to name the likely cause. On CUDA the net
+    keeps each batch's loss on the device until the epoch ends (``_Net.run_single_epoch``,
+    no host sync per step); those losses are checked at the epoch's end, before any other
+    of our callbacks (checkpoint, early stopping) sees it."""
 
     def on_batch_end(self, net, batch=None, training=None, **kwargs):
         key = "train_loss" if training else "valid_loss"
         batches = net.history[-1]["batches"]
         loss = batches[-1].get(key)
-        if loss is None or math.isfinite(loss):
-            return
-        n_batch = sum(1 for b in batches if key in b)
-        phase = "training" if training else "validation"
+        if loss is None or isinstance(loss, torch.Tensor) or math.isfinite(loss):
+            return  # a tensor: still on the device, checked in on_epoch_end
+        self._raise(net, key, loss, sum(1 for b in batches if key in b), batch)
+
+    def on_epoch_end(self, net, **kwargs):
+        for key in ("train_loss", "valid_loss"):
+            losses = [b[key] for b in net.history[-1]["batches"] if key in b]
+            bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+            if bad:  # the batch itself is gone: the cause is named from the weights
+                self._raise(net, key, losses[bad[0]], bad[0] + 1, None)
+
+    @staticmethod
+    def _raise(net, key, loss, n_batch, batch):
+        phase = "training" if key == "train_loss" else "validation"
         raise TrainingDivergedError(
             f"training diverged: the {phase} loss is {loss} at epoch "
             f"{net.history[-1]['epoch']}, batch {n_batch}; likely cause: "

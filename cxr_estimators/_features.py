@@ -24,7 +24,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from . import _runtime
+from . import _feed, _runtime
 from ._safefile import SafeFileError, atomic_write, read_safetensors, tensor_digest
 
 __all__ = ["features_digest", "trunk_digest", "trunk_features", "clear_cache", "cache_info"]
@@ -38,7 +38,8 @@ def _digest(X):
     if hasattr(X, "fingerprint"):  # a lazy ImageDataset: paths + mtimes + loader params
         return X.fingerprint()
     h = hashlib.blake2b(digest_size=16)
-    h.update(str((X.shape, X.dtype.str)).encode())
+    # compact images: the normalisation the model applies is part of what they mean
+    h.update(str((X.shape, X.dtype.str, getattr(X, "normalization", None))).encode())
     h.update(memoryview(np.ascontiguousarray(X)).cast("B"))
     return h.hexdigest()
 
@@ -54,9 +55,8 @@ def compute_features(trunk_forward, X, device, batch_size, runtime=None):
         # its own generator: a DataLoader without one draws from torch's global RNG
         batches = torch.utils.data.DataLoader(X, batch_size=batch_size,
                                               generator=torch.Generator())
-    else:
-        batches = (torch.from_numpy(np.asarray(X[start:start + batch_size]))
-                   for start in range(0, len(X), batch_size))
+    else:  # in memory: gathered batches (views of X on CPU), pinned and prefetched on CUDA
+        batches = _feed.device_batches(X, batch_size, device)
     out, start = None, 0
     with torch.inference_mode(), runtime.autocast():
         for xb in batches:

@@ -116,7 +116,13 @@ def read_safetensors(path, *, what="file"):
         raise SafeFileError(f"{what} {name!r} could not be read: {exc}") from None
     if not data:
         raise SafeFileError(f"{what} {name!r} is empty (zero bytes)")
-    kind = _what_is_it(data[:8])
+    # A safetensors file is an 8-byte header length, then a JSON header ("{..."). Only a
+    # file without that layout is sniffed for what else it is: the length's first byte
+    # may well be 0x80, which is also how a pickle starts.
+    declared = int.from_bytes(data[:8], "little") if len(data) >= 8 else None
+    laid_out = (declared is not None and data[8:9] == b"{"
+                and declared <= min(_MAX_HEADER_BYTES, len(data) - 8))
+    kind = None if laid_out else _what_is_it(data[:8])
     if kind:
         raise SafeFileError(f"{what} {name!r} is not a safetensors file: it looks like {kind}")
     if len(data) < 8:

@@ -24,12 +24,13 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils import compute_class_weight
 from skorch import NeuralNetClassifier
-from skorch.dataset import Dataset, ValidSplit
+from skorch.callbacks import ProgressBar
+from skorch.dataset import ValidSplit, get_len
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
-from . import _runtime, distributed
+from . import _feed, _runtime, distributed
 from ._callbacks import make_callbacks, mark_interrupted
 from ._validation import check_class_weights
 from .heads import decay_param_groups
@@ -80,6 +81,7 @@ class _Net(NeuralNetClassifier):
         except KeyboardInterrupt:
             mark_interrupted(self)
             raise
+
     def get_iterator(self, dataset, training=False):
         ddp = getattr(self, "ddp_", None)
         if training and ddp is not None:  # skorch has opened this epoch's history row
@@ -109,6 +111,41 @@ class _Net(NeuralNetClassifier):
         with torch.autocast(kind, dtype=torch.bfloat16, enabled=self.amp):
             return module(x, **fit_params).float()
 
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """skorch's epoch, but the batch losses stay on the device until the epoch ends.
+
+        skorch records ``loss.item()`` after every step, which makes the host wait for
+        the GPU each batch. Here each batch's history entry holds the detached 0-d loss
+        tensor while the epoch runs (a callback reading it mid-epoch still gets a number
+        it can format or compare) and the floats are written in one transfer at the end,
+        before the epoch's callbacks average them. On the CPU (where ``item()`` waits for
+        nothing) and with a progress bar (which shows every batch's loss) skorch's loop
+        runs unchanged."""
+        if iterator is None:
+            return
+        if not self._defers_losses():
+            return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        key = prefix + "_loss"
+        losses = []
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            losses.append(step["loss"].detach())
+            self.history.record_batch(key, losses[-1])
+            self.history.record_batch(prefix + "_batch_size", get_len(
+                batch[0] if isinstance(batch, (tuple, list)) else batch))
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+        if losses:
+            values = torch.stack(losses).float().cpu().tolist()
+            for entry, value in zip(self.history[-1]["batches"][-len(losses):], values):
+                entry[key] = value
+        self.history.record(prefix + "_batch_count", len(losses))
+
+    def _defers_losses(self):
+        """Keep batch losses on the device until the epoch ends (see run_single_epoch)."""
+        return (str(self.device).startswith("cuda")
+                and not any(isinstance(cb, ProgressBar) for _, cb in self.callbacks_))
+
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Cross-entropy; with ``sample_weight`` the weighted mean over the batch,
         ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
@@ -128,11 +165,11 @@ class _Net(NeuralNetClassifier):
 
 
 def _predict_batches(net, X, batch_size):
-    """Batches of X as tensors: views of an in-memory array (no copy, no collate), or a
-    DataLoader over a lazy dataset with the net's workers."""
+    """Batches of X as tensors: from an in-memory array, :func:`_feed.device_batches`
+    (on CPU views of the array: no copy, no collate; on CUDA pinned and prefetched), or
+    a DataLoader over a lazy dataset with the net's workers."""
     if not isinstance(X, torch.utils.data.Dataset):
-        for start in range(0, len(X), batch_size):
-            yield torch.from_numpy(X[start:start + batch_size])
+        yield from _feed.device_batches(X, batch_size, net.device)
         return
     loader = torch.utils.data.DataLoader(
         X, batch_size=batch_size, num_workers=net.iterator_valid__num_workers,
@@ -299,10 +336,11 @@ def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
 
 
 def valid_dataset(X_val, y_val_enc):
-    """The given validation set as a dataset skorch's ``predefined_split`` takes."""
+    """The given validation set as a dataset skorch's ``predefined_split`` takes (an
+    in-memory one batch-gathered by :mod:`cxr_estimators._feed`)."""
     if isinstance(X_val, torch.utils.data.Dataset):
         return _Labelled(X_val, y_val_enc)
-    return Dataset(X_val, y_val_enc)
+    return _feed.ArrayDataset(X_val, y_val_enc)
 
 
 def optimizer_kwargs(optimizer, kwargs):
@@ -342,8 +380,8 @@ def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(weights, dtype=torch.double), len(y), replacement=True,
         generator=generator)
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, generator=generator,
-                                       **kwargs)
+    # in-memory data batch-gathered by the feed, datasets by a DataLoader (_feed)
+    return _feed.make_iterator(dataset, sampler=sampler, generator=generator, **kwargs)
 
 
 def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
@@ -366,8 +404,6 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
     groups = decay_param_groups(module, est.weight_decay_scope)
     if groups is not None:
         kwargs["optimizer__param_groups"] = groups
-    if est.sampling == "balanced":
-        kwargs["iterator_train"] = balanced_loader
     callbacks = make_callbacks(es_spec, n_classes=n_classes, has_valid=split is not None,
                                max_epochs=est.max_epochs, lr_schedule=est.lr_schedule,
                                average_weights=est.average_weights,
@@ -386,6 +422,12 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
         train_split=split,
         callbacks=callbacks,
         classes=np.arange(n_classes),
+        # in-memory arrays: batch-gathered (_feed); datasets: a DataLoader with workers
+        dataset=_feed.ArrayDataset,
+        iterator_train=balanced_loader if est.sampling == "balanced" else _feed.make_iterator,
+        iterator_valid=_feed.make_iterator,
+        iterator_train__device=device,
+        iterator_valid__device=device,
         iterator_train__shuffle=True,
         iterator_train__generator=rng.generator(),
         # a DataLoader without a generator draws its base seed from torch's global RNG

@@ -67,6 +67,9 @@ class _AveragedViews(nn.Module):
         self.views = views
 
     def forward(self, x):
+        norm = getattr(self.model, "input_norm", None)
+        if norm is not None:  # compact images: augment them normalised, as in training
+            x = norm(x)
         proba = torch.softmax(self.model(x).float(), dim=1)
         for _ in range(self.views):
             proba = proba + torch.softmax(self.model(self.augmenter(x)).float(), dim=1)

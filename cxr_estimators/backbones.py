@@ -23,11 +23,13 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 import torchvision
 
 from .heads import check_map, conv_map_trunk, make_head, make_pool, probe_map_shape
+from .preprocessing import InputNormalization
 
 __all__ = [
     "CXRNet",
@@ -129,11 +131,16 @@ class CXRNet(nn.Module):
         Between trunk and head (:func:`cxr_estimators.heads.make_pool`); None: identity.
     head : nn.Module or None
         The head (:func:`cxr_estimators.heads.make_head`); None builds the default one.
+    input_norm : nn.Module or None
+        The first step: a :class:`~cxr_estimators.preprocessing.InputNormalization` turns
+        uint8/uint16 images into normalised float ones on the model's device (float input
+        passes unchanged); before the channel repeat and the augmentation.
     """
 
     def __init__(self, trunk, n_features, n_classes, neurons=128, dropout=0.5, in_channels=3,
-                 augment=None, *, pool=None, head=None):
+                 augment=None, *, pool=None, head=None, input_norm=None):
         super().__init__()
+        self.input_norm = input_norm
         self.trunk = trunk
         self.in_channels = in_channels
         self.n_features = n_features
@@ -145,6 +152,8 @@ class CXRNet(nn.Module):
     def forward_features(self, x):
         if x.ndim == 3:
             x = x.unsqueeze(1)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         if x.shape[1] == 1 and self.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
         if self.training and self.augment is not None:
@@ -359,11 +368,16 @@ def apply_freeze(trunk, freeze):
 
 def build_model(backbone, n_classes, *, weights=None, in_channels=3, neurons=128,
                 dropout=0.5, freeze=False, augment=None, pooling=None, head_batch_norm=False,
-                input_dropout=0.0, backbone_kwargs=None, image_size=(224, 224)):
+                input_dropout=0.0, backbone_kwargs=None, image_size=(224, 224),
+                normalization=None):
     """Build a :class:`CXRNet` for ``n_classes`` outputs. See :class:`CXRClassifier`.
 
     ``image_size``: (H, W) of the input; with ``pooling`` set, one probe forward pass at
-    that size gives the feature map's shape (and refuses ``"flatten"`` on a 1 × 1 map)."""
+    that size gives the feature map's shape (and refuses ``"flatten"`` on a 1 × 1 map).
+    ``normalization``: ``(mean, std)`` (one value per input channel) that the model
+    applies to uint8/uint16 input (:class:`~cxr_estimators.preprocessing.CompactImages`);
+    None: mean 0, std 1. The model always has this ``input_norm`` step, so its
+    ``state_dict`` keys do not depend on the input type."""
     trunk, n_features, trunk_channels, _ = build_trunk(backbone, weights, in_channels,
                                                        backbone_kwargs=backbone_kwargs)
     if in_channels not in (1, trunk_channels):
@@ -385,8 +399,9 @@ def build_model(backbone, n_classes, *, weights=None, in_channels=3, neurons=128
             "freeze=False", UserWarning, stacklevel=3)
     head = make_head(n_features, n_classes, neurons, dropout, batch_norm=head_batch_norm,
                      input_dropout=input_dropout)
+    mean, std = normalization or ([0.0] * in_channels, [1.0] * in_channels)
     return CXRNet(trunk, n_features, n_classes, in_channels=trunk_channels, augment=augment,
-                  pool=make_pool(pooling), head=head)
+                  pool=make_pool(pooling), head=head, input_norm=InputNormalization(mean, std))
 
 
 def check_frozen_features(module, X, backbone, n_images=64):
@@ -432,8 +447,9 @@ def _first_images(X, n):
     if isinstance(X, torch.utils.data.Dataset):
         items = [X[i] for i in range(min(n, len(X)))]
         items = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
-        return torch.stack([torch.as_tensor(item) for item in items]).float()
-    return torch.as_tensor(X[:n]).float()
+        return torch.stack([torch.as_tensor(item) for item in items])
+    # no dtype cast: uint8/uint16 images are normalised by the model's input_norm
+    return torch.as_tensor(np.asarray(X[:n]))
 
 
 def find_last_conv(module):

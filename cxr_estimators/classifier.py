@@ -8,7 +8,8 @@ frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbin
 (autocast forward pass, prediction loop, grouped validation split, sample weights, warm
 start) is in :mod:`cxr_estimators._training`, layout, precision, threads and ``compile``
 in :mod:`cxr_estimators._runtime`, the per-fit random streams in :mod:`cxr_estimators._rng`,
-device placement and data-parallel training in :mod:`cxr_estimators.distributed`.
+device placement and data-parallel training in :mod:`cxr_estimators.distributed`, the
+batch-gathered input and the device-resident training set in :mod:`cxr_estimators._feed`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import _features, _runtime, distributed
+from . import _feed, _features, _runtime, distributed
 from ._callbacks import (
     best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
@@ -45,11 +46,16 @@ from ._tta import check_tta, tta_context
 from .augment import make_augmenter
 from .backbones import build_model, check_frozen_features
 from .heads import POOLINGS
+from .preprocessing import CompactImages
 
 __all__ = ["CXRClassifier"]
 
 
 def _image_shape(X):
+    """(C, H, W) of the model input; C counts the channels a gray CompactImages is
+    repeated to."""
+    if isinstance(X, CompactImages):
+        return (X.channels, *X.shape[2:])
     return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
 
 
@@ -59,8 +65,12 @@ def _as_images(X, name="X"):
     2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
     estimator checks can run); (n, H, W) as single-channel images. A
     ``torch.utils.data.Dataset`` of ``(C, H, W)`` tensors (e.g. ``ImageLoader(lazy=True)``
-    output) is used lazily: images are produced batch by batch.
+    output) is used lazily: images are produced batch by batch. A
+    :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 with its
+    normalisation) is kept as it is: the model normalises it on its device.
     """
+    if isinstance(X, CompactImages) and X.normalization is not None:
+        return CompactImages(X, *X.normalization)  # checks the shape; no copy if contiguous
     if isinstance(X, torch.utils.data.Dataset):
         if len(X) == 0:
             raise ValueError(f"{name} is an empty dataset")
@@ -249,8 +259,17 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         compiler (checked at fit: a ValueError if none). The fitted model pickles
         uncompiled, and a loaded one predicts uncompiled.
     num_workers : int, default=0
-        DataLoader worker processes (useful with lazily decoded images,
-        ``ImageLoader(lazy=True)``); batches are pinned in memory on CUDA.
+        DataLoader worker processes for lazily decoded images (``ImageLoader(lazy=True)``);
+        batches are pinned in memory on CUDA. In-memory arrays are gathered batch by batch
+        in the main process (one indexing operation per batch; on CUDA into pinned staging
+        buffers, copied asynchronously while the previous batch computes).
+    data_device : {"auto", "cpu", "cuda"}, default="auto"
+        Where an in-memory training set lives during fit. "cuda": copied to the fit's GPU
+        once, batches gathered there (a ValueError if the fit is not on CUDA or the data
+        take more than half the free GPU memory). "auto": "cuda" when the fit runs on
+        CUDA and the data fit, else host memory (with ``verbose``, one line says why).
+        "cpu": host memory. Lazy datasets are always read from the host. Pass uint8
+        images (``ImageLoader(dtype="uint8")``) to fit 4x more images.
     random_state : int, RandomState or None, default=None
         Seeds weight init, dropout, augmentation, the data order and the validation
         split; same seed → same model on CPU, also for fits running in parallel threads.
@@ -264,7 +283,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ``EpochScoring``), instances or ``(name, callback)`` pairs, run after ours. Each
         fit uses a clone (``sklearn.base.clone``; a shallow copy where a parameter, such
         as a writer, cannot be deep-copied), so the given objects are never changed. A
-        name (or score name) that one of ours already has is an error.
+        name (or score name) that one of ours already has is an error. Callbacks are
+        code, which ``cxr_estimators.save`` does not store: set ``callbacks=None`` on
+        the fitted model before saving it.
     warm_start : bool, default=False
         True: a second ``fit`` starts from the fitted weights (with a new optimizer)
         instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
@@ -273,6 +294,13 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+    input_normalization_ : (tuple, tuple) or None
+        ``(mean, std)`` of the :class:`~cxr_estimators.preprocessing.CompactImages` seen in
+        fit, which the model applies to uint8/uint16 input (buffers of its ``input_norm``
+        step); None when fitted on float images. Predicting on compact images with another
+        normalisation is an error.
+    data_device_ : str
+        Where the training set lived during fit ("cpu" or "cuda").
     n_features_in_ : int
         Number of values per image (C·H·W); images at predict time must have the same shape.
     image_shape_ : tuple
@@ -337,6 +365,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         "predict_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "compile": ["boolean"],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+        "data_device": [StrOptions({"auto", "cpu", "cuda"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [list, None],
@@ -352,8 +381,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                  average_weights=None, validation_fraction=0.1,
                  class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
                  device="auto", precision="auto", predict_batch_size=None, compile=False,
-                 num_workers=0, random_state=None, verbose=0,
-                 callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
+                 num_workers=0, data_device="auto", random_state=None,
+                 verbose=0, callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
                  head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
                  optimizer_kwargs=None, sampling=None):
         self.backbone = backbone
@@ -388,6 +417,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.predict_batch_size = predict_batch_size
         self.compile = compile
         self.num_workers = num_workers
+        self.data_device = data_device
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -414,15 +444,16 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
-    def _build_module(self, n_classes, image_shape, weights, augmenter):
+    def _build_module(self, n_classes, image_shape, weights, augmenter, normalization=None):
         """The untrained :class:`~cxr_estimators.backbones.CXRNet` for these parameters:
-        what ``fit`` trains and what :func:`cxr_estimators.load` fills with saved weights."""
+        what ``fit`` trains and what :func:`cxr_estimators.load` fills with saved weights.
+        ``normalization``: of compact training images (``input_normalization_``)."""
         return build_model(
             self.backbone, n_classes, weights=weights, in_channels=image_shape[0],
             neurons=self.neurons, dropout=self.dropout, freeze=self.freeze,
             augment=augmenter, pooling=self.pooling, head_batch_norm=self.head_batch_norm,
             input_dropout=self.input_dropout, backbone_kwargs=self.backbone_kwargs,
-            image_size=tuple(image_shape[1:]),
+            image_size=tuple(image_shape[1:]), normalization=normalization,
         )
 
     # ------------------------------------------------------------------ public API
@@ -435,6 +466,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, C, H, W) or (n, H, W), or an image dataset
+            Normalised float images, or
+            :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 from
+            ``ImageLoader(dtype="uint8")``), normalised inside the model.
         y : array-like of shape (n,)
         sample_weight : array-like of shape (n,), default=None
             Non-negative weight of each image's loss, in training and in the internal
@@ -486,9 +520,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(f"groups has {len(groups)} entries but y has "
                                  f"{len(y_enc)} labels")
         image_shape = _image_shape(X)
+        normalization = getattr(X, "normalization", None)
         sample_weight = _check_sample_weight(sample_weight, len(y_enc))
         previous = warm_start_module(self, classes, image_shape)
-        valid = self._validation_set(X_val, y_val, classes, image_shape)
+        valid = self._validation_set(X_val, y_val, classes, image_shape, normalization)
         es_spec = early_stopping_spec(self.early_stopping, classes)
         check_lr_schedule(self.lr_schedule, self.max_epochs)
         check_average_weights(self.average_weights, self.max_epochs)
@@ -504,7 +539,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         with rng.global_stream():  # weight init draws from this fit's stream
             module = self._build_module(len(classes), image_shape,
                                         self.weights if previous is None else None,
-                                        augmenter)
+                                        augmenter, normalization)
         if previous is not None:
             load_warm_start(self, module, previous)
         check_frozen_features(module, X, self.backbone)
@@ -529,7 +564,12 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                            device=device, runtime=runtime, split=split, es_spec=es_spec,
                            rng=rng, weighted=sample_weight is not None,
                            predict_batch_size=predict_batch_size)
-            net.fit(_training_data(X, y_enc, sample_weight), y_enc)
+            placed, data_device, why = _feed.place(X, y_enc, self.data_device, device,
+                                                   sample_weight)
+            if why and self.verbose:
+                print(why)
+            net.fit(_training_data(X, y_enc, sample_weight)
+                    if isinstance(X, torch.utils.data.Dataset) else placed, y_enc)
         distributed.finish_fit(net)  # DDP: every rank keeps rank 0's weights
         if use_cache:
             # The head was trained in place; serve predictions with the whole model.
@@ -541,7 +581,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.image_shape_ = image_shape
         self.n_features_in_ = int(np.prod(image_shape))
+        self.input_normalization_ = normalization
         self.device_ = device
+        self.data_device_ = data_device
         self._uses_cache = use_cache
         self._trunk_digest = digest
         self._seed = seed  # also seeds test-time augmentation
@@ -550,14 +592,17 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         raise_if_interrupted(net)  # after the state above: usable, and marked as such
         return self
 
-    def _validation_set(self, X_val, y_val, classes, image_shape):
-        """``(X_val, y_val encoded)`` checked against the training data, or None."""
+    def _validation_set(self, X_val, y_val, classes, image_shape, normalization):
+        """``(X_val, y_val encoded)`` checked against the training data (images of the
+        same shape, compact ones normalised as X), or None."""
         if X_val is None and y_val is None:
             return None
         if X_val is None or y_val is None:
             given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
             raise ValueError(f"{given} was given without {missing}; pass both or neither")
-        X_val = _as_images(X_val, "X_val")
+        kind = getattr(getattr(X_val, "dtype", None), "kind", None)
+        X_val = _feed.match_normalization(_as_images(X_val, "X_val"), kind, normalization,
+                                          type(self).__name__, "X_val")
         shape = _image_shape(X_val)
         if shape != image_shape:
             raise ValueError(f"X_val has images of shape {shape} but X has {image_shape}; "
@@ -582,7 +627,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():  # about the random init this is about to replace
             warnings.simplefilter("ignore", UserWarning)
             module = self._build_module(len(self.classes_), self.image_shape_, None,
-                                        make_augmenter(self.augment))
+                                        make_augmenter(self.augment),
+                                        getattr(self, "input_normalization_", None))
         runtime.prepare(module)
         net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
                        device=device, runtime=runtime, split=None, es_spec=None,
@@ -626,7 +672,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         if getattr(X, "ndim", None) == 3:
             check_image_batch(X.shape, self.image_shape_)
-        X = _as_images(X)
+        kind = getattr(getattr(X, "dtype", None), "kind", None)
+        X = _feed.match_normalization(_as_images(X), kind,
+                                      getattr(self, "input_normalization_", None),
+                                      type(self).__name__)
         shape = _image_shape(X)
         if shape != self.image_shape_:
             raise ValueError(

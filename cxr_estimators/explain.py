@@ -179,14 +179,17 @@ def _before_final_pool(block, name):
 
 
 def _rows(X, start, stop, device):
-    """Images ``start:stop`` of X as a float32 tensor on ``device``. X is the classifier's
-    input: an array (sliced) or a torch Dataset, e.g. from ``ImageLoader(lazy=True)``,
-    whose items (an image, or an ``(image, label)`` pair) are stacked."""
+    """Images ``start:stop`` of X as a tensor on ``device`` (float32, or uint8/uint16
+    that the model normalises). X is the classifier's input: an array (sliced) or a torch
+    Dataset, e.g. from ``ImageLoader(lazy=True)``, whose items (an image, or an
+    ``(image, label)`` pair) are stacked."""
     if not isinstance(X, torch.utils.data.Dataset):
-        return torch.as_tensor(X[start:stop], device=device)
+        return torch.as_tensor(np.asarray(X[start:stop]), device=device)
     items = [X[i] for i in range(start, min(stop, len(X)))]
     images = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
-    return torch.stack([torch.as_tensor(image) for image in images]).to(device, torch.float32)
+    # no dtype cast: uint8/uint16 items (ImageLoader(dtype="uint8", lazy=True)) are
+    # normalised by the model itself
+    return torch.stack([torch.as_tensor(image) for image in images]).to(device)
 
 
 def _target_indices(target, classes, n):

@@ -257,7 +257,8 @@ class _ClinicalScorer(_RequestsSampleWeight):
                 # ROC AUC is symmetric in the two classes: classes_[1]'s column suffices,
                 # so it needs no positive class.
                 return make_scorer(roc_auc_score, response_method="predict_proba")
-            return make_scorer(_LABEL_FUNCS[self.name], pos_label=self._binary_pos_label(classes))
+            return make_scorer(_LABEL_FUNCS[self.name],
+                               pos_label=self._binary_pos_label(classes))
         if self.name == "roc_auc":
             return make_scorer(roc_auc_score, response_method="predict_proba",
                                multi_class="ovr", average="macro", labels=classes)

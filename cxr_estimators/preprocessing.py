@@ -2,7 +2,10 @@
 
 Decoding of files lives in :mod:`cxr_estimators.io`; resizing, cropping and channel
 conversion use :mod:`torchvision.transforms.v2.functional`. Written here: the sklearn
-wrapper, the normalisation presets and the checks that name the offending row.
+wrapper, the normalisation presets, the checks that name the offending row, and the
+compact output: :class:`CompactImages` (uint8/uint16 images that carry their
+normalisation) and :class:`InputNormalization`, the module that applies that
+normalisation inside the model, on its device (see docs/design.md, "Compact images").
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
 from torchvision.transforms.v2 import functional as F
 
 from ._validation import StrictParamsMixin, check_memory, format_bytes
 from .io import ImageReadError, file_key
 
-__all__ = ["ImageLoader", "NORMALIZATION_PRESETS"]
+__all__ = ["CompactImages", "ImageLoader", "InputNormalization", "NORMALIZATION_PRESETS"]
 
 #: name → (mean, std) per channel, applied to images scaled to [0, 1].
 NORMALIZATION_PRESETS = {
@@ -28,6 +32,126 @@ NORMALIZATION_PRESETS = {
     "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
+
+#: Compact pixel types → the value that means 1.0 (white).
+_COMPACT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+
+
+class InputNormalization(nn.Module):
+    """The model's first step: uint8/uint16 images → normalised float32, on their device.
+
+    ``(x / max - mean[c]) / std[c]`` per channel, ``max`` = 255 (uint8) or 65535 (uint16);
+    a one-channel input with three-channel ``mean``/``std`` comes out with three channels
+    (the gray → RGB repeat, done by broadcasting). Float input is taken as normalised
+    already (``ImageLoader(dtype="float32")`` output) and returned unchanged. ``mean`` and
+    ``std`` are buffers: they move with the model and are saved in its ``state_dict``.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, x):
+        if x.is_floating_point():
+            return x
+        if x.dtype == torch.uint16:
+            # widened through int16 bits: every device and torch version converts int32
+            x, top = x.view(torch.int16).int() & 0xFFFF, 65535.0
+        elif x.dtype == torch.uint8:
+            top = 255.0
+        else:
+            raise TypeError(f"images must be float, uint8 or uint16; got {x.dtype}")
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        scale = 1.0 / (top * self.std)
+        return torch.addcmul(-self.mean / self.std, x.float(), scale)
+
+    def extra_repr(self):
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class CompactImages(np.ndarray):
+    """uint8/uint16 images ``(n, C, H, W)`` carrying the normalisation that makes them the
+    model's float input.
+
+    ``ImageLoader(dtype="uint8" | "uint16").transform`` returns this. :class:`CXRClassifier`
+    applies the normalisation inside its model (:class:`InputNormalization`), on its
+    device, so host memory and host-to-device copies carry 1 or 2 bytes per pixel instead
+    of 4, and a gray image once instead of three times.
+
+    Parameters
+    ----------
+    images : array-like of uint8 or uint16, shape (n, C, H, W)
+        ``C`` is ``len(mean)``, or 1 with three-channel ``mean``/``std``: a gray image
+        that the model repeats to three channels.
+    mean, std : sequence of float
+        Per model input channel (1 or 3), applied to the images scaled to [0, 1]
+        (÷ 255 for uint8, ÷ 65535 for uint16); as ``ImageLoader(normalize=...)``.
+
+    Attributes
+    ----------
+    normalization : (tuple, tuple) or None
+        ``(mean, std)``. None on arrays derived by arithmetic, ``astype`` to another dtype
+        or concatenation: those are plain values.
+    channels : int
+        Channels of the model input (``len(mean)``).
+
+    Notes
+    -----
+    An ndarray: slicing, fancy indexing (sklearn's CV splits), ``copy`` and pickling
+    (including joblib's parallel workers) keep ``normalization``; ``np.asarray`` gives the
+    plain integer array. :meth:`to_float32` returns what ``dtype="float32"`` would have.
+    """
+
+    def __new__(cls, images, mean, std):
+        arr = np.ascontiguousarray(images)
+        if arr.dtype not in _COMPACT_MAX:
+            raise ValueError(f"CompactImages must be uint8 or uint16; got {arr.dtype}")
+        mean = tuple(float(m) for m in np.atleast_1d(mean))
+        std = tuple(float(s) for s in np.atleast_1d(std))
+        if len(mean) not in (1, 3) or len(std) != len(mean) or min(std) <= 0:
+            raise ValueError(f"CompactImages needs 1 or 3 means and as many stds > 0; got "
+                             f"mean={mean}, std={std}")
+        if arr.ndim != 4 or arr.shape[1] not in (1, len(mean)):
+            raise ValueError(f"CompactImages must have shape (n, C, H, W) with C = 1 or "
+                             f"{len(mean)} (len(mean)); got {arr.shape}")
+        obj = arr.view(cls)
+        obj.normalization = (mean, std)
+        return obj
+
+    def __array_finalize__(self, obj):
+        keep = self.dtype in _COMPACT_MAX
+        self.normalization = getattr(obj, "normalization", None) if keep else None
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        # ufunc results (x / 255, x == 0, x.sum()) are plain values, not images to normalise
+        array = np.asarray(array)
+        return array[()] if return_scalar else array
+
+    def astype(self, dtype, *args, **kwargs):
+        out = super().astype(dtype, *args, **kwargs)
+        return out if out.dtype == self.dtype else out.view(np.ndarray)
+
+    def __reduce__(self):
+        # the plain array is pickled by whatever pickler runs (joblib's workers memmap it)
+        return _rebuild_compact, (self.view(np.ndarray), self.normalization)
+
+    @property
+    def channels(self):
+        return len(self.normalization[0]) if self.normalization else self.shape[1]
+
+    def to_float32(self):
+        """The normalised float32 ``(n, channels, H, W)`` array (``dtype="float32"`` output)."""
+        with torch.no_grad():
+            out = InputNormalization(*self.normalization)(torch.from_numpy(np.asarray(self)))
+        return out.numpy()
+
+
+def _rebuild_compact(array, normalization):
+    if normalization is None:
+        return array
+    return CompactImages(array, *normalization)
 
 
 def _is_path_list(X):
@@ -128,7 +252,7 @@ def _warn_uint16_8bit(arr, what):
 
 
 class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
-    """Load chest X-rays from paths or arrays into a normalised float32 batch.
+    """Load chest X-rays from paths or arrays into a normalised batch for the classifier.
 
     Parameters
     ----------
@@ -145,10 +269,20 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
         "imagenet": torchvision's ImageNet mean/std; "minus_one_one": scale to [-1, 1];
         "unit": keep [0, 1]; or per-channel sequences ``(mean, std)``.
     lazy : bool, default=False
-        False: ``transform`` returns one float32 array. True: it returns an
+        False: ``transform`` returns one array. True: it returns an
         :class:`ImageDataset` that decodes and preprocesses each image when a batch asks
         for it, so memory stays bounded by the batch (``CXRClassifier`` accepts it; use it
         for predicting on many images at high resolution).
+    dtype : {"float32", "uint8", "uint16"}, default="float32"
+        "float32": normalised float32 images. "uint8" / "uint16": the cropped, resized
+        images quantised to 8 or 16 bits, unnormalised, as :class:`CompactImages` that
+        carry the normalisation; ``CXRClassifier`` normalises them (and repeats gray to
+        three channels) inside its model on its device: a quarter (uint8) or half
+        (uint16) of the bytes in memory and on the way to the GPU, a third again for gray
+        images with ``channels=3``, which are kept with one channel. "uint16" keeps the
+        precision of 16-bit sources (DICOM, 16-bit PNG); "uint8" loses at most half a
+        grey level of 255. With ``lazy=True`` the items are uint8/uint16 tensors with
+        ``channels`` channels.
 
     Notes
     -----
@@ -158,8 +292,8 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
     array ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``; float arrays must be in
     [0, 1]. A 4-D array is channels-first when its axis 1 is 1 or 3 and its last axis is
     not 1, 3 or 4; when both readings fit (tiny images), it is read as channels-last and
-    a warning says so. Output is always an array (or dataset): ``set_output`` accepts
-    only "default".
+    a warning says so. A colour image whose three channels are equal is treated as gray.
+    Output is always an array (or dataset): ``set_output`` accepts only "default".
 
     Examples
     --------
@@ -167,6 +301,10 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
     >>> from cxr_estimators import ImageLoader
     >>> ImageLoader(size=32, channels=1).fit_transform(np.zeros((2, 28, 28), np.uint8)).shape
     (2, 1, 32, 32)
+    >>> compact = ImageLoader(size=32, channels=3, dtype="uint8").fit_transform(
+    ...     np.zeros((2, 28, 28), np.uint8))
+    >>> compact.dtype, compact.shape, compact.channels  # gray: stored once, used as RGB
+    (dtype('uint8'), (2, 1, 32, 32), 3)
     """
 
     _parameter_constraints = {
@@ -175,15 +313,17 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
         "center_crop": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "normalize": [StrOptions(set(NORMALIZATION_PRESETS)), tuple, list],
         "lazy": ["boolean"],
+        "dtype": [StrOptions({"float32", "uint8", "uint16"})],
     }
 
     def __init__(self, size=224, channels=3, center_crop=None, normalize="imagenet",
-                 lazy=False):
+                 lazy=False, dtype="float32"):
         self.size = size
         self.channels = channels
         self.center_crop = center_crop
         self.normalize = normalize
         self.lazy = lazy
+        self.dtype = dtype
 
     def fit(self, X, y=None):
         """Validate the parameters; nothing is learned. Returns self."""
@@ -236,10 +376,13 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
                 f"{format_bytes(MAX_IMAGE_BYTES)} limit per image")
         return size
 
-    def _prepare(self, image, row, mean, std, size, channels_last=False):
+    def _unit_image(self, image, row, size, channels_last=False):
+        """Float32 (C, H, W) in [0, 1], converted to ``channels``, cropped and resized;
+        C is 1 for a gray source also when ``channels=3`` (repeated by the caller, after
+        the resize: the same result for a third of the work)."""
         img = _as_unit_tensor(image, row, channels_last)
-        if img.shape[0] == 1 and self.channels == 3:
-            img = img.expand(3, -1, -1)
+        if img.shape[0] == 3 and torch.equal(img[0], img[1]) and torch.equal(img[0], img[2]):
+            img = img[:1]  # a gray image stored as RGB
         elif img.shape[0] == 3 and self.channels == 1:
             img = F.rgb_to_grayscale(img)
         if self.center_crop is not None and self.center_crop < 1:
@@ -248,7 +391,16 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
                                       max(1, round(w * self.center_crop))])
         if size is not None and list(img.shape[-2:]) != size:
             img = F.resize(img, size, antialias=True)
-        return F.normalize(img.float(), mean, std)
+        return img
+
+    def _normalized(self, img, mean, std):
+        """Float32 output: repeated to ``channels`` and normalised."""
+        return F.normalize(img.expand(self.channels, -1, -1).float(), mean, std)
+
+    def _compact(self, img):
+        """uint8/uint16 output: quantised, unnormalised, gray kept with one channel."""
+        top = _COMPACT_MAX[np.dtype(self.dtype)]
+        return np.rint(img.numpy() * top).clip(0, top).astype(self.dtype)
 
     def _sources(self, X):
         """(items, names, reader): what to decode, how to name it in errors, how to read."""
@@ -278,28 +430,15 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
         return X, [str(i) for i in range(len(X))], None
 
     def transform(self, X):
-        """Return a float32 array ``(n, channels, H, W)`` (an :class:`ImageDataset` if lazy)."""
+        """Return the images ``(n, channels, H, W)``: a float32 array, a
+        :class:`CompactImages` (``dtype`` uint8/uint16), or an :class:`ImageDataset` if lazy."""
         self._check_params()  # stateless: transform works without fit, as tagged
         dataset = ImageDataset(self, *self._sources(X))
         if len(dataset) == 0:
             raise ValueError("X is empty: no images to transform")
         if self.lazy:
             return dataset
-        out = []
-        for i in range(len(dataset)):
-            img = dataset[i]
-            if not out:  # torch.stack below copies: the list and the batch coexist
-                check_memory(2 * len(dataset) * img.numel() * img.element_size(),
-                             f"ImageLoader.transform of {len(dataset)} images of shape "
-                             f"{tuple(img.shape)}", "use ImageLoader(lazy=True), a smaller "
-                             "size=, or transform in chunks")
-            if out and img.shape != out[0].shape:
-                raise ValueError(
-                    f"image {dataset.names[i]} has size {tuple(img.shape[-2:])} but image 0 "
-                    f"has {tuple(out[0].shape[-2:])}; set size= to resize all images"
-                )
-            out.append(img)
-        return torch.stack(out).numpy()
+        return dataset._stack()
 
     def set_output(self, *, transform=None):
         """Accept ``transform="default"`` (or None): the output stays an array.
@@ -328,9 +467,11 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
 class ImageDataset(torch.utils.data.Dataset):
     """Images decoded and preprocessed on access, for bounded-memory fit/predict.
 
-    Returned by ``ImageLoader(lazy=True).transform``; item ``i`` is a float32 tensor
-    ``(C, H, W)``. ``shape`` is ``(n, C, H, W)`` (from the first image: with ``size=None``
-    all images must share its size). ``np.asarray(dataset)`` materialises everything.
+    Returned by ``ImageLoader(lazy=True).transform``; item ``i`` is a tensor ``(C, H, W)``:
+    float32, or uint8/uint16 with ``dtype="uint8"/"uint16"`` (then ``normalization`` is
+    the ``(mean, std)`` the model applies, else None). ``shape`` is ``(n, C, H, W)`` (from
+    the first image: with ``size=None`` all images must share its size).
+    ``np.asarray(dataset)`` materialises everything.
     """
 
     def __init__(self, loader, items, names, reader):
@@ -340,15 +481,51 @@ class ImageDataset(torch.utils.data.Dataset):
         self.reader = reader
         self._mean_std = loader._mean_std()
         self._size = loader._out_size()
+        self.normalization = (None if loader.dtype == "float32" else
+                              tuple(tuple(float(v) for v in m) for m in self._mean_std))
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
+        img = self._image(i)
+        if self.normalization is None:
+            return torch.from_numpy(img)
+        return torch.from_numpy(img).expand(self.loader.channels, -1, -1)
+
+    def _image(self, i):
+        """Image ``i`` as stored: normalised float32, or compact with gray kept 1-channel."""
         # items of one 4-D array were made (n, H, W, C) by ImageLoader._sources
         stacked = isinstance(self.items, np.ndarray) and self.items.ndim == 4
-        return self.loader._prepare(self._read(i), self.names[i], *self._mean_std,
-                                    self._size, channels_last=stacked)
+        img = self.loader._unit_image(self._read(i), self.names[i], self._size,
+                                      channels_last=stacked)
+        if self.normalization is None:
+            return self.loader._normalized(img, *self._mean_std).numpy()
+        return self.loader._compact(img)
+
+    def _stack(self):
+        """All images in one preallocated array (float32, or :class:`CompactImages` with
+        one channel when every image is gray)."""
+        out = None
+        for i in range(len(self)):
+            img = self._image(i)
+            if out is None:  # one array for all: nothing else of this size is kept
+                check_memory(len(self) * img.nbytes * (self.loader.channels // img.shape[0]),
+                             f"ImageLoader.transform of {len(self)} images of shape "
+                             f"{img.shape}", "use ImageLoader(lazy=True), a smaller size=, "
+                             "or transform in chunks")
+                out = np.empty((len(self), *img.shape), dtype=img.dtype)
+            elif img.shape[-2:] != out.shape[-2:]:
+                raise ValueError(
+                    f"image {self.names[i]} has size {img.shape[-2:]} but image 0 has "
+                    f"{out.shape[-2:]}; set size= to resize all images"
+                )
+            elif img.shape[0] > out.shape[1]:  # a colour image after gray ones
+                out = np.repeat(out, img.shape[0], axis=1)
+            out[i] = img
+        if self.normalization is None:
+            return out
+        return CompactImages(out, *self.normalization)
 
     def _read(self, i):
         """Image ``i`` as decoded; a read error names the row as well as the file, and
@@ -364,8 +541,16 @@ class ImageDataset(torch.utils.data.Dataset):
     def shape(self):
         return (len(self), *self[0].shape)
 
+    def to_float32(self):
+        """The same images as normalised float32 items (a new dataset; nothing is decoded
+        now)."""
+        loader = clone(self.loader).set_params(dtype="float32")
+        return ImageDataset(loader, self.items, self.names, self.reader)
+
     def __array__(self, dtype=None, copy=None):
-        arr = torch.stack([self[i] for i in range(len(self))]).numpy()
+        arr = np.asarray(self._stack())
+        if arr.shape[1] < self.loader.channels:  # as the items: gray repeated
+            arr = np.repeat(arr, self.loader.channels, axis=1)
         return arr if dtype is None else arr.astype(dtype)
 
     def fingerprint(self):

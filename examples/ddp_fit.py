@@ -5,7 +5,8 @@ One fit on several processes with torch DDP, launched by torchrun
 ``CXRClassifier.fit`` trains data-parallel whenever a torch.distributed process group of
 more than one process is open (:mod:`cxr_estimators.distributed`): every rank loads the
 same images, takes its share of each epoch's batches, and the gradients are averaged.
-At the end every rank holds the same fitted estimator; rank 0 saves it.
+At the end every rank holds the same fitted estimator; rank 0 saves it
+(``cxr_estimators.save``).
 
 On two CPU processes (gloo), from the repository root::
 
@@ -32,10 +33,10 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import joblib
 import numpy as np
 import torch
 
+import cxr_estimators
 from cxr_estimators import CXRClassifier, ImageLoader, distributed
 from cxr_estimators.datasets import load_sample
 
@@ -82,11 +83,11 @@ def main(argv=None):
                  train_loss=np.array(clf.history_[:, "train_loss"]),
                  valid_loss=np.array(clf.history_[:, "valid_loss"]))
         if distributed.is_main_process():
-            joblib.dump(clf, out / "model.joblib")
+            cxr_estimators.save(clf, out / "model.safetensors")
             print(f"{world} ranks, device {clf.device_}, {len(clf.history_)} epochs, "
                   f"train batches per rank per epoch {clf.history_[-1, 'train_batch_count']}"
                   f", valid_loss {clf.history_[-1, 'valid_loss']:.4f}; saved "
-                  f"{out / 'model.joblib'}")
+                  f"{out / 'model.safetensors'}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,9 @@ def test_ddp_fit_on_two_processes_agrees_on_every_rank(tmp_path, options):
     # each rank trained on its half: 108 training images, batches of 16 → 4 per rank
     # (a single process takes 7)
     assert ranks[0]["train_batches"].tolist() == [4, 4]
-    model = joblib.load(tmp_path / "model.joblib")  # saved on rank 0, a plain estimator
+    import cxr_estimators
+
+    model = cxr_estimators.load(tmp_path / "model.safetensors")  # saved on rank 0
     assert model.net_.ddp_ is None
     from cxr_estimators import ImageLoader
     from cxr_estimators.datasets import load_sample

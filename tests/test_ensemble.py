@@ -1,5 +1,6 @@
 """Ensembles are sklearn's: ``VotingClassifier(voting="soft")`` over CXRClassifier
-pipelines that differ in ``random_state`` or backbone (the recipe in docs/accuracy.md)."""
+pipelines that differ in ``random_state`` or backbone (the recipe in docs/accuracy.md),
+round-tripping through joblib and ``cxr_estimators.save`` / ``load``."""
 
 import joblib
 import numpy as np
@@ -9,6 +10,7 @@ from sklearn.ensemble import VotingClassifier
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
+import cxr_estimators
 from cxr_estimators import CXRClassifier, ImageLoader
 
 from conftest import _toy_images
@@ -55,6 +57,25 @@ def test_ensemble_round_trips_through_joblib(fitted, images, tmp_path):
     joblib.dump(fitted, tmp_path / "ensemble.joblib")
     loaded = joblib.load(tmp_path / "ensemble.joblib")
     np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_ensemble_round_trips_through_cxr_estimators_save(fitted, images, tmp_path):
+    X, _ = images
+    path = tmp_path / "ensemble.safetensors"
+    # a fitted member's test-time augmentation (set on the fitted clone) travels too
+    m2 = fitted.named_estimators_["m2"].set_params(clf__tta=2)  # seed 1
+    try:
+        expected = fitted.predict_proba(X)
+        cxr_estimators.save(fitted, path)
+        loaded = cxr_estimators.load(path)
+    finally:
+        m2.set_params(clf__tta=None)
+    assert not np.allclose(expected, fitted.predict_proba(X))
+    assert isinstance(loaded, VotingClassifier)
+    assert loaded.named_estimators_["m2"]["clf"].tta == 2
+    assert loaded.named_estimators_["m3"]["clf"].backbone == "deep_cnn"
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
 
 
 def test_grid_search_on_a_members_parameter(images):

@@ -99,3 +99,69 @@ def test_compile_true_on_cuda(toy_binary, small_clf_params):
     np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
     loaded = pickle.loads(pickle.dumps(compiled))
     np.testing.assert_allclose(loaded.predict_proba(X), proba, atol=0.02)
+
+
+# ---------------------------------------------------------------- the input feed (_feed.py)
+def test_staged_feed_yields_the_host_batches():
+    from cxr_estimators import _feed
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (203, 1, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 2, 203)
+    data = _feed.ArrayDataset(X, y)
+
+    def batches(device):
+        return list(_feed.BatchFeed(data, np.arange(3, 203), batch_size=16, shuffle=True,
+                                    generator=torch.Generator().manual_seed(0),
+                                    device=device))
+
+    host, staged = batches("cpu"), batches("cuda")
+    assert len(host) == len(staged) == 13  # many more batches than the two pinned slots
+    for (xa, ya), (xb, yb) in zip(host, staged):
+        assert xb.is_cuda and yb.is_cuda and xb.dtype == torch.uint8
+        torch.testing.assert_close(xb.cpu(), xa, rtol=0, atol=0)
+        torch.testing.assert_close(yb.cpu(), ya, rtol=0, atol=0)
+
+
+def test_device_resident_fit_matches_the_host_fit(toy_binary, small_clf_params):
+    from cxr_estimators import ImageLoader
+
+    X, y = toy_binary
+    compact = ImageLoader(size=16, channels=1, dtype="uint8").fit_transform(
+        (X[:, 0] * 255).astype(np.uint8))
+    params = {**small_clf_params, "max_epochs": 15, "device": "cuda"}
+    resident = CXRClassifier(**params, data_device="cuda").fit(compact, y)
+    host = CXRClassifier(**params, data_device="cpu").fit(compact, y)
+    assert resident.data_device_ == "cuda" and host.data_device_ == "cpu"
+    # same batches; cuDNN kernels and bf16 autocast are not bitwise deterministic
+    np.testing.assert_allclose(resident.predict_proba(compact), host.predict_proba(compact),
+                               atol=0.05)
+    assert resident.score(compact, y) >= 0.9
+    assert all(type(e["train_loss"]) is float for e in resident.history_[-1]["batches"])
+
+
+def test_uint8_and_uint16_normalisation_on_cuda():
+    from cxr_estimators.preprocessing import InputNormalization
+
+    norm = InputNormalization([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    x16 = torch.randint(0, 65536, (2, 1, 5, 5), dtype=torch.int32).to(torch.uint16)
+    x8 = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    for x in (x16, x8):
+        torch.testing.assert_close(norm.cuda()(x.cuda()).cpu(), norm.cpu()(x))
+
+
+def test_uint8_pipeline_on_cuda_predicts_like_float(toy_binary, small_clf_params):
+    from sklearn.pipeline import Pipeline
+
+    from cxr_estimators import ImageLoader
+    from cxr_estimators.explain import grad_cam
+
+    X, y = toy_binary
+    images = (X[:, 0] * 255).astype(np.uint8)
+    params = {**small_clf_params, "max_epochs": 15, "device": "cuda"}
+    pipes = {dtype: Pipeline([("load", ImageLoader(size=16, channels=3, dtype=dtype)),
+                              ("clf", CXRClassifier(**params))]).fit(images, y)
+             for dtype in ("float32", "uint8")}
+    np.testing.assert_allclose(pipes["uint8"].predict_proba(images),
+                               pipes["float32"].predict_proba(images), atol=0.05)
+    assert grad_cam(pipes["uint8"], images[:4]).shape == (4, 16, 16)

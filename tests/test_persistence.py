@@ -208,3 +208,18 @@ def test_cuda_trained_model_loads_on_cpu_only_process(tmp_path, small_clf_params
     assert (cpu.argmax(1) == gpu.argmax(1)).mean() >= 0.9
     on_gpu = cxr_estimators.load(path)  # on a GPU machine it stays there, same output
     np.testing.assert_array_equal(on_gpu.predict_proba(X8), gpu)
+
+
+def test_safetensors_header_length_starting_with_pickle_byte_is_read(tmp_path):
+    """A header length whose low byte is 0x80 (how a pickle starts) is still safetensors."""
+    from safetensors.torch import save as save_tensors
+
+    from cxr_estimators._safefile import read_safetensors
+
+    data = next(d for n in range(1, 400)
+                if (d := save_tensors({"x" * n: torch.zeros(1)}, metadata={"k": "v"}))[0]
+                == 0x80)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    tensors, metadata = read_safetensors(path)
+    assert metadata == {"k": "v"} and list(tensors) == [next(iter(tensors))]
