@@ -14,7 +14,8 @@ import sys
 from benchmarks import _common
 
 BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
-              "scale_out", "robustness")
+              "scale_out", "robustness", "input_pipeline", "cpu_speed", "cpu_layout",
+              "cpu_threads")
 
 
 def main(argv=None):

@@ -24,7 +24,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from . import _feed
+from . import _feed, _runtime
 from ._safefile import SafeFileError, atomic_write, read_safetensors, tensor_digest
 
 __all__ = ["features_digest", "trunk_digest", "trunk_features", "clear_cache", "cache_info"]
@@ -44,33 +44,36 @@ def _digest(X):
     return h.hexdigest()
 
 
-def compute_features(trunk_forward, X, device, batch_size, amp=False):
-    """Run ``trunk_forward`` over ``X`` in batches without gradients; float32 (n, d).
+def compute_features(trunk_forward, X, device, batch_size, runtime=None):
+    """Run ``trunk_forward`` over ``X`` in batches under ``inference_mode``; float32 (n, d)
+    written into one array allocated after the first batch.
 
-    ``amp``: on CUDA, run under bf16 autocast with channels_last input, exactly as the
-    uncached training forward pass does, so both paths see the same features."""
-    out = []
+    ``runtime`` (:class:`cxr_estimators._runtime.Runtime`): the layout and bf16 autocast
+    of the uncached training forward pass, so both paths see the same features."""
+    runtime = runtime or _runtime.Runtime(device)
     if isinstance(X, torch.utils.data.Dataset):
         # its own generator: a DataLoader without one draws from torch's global RNG
         batches = torch.utils.data.DataLoader(X, batch_size=batch_size,
                                               generator=torch.Generator())
-    else:  # in memory: gathered batches, pinned and prefetched on CUDA
+    else:  # in memory: gathered batches (views of X on CPU), pinned and prefetched on CUDA
         batches = _feed.device_batches(X, batch_size, device)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    out, start = None, 0
+    with torch.inference_mode(), runtime.autocast():
         for xb in batches:
-            xb = torch.as_tensor(xb).to(device)
-            if amp and xb.ndim == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            out.append(trunk_forward(xb).float().cpu())
-    return torch.cat(out).numpy()
+            feats = trunk_forward(runtime.layout(torch.as_tensor(xb).to(device))).float()
+            if out is None:
+                out = torch.empty((len(X), *feats.shape[1:]), dtype=torch.float32)
+            out[start:start + len(feats)].copy_(feats)
+            start += len(feats)
+    return out.numpy()
 
 
-def _compute(module, X, device, batch_size, amp=False):
+def _compute(module, X, device, batch_size, runtime=None):
     module = module.to(device)
     was_training = module.training
     module.eval()
     try:
-        return compute_features(module.forward_features, X, device, batch_size, amp)
+        return compute_features(module.forward_features, X, device, batch_size, runtime)
     finally:
         module.train(was_training)
 
@@ -95,26 +98,29 @@ def features_digest(module):
     return f"{trunk_digest(module.trunk)}/{getattr(module, 'pool', None)!r}"
 
 
-def trunk_features(module, X, backbone, device, batch_size, memory=True, amp=False,
+def trunk_features(module, X, backbone, device, batch_size, memory=True, runtime=None,
                    digest=None):
     """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above.
 
-    ``digest``: :func:`features_digest` of ``module`` if already known."""
-    key = (backbone, digest or features_digest(module), _digest(X), amp)
+    ``runtime``: see :func:`compute_features`. ``digest``: :func:`features_digest` of
+    ``module`` if already known."""
+    runtime = runtime or _runtime.Runtime(device)
+    key = (backbone, digest or features_digest(module), _digest(X), runtime.amp,
+           runtime.channels_last)
     if memory is True:
         if key in _memory_cache:
             _stats["hits"] += 1
             _memory_cache.move_to_end(key)
             return _memory_cache[key]
         _stats["misses"] += 1
-        feats = _compute(module, X, device, batch_size, amp)
+        feats = _compute(module, X, device, batch_size, runtime)
         feats.setflags(write=False)
         _memory_cache[key] = feats
         while len(_memory_cache) > _MAX_ENTRIES:
             _memory_cache.popitem(last=False)
         return feats
     return _disk_cached(os.fspath(memory), repr(key),
-                        lambda: _compute(module, X, device, batch_size, amp))
+                        lambda: _compute(module, X, device, batch_size, runtime))
 
 
 def _disk_cached(directory, key, compute):

@@ -1,7 +1,8 @@
 """skorch and torch plumbing of :class:`~cxr_estimators.CXRClassifier`.
 
-The skorch net with the CUDA bf16-autocast / channels_last forward pass (skorch's own AMP
-needs ``accelerate``), per-image loss weights (``sample_weight``), its construction from
+The skorch net with the bf16-autocast / channels_last forward pass (skorch's own AMP
+needs ``accelerate``; what runs how is decided in :mod:`cxr_estimators._runtime`), the
+prediction loop, per-image loss weights (``sample_weight``), its construction from
 the estimator's parameters, the validation set (skorch's ``predefined_split`` for a given
 one, a stratified or grouped split otherwise), the dataset wrapper that pairs lazily
 decoded images with labels, and what is dropped from a fitted net before pickling.
@@ -29,7 +30,7 @@ from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
-from . import _feed, distributed
+from . import _feed, _runtime, distributed
 from ._callbacks import make_callbacks, mark_interrupted
 from ._validation import check_class_weights
 from .heads import decay_param_groups
@@ -38,18 +39,39 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": t
 
 
 class _Net(NeuralNetClassifier):
-    """skorch net whose forward pass may run under bf16 autocast with channels_last input.
+    """skorch net whose forward pass may run under bf16 autocast with channels_last input,
+    on the device type it was fitted for (``amp_device``; see :mod:`cxr_estimators._runtime`).
 
     Also: training forward passes draw from the fit's own random stream
     (:class:`_FitRandomness`, attribute ``fit_rng_``), a batch given as
     ``{"X": images, "sample_weight": w}`` weights each image's loss, and under torch DDP
     (:mod:`cxr_estimators.distributed`) training batches go through the DDP wrapper and
-    each rank trains on its share of the training set."""
+    each rank trains on its share of the training set; fits running at once in one
+    process share the cores (:func:`cxr_estimators._runtime.thread_share`, refreshed each
+    epoch)."""
 
-    def __init__(self, *args, amp=False, channels_last=False, **kwargs):
+    def __init__(self, *args, amp=False, channels_last=False, amp_device="cuda", **kwargs):
         super().__init__(*args, **kwargs)
         self.amp = amp
         self.channels_last = channels_last
+        self.amp_device = amp_device
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+        _runtime.refresh_thread_share()
+
+    def forward_module(self):
+        """The module that runs forward passes: ``module_``, or its compiled version
+        (``compile=True``) kept aside after fit (:func:`_drop_training_state`)."""
+        compiled = getattr(self, "compiled_module_", None)
+        if compiled is not None and compiled._orig_mod is self.module_:
+            return compiled
+        return self.module_
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("compiled_module_", None)  # compiled code does not pickle
+        return state
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # skorch's partial_fit swallows KeyboardInterrupt; mark a user's one so that
@@ -59,6 +81,7 @@ class _Net(NeuralNetClassifier):
         except KeyboardInterrupt:
             mark_interrupted(self)
             raise
+
     def get_iterator(self, dataset, training=False):
         ddp = getattr(self, "ddp_", None)
         if training and ddp is not None:  # skorch has opened this epoch's history row
@@ -68,7 +91,7 @@ class _Net(NeuralNetClassifier):
     def infer(self, x, **fit_params):
         if isinstance(x, dict):  # {"X": images, "sample_weight": w}: weights are get_loss's
             x = x["X"]
-        module, rng = self.module_, None
+        module, rng = self.forward_module(), None
         if module.training:
             ddp, rng = getattr(self, "ddp_", None), getattr(self, "fit_rng_", None)
             module = module if ddp is None else ddp.wrapped(module, self.device)
@@ -78,13 +101,14 @@ class _Net(NeuralNetClassifier):
     def _forward(self, module, x, **fit_params):
         # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
         # CPU; autocast and channels_last are then skipped.
-        on_cuda = str(self.device).startswith("cuda")
-        if not (on_cuda and (self.amp or self.channels_last)):
+        kind = torch.device(self.device).type
+        if not (kind == getattr(self, "amp_device", "cuda")
+                and (self.amp or self.channels_last)):
             return module(to_tensor(x, device=self.device), **fit_params)
         x = torch.as_tensor(x).to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=self.amp):
             return module(x, **fit_params).float()
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
@@ -138,6 +162,47 @@ class _Net(NeuralNetClassifier):
         norm = w if class_weight is None else w * class_weight[
             to_tensor(y_true, device=per_image.device)]
         return (w * per_image).sum() / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def _predict_batches(net, X, batch_size):
+    """Batches of X as tensors: from an in-memory array, :func:`_feed.device_batches`
+    (on CPU views of the array: no copy, no collate; on CUDA pinned and prefetched), or
+    a DataLoader over a lazy dataset with the net's workers."""
+    if not isinstance(X, torch.utils.data.Dataset):
+        yield from _feed.device_batches(X, batch_size, net.device)
+        return
+    loader = torch.utils.data.DataLoader(
+        X, batch_size=batch_size, num_workers=net.iterator_valid__num_workers,
+        pin_memory=str(net.device).startswith("cuda"),
+        generator=torch.Generator())  # else it draws from torch's global RNG
+    for batch in loader:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def stream_proba(net, X, n_classes, batch_size):
+    """Softmax probabilities (n, n_classes), float64, of ``net`` on ``X``, written batch by
+    batch into one array allocated up front; written by hand for two reasons.
+
+    skorch's ``predict_proba`` collects a list of small per-batch arrays and concatenates
+    them at the end: ``benchmarks/memory.py`` (modes ``lazy`` and ``lazy_skorch``, 224 px,
+    up to 10,000 images; docs/benchmarks.md) measured the process growing with the number
+    of images that way, and not this way (our reading, not verified further: the small
+    arrays, allocated between the large per-batch buffers, keep glibc from reusing or
+    returning the freed ones). And skorch batches an in-memory array image by image
+    (``__getitem__`` + collate) under ``no_grad``; here a batch is a view of the array,
+    run under ``inference_mode`` with its own batch size (``predict_batch_size``), and
+    each batch's probabilities are copied once, into the float64 output.
+    """
+    proba = np.empty((len(X), n_classes), dtype=np.float64)
+    out = torch.from_numpy(proba)
+    net.module_.eval()
+    start = 0
+    with torch.inference_mode():
+        for xb in _predict_batches(net, X, batch_size):
+            logits = net.infer(xb)
+            out[start:start + len(logits)].copy_(torch.softmax(logits.float(), dim=1))
+            start += len(logits)
+    return proba
 
 
 class _Labelled(torch.utils.data.Dataset):
@@ -319,11 +384,13 @@ def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
     return _feed.make_iterator(dataset, sampler=sampler, generator=generator, **kwargs)
 
 
-def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
-             weighted=False):
+def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
+             weighted=False, predict_batch_size=None):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
-    ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`);
-    ``weighted``: the data will carry ``sample_weight``."""
+    ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`),
+    with the layout and precision of ``runtime`` (:class:`_runtime.Runtime`);
+    ``weighted``: the data will carry ``sample_weight``; ``predict_batch_size``: of the
+    validation pass (default ``batch_size``)."""
     n_classes = len(classes)
     kwargs = {}
     weights = class_weights(est.class_weight, classes, y_enc)
@@ -369,9 +436,12 @@ def make_net(est, module, classes, y_enc, *, device, amp, split, es_spec, rng,
         iterator_valid__num_workers=est.num_workers,
         iterator_train__pin_memory=device.startswith("cuda"),
         iterator_valid__pin_memory=device.startswith("cuda"),
+        iterator_valid__batch_size=predict_batch_size or est.batch_size,
         device=device,
-        amp=amp,
-        channels_last=amp,
+        amp=runtime.amp,
+        channels_last=runtime.channels_last,
+        amp_device=runtime.device_type,
+        compile=bool(est.compile),
         verbose=int(bool(est.verbose)),
         **kwargs,
     )
@@ -409,7 +479,15 @@ def load_warm_start(est, module, previous):
 def _drop_training_state(net):
     """Free what only training needs: EarlyStopping's copy of the best weights (already
     restored into the module) and the LR scheduler. They would bloat the pickle and, for a
-    CUDA model, hold CUDA tensors that plain pickle cannot load on a CPU-only machine."""
+    CUDA model, hold CUDA tensors that plain pickle cannot load on a CPU-only machine.
+    A compiled module (``compile=True``) is kept aside for prediction in this process
+    (not pickled); ``module_`` becomes the plain module, which pickles."""
+    orig = getattr(net.module_, "_orig_mod", None)
+    if orig is not None:
+        # not a skorch module (skorch refuses torch modules set outside initialize)
+        object.__setattr__(net, "compiled_module_", net.module_)
+        net.module_ = orig
+    net.criterion_ = getattr(net.criterion_, "_orig_mod", net.criterion_)
     for _, callback in net.callbacks_:
         if hasattr(callback, "best_model_weights_"):
             callback.best_model_weights_ = None

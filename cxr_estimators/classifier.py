@@ -5,8 +5,9 @@ checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
 label encoding, input checks that name the offending value, and the use of the
 frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
-(bf16 autocast on CUDA, grouped validation split, sample weights, warm start) is in
-:mod:`cxr_estimators._training`, the per-fit random streams in :mod:`cxr_estimators._rng`,
+(autocast forward pass, prediction loop, grouped validation split, sample weights, warm
+start) is in :mod:`cxr_estimators._training`, layout, precision, threads and ``compile``
+in :mod:`cxr_estimators._runtime`, the per-fit random streams in :mod:`cxr_estimators._rng`,
 device placement and data-parallel training in :mod:`cxr_estimators.distributed`, the
 batch-gathered input and the device-resident training set in :mod:`cxr_estimators._feed`.
 """
@@ -26,14 +27,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import _feed, _features, distributed
+from . import _feed, _features, _runtime, distributed
 from ._callbacks import (
     best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
 from ._rng import FitRandomness, fit_seed
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
-    _training_data, load_warm_start, make_net, train_split, valid_dataset,
+    _training_data, load_warm_start, make_net, stream_proba, train_split, valid_dataset,
     warm_start_module,
 )
 from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
@@ -234,9 +235,29 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         distributed launcher (torchrun) sets ``LOCAL_RANK`` — so one Dask worker or
         rank per GPU needs no code (docs/scale_out.md). "cuda:N" picks GPU N. On CUDA,
         bf16 mixed precision and channels_last are used when the GPU supports bf16
-        (Ampere and newer); older GPUs (T4, V100) train in float32, as do CPU and MPS.
-        While a torch.distributed process group is open, fit trains one model
-        data-parallel over its processes (:mod:`cxr_estimators.distributed`).
+        (Ampere and newer); older GPUs (T4, V100) train in float32 (see ``precision``).
+        On CPU the model and every batch use the channels_last memory layout for the
+        backbone families where it was measured faster (small CNNs, resnets, densenets,
+        mobilenets/efficientnets, VGG; others stay contiguous): results equal the
+        contiguous layout's within float tolerance. While a torch.distributed process group is open, fit trains one
+        model data-parallel over its processes (:mod:`cxr_estimators.distributed`).
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        "auto": bf16 mixed precision (autocast; weights and optimizer stay float32) on a
+        CUDA GPU with bf16, and on a CPU with native bf16 (AMX-BF16 or AVX512-BF16, e.g.
+        Intel Xeon 4th gen and newer, AMD Zen 4) for the families where it is faster
+        (small CNNs, resnets, densenets); float32 elsewhere. "float32" never autocasts;
+        "bfloat16" always does, on CPU and CUDA (slow on a CPU without native bf16).
+        Probabilities under bf16 differ from float32's by up to about 1e-2.
+    predict_batch_size : int or None, default=None
+        Images per forward pass in ``predict_proba`` / ``predict``, the validation pass
+        and the frozen-feature cache. None: 32 on CPU (small batches stay in the CPU's
+        caches; measured fastest), ``batch_size`` on CUDA and MPS.
+    compile : bool, default=False
+        Compile the model with ``torch.compile`` (inductor) for training and prediction,
+        on CPU or CUDA. Compiling takes seconds to minutes (again for the last, smaller
+        batch and for prediction), so it pays off only in long fits. Needs a C++
+        compiler (checked at fit: a ValueError if none). The fitted model pickles
+        uncompiled, and a loaded one predicts uncompiled.
     num_workers : int, default=0
         DataLoader worker processes for lazily decoded images (``ImageLoader(lazy=True)``);
         batches are pinned in memory on CUDA. In-memory arrays are gathered batch by batch
@@ -340,6 +361,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         "checkpoint_dir": [str, os.PathLike, None],
         "cache": ["boolean", str, os.PathLike, None],
         "device": [str],  # "cuda:N" too: checked by distributed.resolve_device
+        "precision": [StrOptions({"auto", "float32", "bfloat16"})],
+        "predict_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "compile": ["boolean"],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "data_device": [StrOptions({"auto", "cpu", "cuda"})],
         "random_state": ["random_state"],
@@ -356,7 +380,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                  max_epochs=10, early_stopping=5, lr_schedule=None, label_smoothing=0.0,
                  average_weights=None, validation_fraction=0.1,
                  class_weight=None, augment=None, tta=None, checkpoint_dir=None, cache=None,
-                 device="auto", num_workers=0, data_device="auto", random_state=None,
+                 device="auto", precision="auto", predict_batch_size=None, compile=False,
+                 num_workers=0, data_device="auto", random_state=None,
                  verbose=0, callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
                  head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
                  optimizer_kwargs=None, sampling=None):
@@ -388,6 +413,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.cache = cache
         self.device = device
+        self.precision = precision
+        self.predict_batch_size = predict_batch_size
+        self.compile = compile
         self.num_workers = num_workers
         self.data_device = data_device
         self.random_state = random_state
@@ -502,10 +530,12 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_tta(self.tta, self.augment)
         augmenter = make_augmenter(self.augment)
         device = distributed.resolve_device(self.device)
+        runtime = _runtime.resolve_runtime(self.backbone, device, self.precision)
+        if self.compile:
+            _runtime.check_compile(device)
         distributed.check_same_data(len(y_enc), classes)
         seed = distributed.same_on_all_ranks(fit_seed(self.random_state))
         rng = FitRandomness(seed, device)
-        amp = distributed.bf16_supported(device)
         with rng.global_stream():  # weight init draws from this fit's stream
             module = self._build_module(len(classes), image_shape,
                                         self.weights if previous is None else None,
@@ -515,29 +545,31 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_frozen_features(module, X, self.backbone)
         if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
             rng.reseed(distributed.rank())
-        if amp:
-            module = module.to(memory_format=torch.channels_last)
+        runtime.prepare(module)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
-        check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device, amp,
-                         training=not use_cache)
+        check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device,
+                         runtime.amp, training=not use_cache)
         digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
-        if use_cache:
-            X = np.array(self._cached_features(module, X, amp, device, digest))
-            if valid is not None:
-                valid = (np.array(self._cached_features(module, valid[0], amp, device,
-                                                        digest)), valid[1])
-        split = train_split(self.validation_fraction, y_enc, groups, seed,
-                            valid=None if valid is None else valid_dataset(*valid))
-        net = make_net(self, module.head if use_cache else module, classes, y_enc,
-                       device=device, amp=amp, split=split, es_spec=es_spec, rng=rng,
-                       weighted=sample_weight is not None)
-        placed, data_device, why = _feed.place(X, y_enc, self.data_device, device,
-                                               sample_weight)
-        if why and self.verbose:
-            print(why)
-        net.fit(_training_data(X, y_enc, sample_weight)
-                if isinstance(X, torch.utils.data.Dataset) else placed, y_enc)
+        predict_batch_size = self._predict_batch_size(device)
+        with _runtime.thread_share():
+            if use_cache:
+                X = np.array(self._cached_features(module, X, runtime, device, digest))
+                if valid is not None:
+                    valid = (np.array(self._cached_features(module, valid[0], runtime,
+                                                            device, digest)), valid[1])
+            split = train_split(self.validation_fraction, y_enc, groups, seed,
+                                valid=None if valid is None else valid_dataset(*valid))
+            net = make_net(self, module.head if use_cache else module, classes, y_enc,
+                           device=device, runtime=runtime, split=split, es_spec=es_spec,
+                           rng=rng, weighted=sample_weight is not None,
+                           predict_batch_size=predict_batch_size)
+            placed, data_device, why = _feed.place(X, y_enc, self.data_device, device,
+                                                   sample_weight)
+            if why and self.verbose:
+                print(why)
+            net.fit(_training_data(X, y_enc, sample_weight)
+                    if isinstance(X, torch.utils.data.Dataset) else placed, y_enc)
         distributed.finish_fit(net)  # DDP: every rank keeps rank 0's weights
         if use_cache:
             # The head was trained in place; serve predictions with the whole model.
@@ -591,17 +623,17 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         initialised but not trained (``weights`` is not read: random init), in eval mode.
         :func:`cxr_estimators.load` puts the saved weights into it."""
         device = self.device_
-        amp = distributed.bf16_supported(device)
+        runtime = _runtime.resolve_runtime(self.backbone, device, self.precision)
         with warnings.catch_warnings():  # about the random init this is about to replace
             warnings.simplefilter("ignore", UserWarning)
             module = self._build_module(len(self.classes_), self.image_shape_, None,
                                         make_augmenter(self.augment),
                                         getattr(self, "input_normalization_", None))
-        if amp:
-            module = module.to(memory_format=torch.channels_last)
+        runtime.prepare(module)
         net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
-                       device=device, amp=amp, split=None, es_spec=None,
-                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device))
+                       device=device, runtime=runtime, split=None, es_spec=None,
+                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
+                       predict_batch_size=self._predict_batch_size(device))
         net.initialize()
         net.module_.eval()
         _drop_training_state(net)
@@ -653,50 +685,56 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
-    def _cached_features(self, module, X, amp, device, digest):
+    def _predict_batch_size(self, device=None):
+        """``predict_batch_size``, or its default on ``device`` (default: the fitted one)."""
+        if self.predict_batch_size is not None:
+            return int(self.predict_batch_size)
+        device = device or self.device_
+        # CPU: small batches stay in the caches (docs/design.md, "CPU layout and precision")
+        return 32 if torch.device(device).type == "cpu" else self.batch_size
+
+    def _runtime(self):
+        """The fitted net's layout and precision (:class:`cxr_estimators._runtime.Runtime`);
+        plain float32 once the model was moved off the device type it was fitted for."""
+        net = self.net_
+        if torch.device(net.device).type != getattr(net, "amp_device", "cuda"):
+            return _runtime.Runtime(net.device)
+        return _runtime.Runtime(net.device, channels_last=net.channels_last, amp=net.amp)
+
+    def _cached_features(self, module, X, runtime, device, digest):
         return _features.trunk_features(
-            module, X, self.backbone, device, self.batch_size,
-            memory=self.cache, amp=amp, digest=digest,
+            module, X, self.backbone, device, self._predict_batch_size(device),
+            memory=self.cache, runtime=runtime, digest=digest,
         )
 
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
         X = self._check_X(X)
         tta = check_tta(self.tta, self.augment)
-        if tta is not None:
-            with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+        with _runtime.thread_share():
+            if tta is not None:
+                with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                    proba = self._stream_proba(X)
+            elif getattr(self, "_uses_cache", False):
+                # frozen trunk: features of X come from the cache shared by all grid
+                # points (a CV test fold is the same for every one); only the head runs
+                images = X.images if isinstance(X, _Labelled) else X
+                runtime = self._runtime()
+                features = self._cached_features(self.module_, images, runtime,
+                                                 self.device_, self._trunk_digest)
+                head = self.module_.head.eval()
+                with torch.inference_mode(), runtime.autocast():
+                    logits = head(torch.from_numpy(features).to(self.device_))
+                proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(
+                    np.float64)
+            else:
                 proba = self._stream_proba(X)
-        elif getattr(self, "_uses_cache", False):
-            # frozen trunk: features of X come from the cache shared by all grid points
-            # (a CV test fold is the same for every one); only the head runs here
-            images = X.images if isinstance(X, _Labelled) else X
-            features = self._cached_features(self.module_, images, self.net_.amp,
-                                             self.device_, self._trunk_digest)
-            head = self.module_.head.eval()
-            with torch.no_grad():
-                logits = head(torch.tensor(features, device=self.device_))
-            proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
-        else:
-            proba = self._stream_proba(X)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def _stream_proba(self, X):
-        """skorch's ``predict_proba``, but writing each batch into one array allocated up
-        front.
-
-        skorch collects a list of small per-batch arrays and concatenates them at the
-        end. ``benchmarks/memory.py`` (modes ``lazy`` and ``lazy_skorch``, 224 px, up to
-        10,000 images; docs/benchmarks.md) measured the process growing with the number
-        of images that way, and not this way. Our reading, not verified further: the
-        small arrays, allocated between the large per-batch buffers, keep glibc from
-        reusing or returning the freed ones."""
-        proba = np.empty((len(X), len(self.classes_)), dtype=np.float64)
-        start = 0
-        for logits in self.net_.forward_iter(X, training=False):
-            batch = torch.softmax(logits.float(), dim=1).numpy()
-            proba[start:start + len(batch)] = batch
-            start += len(batch)
-        return proba
+        """Probabilities (n, n_classes) of the whole model, batch by batch into one array
+        (:func:`cxr_estimators._training.stream_proba`)."""
+        return stream_proba(self.net_, X, len(self.classes_), self._predict_batch_size())
 
     def decision_function(self, X):
         """Log-odds of ``classes_[1]`` for binary problems, else per-class log-probabilities."""

@@ -282,7 +282,8 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
 
     Notes
     -----
-    The model is run in eval mode, in float32, on its own device, and left unchanged:
+    The model is run in eval mode, in float32 (no autocast), on its own device and in its
+    own memory layout (channels_last where the classifier uses it), and left unchanged:
     train/eval flags and ``requires_grad`` flags are restored, no hook remains and no
     parameter receives a ``.grad``.
 
@@ -300,18 +301,19 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
     modes = {m: m.training for m in module.modules()}
     flags = {p: p.requires_grad for p in module.parameters()}
     targets = _target_indices(target, clf.classes_, len(X))
+    layout = clf._runtime().layout  # a channels_last model is slow on contiguous input
     out = []
     try:
         module.eval()
         with torch.enable_grad():
-            first = _rows(X, 0, 1, device)
+            first = layout(_rows(X, 0, 1, device))
             if layer is None:
                 layer = _default_layer(module, first)
             layer_module = _resolve_layer(module, layer)
             _check_layer_size(module, layer, first)
             for start in range(0, len(X), int(batch_size)):
                 stop = start + int(batch_size)
-                x = _rows(X, start, stop, device)
+                x = layout(_rows(X, start, stop, device))
                 t = None if targets is None else targets[start:stop]
                 out.append(_cam_batch(module, layer_module, layer, x, t).cpu().numpy())
     finally:

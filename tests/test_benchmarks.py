@@ -29,7 +29,8 @@ def test_quick_benchmarks_write_their_results(tmp_path):
                     "--out-dir", str(tmp_path)], check=True, cwd=ROOT, timeout=600)
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
-                            "memory", "scale_out", "robustness"}
+                            "memory", "scale_out", "robustness", "input_pipeline",
+                            "cpu_speed", "cpu_layout", "cpu_threads"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -69,6 +70,15 @@ def test_quick_benchmarks_write_their_results(tmp_path):
 
     for row in results["memory"]["rows"]:
         assert _finite_positive(row["predict_peak_rss_mb"])
+    for row in results["memory"]["fit"]["rows"]:  # the quick run's fit_uint8
+        assert row["mode"] == "fit_uint8" and isinstance(row["goal_met"], bool)
+        assert _finite_positive(row["peak_rss_mb"]) and _finite_positive(row["uint8_data_mb"])
+
+    feed = results["input_pipeline"]
+    assert _finite_positive(feed["headline_img_per_s"]) and isinstance(feed["goal_met"], bool)
+    assert {r["path"] for r in feed["rows"]} == {"uint8_staged", "uint8", "float32",
+                                                 "float32_per_item", "lazy"}
+    assert {r["workers"] for r in feed["rows"] if r["path"] == "lazy"} == {0, 2}
 
     scale = results["scale_out"]
     assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2"}
@@ -78,6 +88,28 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     robust = results["robustness"]
     assert sum(robust["counts"].values()) == robust["n_cases"] > 0
     assert robust["code_executed"] == 0 and robust["joblib_load_runs_payload"] is True
+    speed = results["cpu_speed"]
+    for key in ("ratio_to_best_loop", "speedup_vs_before"):
+        assert speed[key] and all(k.rsplit("/", 1)[1] in ("fit", "predict") and "@" in k
+                                  and _finite_positive(v) for k, v in speed[key].items())
+    assert {r["variant"] for r in results["cpu_layout"]["rows"]} >= {
+        "contiguous_fp32", "channels_last_fp32"}
+    assert results["cpu_threads"]["threads_inside"]["loky n_jobs=2"] == [
+        max(1, results["cpu_threads"]["config"]["cpu_count"] // 2)] * 2
 
     page = (tmp_path / "benchmarks.md").read_text()
     assert "python -m benchmarks.overhead --out-dir" in page
+
+
+def test_cuda_throughput_ratios_are_keyed_by_backbone_size_and_mode():
+    """The JSON contract of ``throughput_cuda.json``: ``ratio_to_plain`` keyed
+    ``"<backbone>@<size>/<fit|predict>"`` (the run itself needs a GPU)."""
+    from benchmarks.throughput import ratios_to_plain
+
+    rows = [{"backbone": "resnet18", "size": 224, "mode": mode, "implementation": impl,
+             "images_per_s": speed}
+            for mode, est, plain in (("fit", 90.0, 100.0), ("predict", 30.0, 60.0))
+            for impl, speed in (("CXRClassifier_uint8_device", est),
+                                ("plain_torch_amp_channels_last", plain))]
+    assert ratios_to_plain(rows, "CXRClassifier_uint8_device") == {
+        "resnet18@224/fit": 0.9, "resnet18@224/predict": 0.5}

@@ -68,6 +68,39 @@ def test_gpu_trained_model_loads_on_cpu_only_machine(tmp_path, toy_binary, small
     assert "CPU-OK" in out.stdout
 
 
+def test_cuda_runtime_and_predict_batch_size(toy_binary, small_clf_params):
+    """The GPU path is unchanged: bf16 + channels_last together, prediction batches of
+    ``batch_size``; ``precision="float32"`` turns both off, ``predict_batch_size`` is used."""
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params, device="cuda").fit(X, y)
+    bf16 = torch.cuda.is_bf16_supported()
+    assert clf.net_.amp == bf16 and clf.net_.channels_last == bf16
+    assert clf.net_.amp_device == "cuda" and clf._predict_batch_size() == clf.batch_size
+    plain = CXRClassifier(**small_clf_params, device="cuda", precision="float32",
+                          predict_batch_size=7).fit(X, y)
+    assert not plain.net_.amp and not plain.net_.channels_last
+    sizes = []
+    conv = next(m for m in plain.module_.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    plain.predict_proba(X)
+    handle.remove()
+    assert sizes == [7] * 6 + [6]
+
+
+def test_compile_true_on_cuda(toy_binary, small_clf_params):
+    """compile=True (torch.compile) trains and predicts on the GPU; the model pickles."""
+    import pickle
+
+    X, y = toy_binary
+    params = {**small_clf_params, "max_epochs": 2, "dropout": 0.0, "device": "cuda"}
+    compiled = CXRClassifier(**params, compile=True).fit(X, y)
+    assert compiled.net_.forward_module() is compiled.net_.compiled_module_
+    proba = compiled.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
+    loaded = pickle.loads(pickle.dumps(compiled))
+    np.testing.assert_allclose(loaded.predict_proba(X), proba, atol=0.02)
+
+
 # ---------------------------------------------------------------- the input feed (_feed.py)
 def test_staged_feed_yields_the_host_batches():
     from cxr_estimators import _feed

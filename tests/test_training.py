@@ -156,9 +156,10 @@ def test_validation_loss_is_weighted(toy_binary, small_clf_params):
     rng = np.random.default_rng(0)
     w = (np.where(y == "pneumonia", 3.0, 0.2) * rng.uniform(0.5, 1.5, len(y))).astype(
         np.float32)
+    # float32: the expected loss below is recomputed without bf16 autocast
     clf = CXRClassifier(**{**small_clf_params, "max_epochs": 6, "batch_size": 64,
-                           "validation_fraction": 0.25, "early_stopping": None}).fit(
-        X, y, sample_weight=w)
+                           "validation_fraction": 0.25, "early_stopping": None,
+                           "precision": "float32"}).fit(X, y, sample_weight=w)
     net = clf.net_
     y_enc = (y == "pneumonia").astype(np.int64)
     _, valid = net.train_split(net.get_dataset({"X": X, "sample_weight": w}, y_enc), y_enc)
@@ -175,7 +176,8 @@ def test_validation_loss_is_weighted(toy_binary, small_clf_params):
 def test_given_validation_set_is_scored_unweighted(toy_binary, small_clf_params):
     X, y = toy_binary
     w = np.where(y == "pneumonia", 5.0, 1.0)
-    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 2, "early_stopping": None}).fit(
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 2, "early_stopping": None,
+                           "precision": "float32"}).fit(  # recomputed in float32 below
         X[8:], y[8:], sample_weight=w[8:], X_val=X[:8], y_val=y[:8])
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(

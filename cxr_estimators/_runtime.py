@@ -1,0 +1,212 @@
+"""How the model runs on its device: memory layout, precision, threads, compilation.
+
+Written here because neither torch nor skorch decides these for a model:
+
+* **channels_last** (NHWC) for the model and every batch, per backbone family, where it
+  was measured faster (:data:`CPU_POLICY`; docs/design.md has the numbers and the command);
+  on CUDA whenever bf16 autocast is on, as before.
+* **bf16 autocast** (``precision="auto"``): on a CUDA GPU with bf16, and on a CPU with
+  native bf16 (AMX-BF16 or AVX512-BF16) for the families where it was measured faster.
+* **threads**: fits running at the same time in one process (joblib's threading backend,
+  a Dask worker's threads) share the cores instead of each starting ``torch``'s full pool.
+  joblib's default (loky) backend already gives each worker process
+  ``cpu_count // n_jobs`` threads, which torch obeys; nothing is changed there.
+* **compile=True**: ``torch.compile`` (inductor), checked before the fit starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import shutil
+import threading
+
+import torch
+
+__all__ = ["Runtime", "check_compile", "cpu_has_native_bf16", "cpu_policy", "refresh_thread_share",
+           "resolve_runtime", "thread_share"]
+
+#: Per backbone family on CPU: (name patterns, channels_last, bf16 autocast under
+#: precision="auto" on a CPU with native bf16). From ``python -m benchmarks.cpu_layout``
+#: (docs/design.md, "CPU: layout, precision, threads, compile"). A backbone matching no
+#: pattern keeps the old behaviour: contiguous float32.
+CPU_POLICY = (
+    (("simple_cnn", "deep_cnn"), True, True),
+    (("resnet*", "resnext*", "wide_resnet*"), True, True),
+    (("densenet*",), True, True),
+    # depthwise convolutions: channels_last helps, their bf16 backward is slower than fp32
+    (("mobilenet*", "efficientnet*", "mnasnet*"), True, False),
+    # the dense layers (25088 x 4096) dominate training, whatever the layout or precision;
+    # channels_last speeds up prediction, bf16 does not
+    (("vgg*",), True, False),
+)
+
+
+class Runtime:
+    """What :func:`resolve_runtime` decided: ``channels_last``, ``amp`` (bf16 autocast)
+    and the autocast ``device_type``."""
+
+    def __init__(self, device, channels_last=False, amp=False):
+        self.device_type = torch.device(device).type
+        self.channels_last = channels_last
+        self.amp = amp
+
+    def __repr__(self):
+        return (f"Runtime(device_type={self.device_type!r}, "
+                f"channels_last={self.channels_last}, amp={self.amp})")
+
+    def autocast(self):
+        """bf16 autocast context when ``amp``, else a no-op context."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16)
+
+    def layout(self, x):
+        """``x`` in channels_last when the model is (4-D tensors only)."""
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def prepare(self, module):
+        """The module converted to the chosen memory format (in place)."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16)."""
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def cpu_policy(backbone):
+    """``(channels_last, bf16)`` of :data:`CPU_POLICY` for ``backbone``."""
+    for patterns, channels_last, bf16 in CPU_POLICY:
+        if any(fnmatch.fnmatchcase(backbone, p) for p in patterns):
+            return channels_last, bf16
+    return False, False
+
+
+def resolve_runtime(backbone, device, precision="auto"):
+    """Layout and precision of ``backbone`` on ``device`` ("cpu", "cuda", "mps").
+
+    ``precision``: "auto" (bf16 autocast where the hardware has it and, on CPU, where it
+    was measured faster for the family), "float32" (never), "bfloat16" (always; on a CPU
+    without native bf16 it is emulated and slow)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        with torch.cuda.device(torch.device(device)):
+            supported = torch.cuda.is_bf16_supported()
+        if precision == "bfloat16" and not supported:
+            raise ValueError(f"precision='bfloat16' but the GPU "
+                             f"{torch.cuda.get_device_name()!r} has no bf16 support; use "
+                             "precision='auto' or 'float32'")
+        amp = precision == "bfloat16" or (precision == "auto" and supported)
+        # unchanged GPU path: channels_last goes with bf16 autocast
+        return Runtime(device, channels_last=amp, amp=amp)
+    if kind == "cpu":
+        channels_last, bf16 = cpu_policy(backbone)
+        amp = precision == "bfloat16" or (precision == "auto" and bf16
+                                          and cpu_has_native_bf16())
+        return Runtime(device, channels_last=channels_last, amp=amp)
+    if precision == "bfloat16":
+        raise ValueError(f"precision='bfloat16' is supported on 'cpu' and 'cuda', not on "
+                         f"device {device!r}; use precision='auto' or 'float32'")
+    return Runtime(device)
+
+
+# ------------------------------------------------------------------------------ threads
+_lock = threading.Lock()
+_active = {"n": 0, "budget": None}
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def thread_share():
+    """Run the body with ``1 / k`` of the process's torch threads while ``k`` fits or
+    predictions run at once in this process (k = 1: nothing changes).
+
+    Under OpenMP, torch's intra-op thread count belongs to the calling thread: two fits
+    in two threads of one process (joblib's threading backend, a Dask worker's threads)
+    would each start the full pool, 4 threads on 2 cores. The first entrant records the
+    budget, ``torch.get_num_threads()`` (which already honours ``OMP_NUM_THREADS`` and
+    joblib's per-process limit in loky workers); each entrant takes its share, and
+    restores its own count on leaving. A fit cannot shrink another thread's pool, so
+    each fit calls :func:`refresh_thread_share` once per epoch to follow arrivals and
+    departures. Nested use in one thread (predict inside a fit) counts once.
+    """
+    if getattr(_local, "depth", 0):
+        _local.depth += 1
+        try:
+            yield
+        finally:
+            _local.depth -= 1
+        return
+    before = torch.get_num_threads()
+    with _lock:
+        if _active["n"] == 0:
+            _active["budget"] = before
+        _active["n"] += 1
+    _local.depth, _local.threads = 1, before
+    try:
+        refresh_thread_share()
+        yield
+    finally:
+        _local.depth = 0
+        with _lock:
+            _active["n"] -= 1
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def refresh_thread_share():
+    """Apply this thread's current share inside :func:`thread_share` (else do nothing);
+    returns the thread count in use."""
+    if not getattr(_local, "depth", 0):
+        return torch.get_num_threads()
+    with _lock:
+        threads = max(1, _active["budget"] // max(_active["n"], 1))
+    if threads != _local.threads:
+        torch.set_num_threads(threads)
+        _local.threads = threads
+    return threads
+
+
+# ------------------------------------------------------------------------------ compile
+def _cxx_compiler():
+    """The C++ compiler inductor would use (``$CXX``, else its candidates), or None."""
+    candidates = [os.environ.get("CXX")]
+    try:
+        from torch._inductor import config
+
+        cxx = config.cpp.cxx
+        candidates += list(cxx) if isinstance(cxx, (list, tuple)) else [cxx]
+    except Exception:  # pragma: no cover - inductor missing from this torch build
+        candidates.append("g++")
+    for name in filter(None, candidates):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def check_compile(device):
+    """Raise a ValueError naming ``compile=True`` when torch.compile cannot run here."""
+    try:
+        from torch._dynamo.eval_frame import check_if_dynamo_supported
+
+        check_if_dynamo_supported()
+    except Exception as exc:
+        raise ValueError(f"compile=True: torch.compile cannot run in this Python: {exc}; "
+                         "use compile=False") from exc
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"compile=True is supported on 'cpu' and 'cuda', not on device "
+                         f"{device!r}; use compile=False")
+    # inductor compiles C++ kernels on CPU, and its CUDA (triton) launchers with a C compiler
+    if _cxx_compiler() is None:
+        raise ValueError(
+            "compile=True needs a C++ compiler for torch.compile's inductor backend, and "
+            "none was found (looked for $CXX, g++, clang++ on PATH); install one (e.g. "
+            "apt-get install g++) or use compile=False")

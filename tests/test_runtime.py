@@ -1,0 +1,317 @@
+"""CPU runtime: channels_last and bf16 per backbone family, the prediction loop,
+``predict_batch_size``, thread sharing between concurrent fits, ``compile=True``.
+
+Speed is measured in ``benchmarks/cpu_speed.py`` and ``benchmarks/cpu_layout.py``, not here.
+"""
+
+import pickle
+import threading
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+
+from cxr_estimators import CXRClassifier, _runtime
+from cxr_estimators._runtime import cpu_policy, resolve_runtime, thread_share
+from cxr_estimators.explain import grad_cam
+
+CL = torch.channels_last
+
+
+def _fit(X, y, params, **extra):
+    return CXRClassifier(**{**params, **extra}, device="cpu").fit(X, y)
+
+
+def _first_conv(clf):
+    return next(m for m in clf.module_.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def _as_contiguous(clf):
+    """The same fitted model, switched to the contiguous layout."""
+    clf.module_.to(memory_format=torch.contiguous_format)
+    clf.net_.channels_last = False
+    return clf
+
+
+class _Seen:
+    """Forward pre-hook on a module: records what each call's input looked like."""
+
+    def __init__(self, module):
+        self.calls = []
+        self.handle = module.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        x = args[0]
+        self.calls.append({"n": len(x), "channels_last": x.is_contiguous(memory_format=CL),
+                           "inference": torch.is_inference_mode_enabled(),
+                           "ptr": x.data_ptr(), "threads": torch.get_num_threads()})
+
+
+# ------------------------------------------------------------------ policy
+@pytest.mark.parametrize("backbone, expected", [
+    ("simple_cnn", (True, True)), ("deep_cnn", (True, True)), ("resnet18", (True, True)),
+    ("resnet50", (True, True)), ("densenet121", (True, True)),
+    ("mobilenet_v2", (True, False)), ("efficientnet_b0", (True, False)),
+    ("vgg16", (True, False)), ("vit_b_16", (False, False)),  # unmeasured: as before
+])
+def test_cpu_policy_per_family(backbone, expected):
+    assert cpu_policy(backbone) == expected
+
+
+def test_precision_resolution(monkeypatch):
+    monkeypatch.setattr(_runtime, "cpu_has_native_bf16", lambda: True)
+    assert resolve_runtime("simple_cnn", "cpu").amp
+    assert not resolve_runtime("simple_cnn", "cpu", "float32").amp
+    assert not resolve_runtime("mobilenet_v2", "cpu").amp  # bf16 backward slower there
+    assert resolve_runtime("mobilenet_v2", "cpu", "bfloat16").amp
+    monkeypatch.setattr(_runtime, "cpu_has_native_bf16", lambda: False)
+    rt = resolve_runtime("simple_cnn", "cpu")
+    assert not rt.amp and rt.channels_last
+    assert not resolve_runtime("simple_cnn", "mps").channels_last
+    with pytest.raises(ValueError, match="precision='bfloat16'.*'mps'"):
+        resolve_runtime("simple_cnn", "mps", "bfloat16")
+
+
+def test_precision_auto_follows_the_cpu(toy_binary, small_clf_params, monkeypatch):
+    X, y = toy_binary
+    params = {**small_clf_params, "max_epochs": 1}
+    monkeypatch.setattr(_runtime, "cpu_has_native_bf16", lambda: False)
+    assert not _fit(X, y, params).net_.amp
+    monkeypatch.setattr(_runtime, "cpu_has_native_bf16", lambda: True)
+    assert _fit(X, y, params).net_.amp
+    assert not _fit(X, y, params, precision="float32").net_.amp
+
+
+# ------------------------------------------------------------------ channels_last
+def test_model_and_every_batch_are_channels_last_on_cpu(toy_binary, small_clf_params):
+    X, y = toy_binary
+    X3 = np.repeat(X, 3, axis=1)  # 3 channels: a layout change is a real conversion
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1, "validation_fraction": 0.25},
+                        device="cpu")
+    seen = {}
+
+    def record(module, args):
+        seen.setdefault("calls", []).append(args[0].is_contiguous(memory_format=CL))
+
+    clf.fit(X3, y)
+    assert _first_conv(clf).weight.is_contiguous(memory_format=CL)
+    handle = _first_conv(clf).register_forward_pre_hook(record)
+    clf.predict_proba(X3)
+    grad_cam(clf, X3[:4])
+    handle.remove()
+    assert seen["calls"] and all(seen["calls"])
+    # training and validation batches: hook a fresh fit's model before it trains
+    clf2 = CXRClassifier(**{**small_clf_params, "max_epochs": 1,
+                            "validation_fraction": 0.25}, device="cpu")
+    calls = []
+    real = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        if len(x) > 1:  # not the one-image probe of fit's memory check
+            calls.append(x.is_contiguous(memory_format=CL))
+        return real(self, x)
+
+    try:
+        torch.nn.Conv2d.forward = spy
+        clf2.fit(X3, y)
+    finally:
+        torch.nn.Conv2d.forward = real
+    assert len(calls) > 3 and all(calls)
+
+
+def test_channels_last_equals_contiguous(toy_binary, small_clf_params, monkeypatch):
+    X, y = toy_binary
+    params = {**small_clf_params, "backbone": "deep_cnn", "precision": "float32",
+              "max_epochs": 2, "optimizer": "sgd"}  # SGD: the update is linear in the grads
+    cl = _fit(X, y, params)
+    assert cl.net_.channels_last
+    proba_cl, cam_cl = cl.predict_proba(X), grad_cam(cl, X[:6], layer="trunk.features.2")
+    same = _as_contiguous(cl)
+    np.testing.assert_allclose(same.predict_proba(X), proba_cl, atol=1e-5)
+    np.testing.assert_allclose(grad_cam(same, X[:6], layer="trunk.features.2"), cam_cl,
+                               atol=1e-4)
+    # one training step (forward, backward, Adam) in each layout from the same seed: the
+    # same model within float tolerance (over many steps the last bits compound)
+    step = {**params, "max_epochs": 1, "batch_size": len(y), "validation_fraction": 0,
+            "early_stopping": None}
+    cl_step = _fit(X, y, step)
+    monkeypatch.setattr(_runtime, "cpu_policy", lambda backbone: (False, False))
+    contiguous = _fit(X, y, step)
+    assert not contiguous.net_.channels_last
+    assert _first_conv(contiguous).weight.is_contiguous()
+    for a, b in zip(cl_step.module_.parameters(), contiguous.module_.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(contiguous.predict_proba(X), cl_step.predict_proba(X),
+                               atol=1e-5)
+
+
+def test_frozen_feature_cache_in_channels_last(toy_binary):
+    from cxr_estimators import _features
+
+    X, y = toy_binary
+    X = np.repeat(np.repeat(X, 2, -1), 2, -2)  # 32 px
+    params = dict(backbone="resnet18", freeze=True, max_epochs=2, batch_size=16, neurons=8,
+                  random_state=0, precision="float32", device="cpu")
+    _features.clear_cache()
+    cached = CXRClassifier(**params, cache=True).fit(X, y)
+    plain = CXRClassifier(**params).fit(X, y)
+    assert cached.net_.channels_last and _features.cache_info()["misses"] >= 1
+    np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=1e-4)
+
+
+def test_bf16_is_close_to_float32(toy_binary, small_clf_params, monkeypatch):
+    X, y = toy_binary
+    clf = _fit(X, y, small_clf_params, precision="float32")
+    p32 = clf.predict_proba(X)
+    clf.net_.amp = True  # the same weights, predicted under bf16 autocast
+    p16 = clf.predict_proba(X)
+    assert not np.array_equal(p16, p32)
+    np.testing.assert_allclose(p16, p32, atol=0.05)
+
+
+# ------------------------------------------------------------------ prediction loop
+def test_prediction_is_lean(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = _fit(X, y, small_clf_params, predict_batch_size=10)
+    seen = _Seen(_first_conv(clf))
+    proba = clf.predict_proba(X)
+    seen.handle.remove()
+    assert [c["n"] for c in seen.calls] == [10, 10, 10, 10, 8]
+    assert all(c["inference"] and c["channels_last"] for c in seen.calls)
+    # each batch is a view of X itself: no per-batch host copy or dtype conversion
+    lo, hi = X.ctypes.data, X.ctypes.data + X.nbytes
+    assert all(lo <= c["ptr"] < hi for c in seen.calls)
+    assert proba.dtype == np.float64 and proba.shape == (48, 2)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-12)
+
+
+def test_predict_batch_size_default_and_equivalence(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = _fit(X, y, small_clf_params, precision="float32")
+    seen = _Seen(_first_conv(clf))
+    default = clf.predict_proba(X)
+    assert [c["n"] for c in seen.calls] == [32, 16]  # 32 on CPU, not batch_size=16
+    seen.handle.remove()
+    for size in (1, 7, 1000):
+        np.testing.assert_allclose(clf.set_params(predict_batch_size=size).predict_proba(X),
+                                   default, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "32", True])
+def test_bad_predict_batch_size(toy_binary, small_clf_params, bad):
+    X, y = toy_binary
+    with pytest.raises(ValueError, match="'predict_batch_size' parameter"):
+        _fit(X, y, small_clf_params, predict_batch_size=bad)
+
+
+def test_bad_precision(toy_binary, small_clf_params):
+    X, y = toy_binary
+    with pytest.raises(InvalidParameterError, match="'precision' parameter"):
+        _fit(X, y, small_clf_params, precision="fp16")
+
+
+# ------------------------------------------------------------------ threads
+def test_concurrent_fits_share_the_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with thread_share():
+            assert torch.get_num_threads() == 2  # alone: unchanged
+        inside, barrier = [], threading.Barrier(2)
+
+        def work():
+            with thread_share():
+                barrier.wait()
+                inside.append(_runtime.refresh_thread_share())
+                inside.append(torch.get_num_threads())
+                barrier.wait()
+            inside.append(("after", torch.get_num_threads()))
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(x for x in inside if not isinstance(x, tuple)) == [1, 1, 1, 1]
+        assert torch.get_num_threads() == 2 and _runtime._active["n"] == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fits_in_threads_use_their_share(toy_binary, small_clf_params, monkeypatch):
+    """Two fits in two threads of one process (joblib's threading backend): once both
+    run, each trains with half the threads; the calling thread's count is as before
+    afterwards."""
+    from cxr_estimators import backbones
+
+    X, y = toy_binary
+    refresh, forward = _runtime.refresh_thread_share, backbones.SimpleCNN.forward
+    barrier, local, seen = threading.Barrier(2), threading.local(), {}
+
+    def refresh_when_both_run():
+        local.calls = getattr(local, "calls", 0) + 1
+        if local.calls == 2:  # first epoch: wait until the other fit has entered too
+            barrier.wait(timeout=120)
+        return refresh()
+
+    def recording_forward(self, x):
+        if len(x) > 1:  # not the one-image probe of fit's memory check, before training
+            seen.setdefault(threading.get_ident(), []).append(torch.get_num_threads())
+        return forward(self, x)
+
+    monkeypatch.setattr(_runtime, "refresh_thread_share", refresh_when_both_run)
+    monkeypatch.setattr(backbones.SimpleCNN, "forward", recording_forward)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = [threading.Thread(target=_fit, args=(X, y, small_clf_params),
+                                    kwargs={"max_epochs": 2}) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 2
+    assert all(set(counts) == {1} for counts in seen.values()), seen
+
+
+# ------------------------------------------------------------------ compile
+def test_compile_without_compiler_is_a_clear_error(toy_binary, small_clf_params,
+                                                   monkeypatch):
+    X, y = toy_binary
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(_runtime.shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match=r"compile=True needs a C\+\+ compiler"):
+        _fit(X, y, small_clf_params, compile=True)
+
+
+def test_compile_on_unsupported_device_or_python(monkeypatch):
+    with pytest.raises(ValueError, match="compile=True.*'mps'"):
+        _runtime.check_compile("mps")
+    import torch._dynamo.eval_frame as eval_frame
+
+    def unsupported():
+        raise RuntimeError("Python 3.99 not yet supported for torch.compile")
+
+    monkeypatch.setattr(eval_frame, "check_if_dynamo_supported", unsupported)
+    with pytest.raises(ValueError, match="compile=True: torch.compile cannot run"):
+        _runtime.check_compile("cpu")
+
+
+@pytest.mark.slow
+def test_compile_true_trains_predicts_and_pickles_on_cpu(toy_binary, small_clf_params):
+    """Compiling takes tens of seconds on a 2-core CPU: marked slow."""
+    X, y = toy_binary
+    # no dropout: inductor draws dropout masks from its own generator
+    params = {**small_clf_params, "max_epochs": 1, "precision": "float32", "dropout": 0.0,
+              "optimizer": "sgd", "predict_batch_size": 16, "validation_fraction": 0}
+    plain = _fit(X, y, params)
+    compiled = _fit(X, y, params, compile=True)
+    assert compiled.net_.forward_module() is compiled.net_.compiled_module_
+    np.testing.assert_allclose(compiled.predict_proba(X), plain.predict_proba(X), atol=1e-4)
+    loaded = pickle.loads(pickle.dumps(compiled))
+    assert not hasattr(loaded.net_, "compiled_module_")
+    np.testing.assert_allclose(loaded.predict_proba(X), compiled.predict_proba(X), atol=1e-4)
