@@ -96,13 +96,10 @@ def make_model(backbone, l2, name):
             weight_decay=l2, weight_decay_scope="head",  # L2 on the head only
             class_weight="balanced",  # class weights
             optimizer="adam", max_epochs=EPOCHS,  # Adam, cross-entropy
+            precision="float32",  # bf16 on an AMX CPU makes random-init resnet50 vary run to run
             early_stopping=5,  # on the validation loss, best weights restored
             checkpoint_dir=str(args.out / name),  # checkpoint on the validation loss
             cache=True,  # frozen features computed once, shared by both variants
-            # float32, as the card's Keras run: under bf16 autocast (the default on a CPU
-            # with native bf16) the quick run's 32-image validation accuracy moved by up
-            # to 0.3 between thread counts, and docs/studies.md quotes it
-            precision="float32",
             random_state=0,
         ).set_fit_request(X_val=True, y_val=True)),
     ], transform_input=["X_val"])
