@@ -634,6 +634,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                        device=device, runtime=runtime, split=None, es_spec=None,
                        rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
                        predict_batch_size=self._predict_batch_size(device))
+        # a loaded model predicts uncompiled: compiling needs a C++ compiler on this machine
+        net.set_params(compile=False)
         net.initialize()
         net.module_.eval()
         _drop_training_state(net)

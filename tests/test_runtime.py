@@ -302,7 +302,8 @@ def test_compile_on_unsupported_device_or_python(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compile_true_trains_predicts_and_pickles_on_cpu(toy_binary, small_clf_params):
+def test_compile_true_trains_predicts_and_pickles_on_cpu(toy_binary, small_clf_params,
+                                                         tmp_path):
     """Compiling takes tens of seconds on a 2-core CPU: marked slow."""
     X, y = toy_binary
     # no dropout: inductor draws dropout masks from its own generator
@@ -315,3 +316,10 @@ def test_compile_true_trains_predicts_and_pickles_on_cpu(toy_binary, small_clf_p
     loaded = pickle.loads(pickle.dumps(compiled))
     assert not hasattr(loaded.net_, "compiled_module_")
     np.testing.assert_allclose(loaded.predict_proba(X), compiled.predict_proba(X), atol=1e-4)
+    import cxr_estimators
+
+    cxr_estimators.save(compiled, tmp_path / "model.safetensors")
+    reloaded = cxr_estimators.load(tmp_path / "model.safetensors")
+    assert getattr(reloaded.net_, "compiled_module_", None) is None  # predicts uncompiled
+    np.testing.assert_allclose(reloaded.predict_proba(X), compiled.predict_proba(X),
+                               atol=1e-4)

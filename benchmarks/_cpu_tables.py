@@ -1,0 +1,113 @@
+"""The CPU sections of ``docs/benchmarks.md`` (``cpu_speed``, ``cpu_layout``,
+``cpu_threads``), rendered by :mod:`benchmarks.make_table`."""
+
+from __future__ import annotations
+
+
+def _helpers():
+    from benchmarks import make_table
+
+    return make_table._table, make_table._f, make_table._provenance
+
+
+def cpu_speed_section(r):
+    _table, _f, _provenance = _helpers()
+    c = r["config"]
+    ratio, speedup = r["ratio_to_best_loop"], r["speedup_vs_before"]
+    body = []
+    for key, row in r["rows"].items():
+        rate = row["images_per_s"]
+        for mode in ("fit", "predict"):
+            k = f"{key}/{mode}"
+            body.append([key, mode, _f(rate.get(f"before/{mode}"), 1),
+                         _f(rate[f"now/{mode}"], 1), _f(rate[f"loop/{mode}"], 1),
+                         _f(ratio[k], 2), _f(speedup.get(k), 2)])
+    worst = min(ratio.values())
+    goal_rows = [k for k in ("simple_cnn@64/predict", "deep_cnn@64/predict") if k in speedup]
+    goal2 = " and ".join(f"{k} {speedup[k]:.2f}×" for k in goal_rows)
+    verdict2 = ("not measured in this run" if not goal_rows else
+                "met" if all(speedup[k] >= 1.5 for k in goal_rows) else "**not met**")
+    layout = "channels_last" + (", bf16 autocast" if any(
+        row.get("amp") for row in r["rows"].values()) else ", float32")
+    return "\n".join([
+        "## CPU speed: the estimator before, now, and the best plain torch loop\n",
+        f"One epoch (fit, model construction included) and one `predict_proba` on synthetic "
+        f"1-channel images, batch {c['batch_size']}, Adam; `before` = `CXRClassifier` of "
+        f"commit {c['before_ref']} (contiguous float32, skorch's prediction loop), `now` = "
+        f"this version with its defaults ({layout} here, predict batch 32), `loop` = a "
+        "hand-written loop on the same model with the same layout, precision and batch "
+        f"sizes (`inference_mode` for prediction). Medians of {c['reps']} alternating "
+        f"repetitions in worker processes with {c['torch_threads']} torch threads.\n",
+        _table(["backbone@size", "mode", "before img/s", "now img/s", "loop img/s",
+                "now ÷ loop", "now ÷ before"], body),
+        f"Goals: now ÷ loop ≥ 0.95 on every row — lowest {worst:.2f}, "
+        + ("**not met**" if worst < 0.95 else "met on the rows measured"
+           if _rows_note(r) else "met")
+        + "; predict ≥ 1.5× before for simple_cnn and deep_cnn at 64 px — "
+        + (f"{goal2}, " if goal2 else "") + verdict2 + "."
+        + _rows_note(r) + "\n",
+        *_compiled_lines(r),
+        _provenance(r)])
+
+
+def _rows_note(r):
+    from benchmarks.cpu_speed import ROWS
+
+    run = {f"{b}@{s}" for b, s, *_ in r["config"]["rows"]}
+    missing = [f"{b}@{s}" for b, s, *_ in ROWS if f"{b}@{s}" not in run]
+    if not missing:
+        return ""
+    return (f" This run measured {len(run)} of the benchmark's {len(ROWS)} rows; not "
+            f"measured: {', '.join(missing)} (the goals are for every row).")
+
+
+def _compiled_lines(r):
+    """``compile=True`` against the default estimator, when the run measured it."""
+    if "compiled_vs_now" not in r:
+        return []
+    lines = ["`compile=True` (torch.compile, inductor) ÷ default estimator, steady state "
+             "(each timed fit builds and compiles a new model; the first fit's seconds, "
+             "compilation included, in parentheses):\n"]
+    for k, v in r["compiled_vs_now"].items():
+        key, mode = k.rsplit("/", 1)
+        first = r["rows"][key].get("compile_warmup_s", {}).get(mode)
+        lines.append(f"- {k}: {v:.2f}×" + (f" (first {mode}: {first:.1f} s)" if first else ""))
+    return ["\n".join(lines) + "\n"]
+
+
+def cpu_layout_section(r):
+    _table, _f, _provenance = _helpers()
+    c = r["config"]
+    body = [[f"{x['backbone']}@{x['size']}", x["mode"], x["variant"],
+             _f(x["images_per_s"], 1), _f(x["ratio_min"], 2), _f(x["ratio_median"], 2)]
+            for x in r["rows"]]
+    batches = [[f"{x['backbone']}@{x['size']}", x["batch_size"], _f(x["images_per_s"], 1),
+                _f(x["relative_to_best"], 2)] for x in r["predict_batch_sizes"]]
+    return "\n".join([
+        "## CPU layout and precision per backbone family\n",
+        f"One training step and one prediction batch of {c['batch_size']} images per "
+        f"variant, alternating, {c['reps']} repetitions, {c['torch_threads']} torch threads; "
+        "× = speed relative to contiguous float32 from the fastest step of each (and from "
+        "the medians). What `cxr_estimators._runtime.CPU_POLICY` follows "
+        "(docs/design.md).\n",
+        _table(["backbone@size", "mode", "variant", "img/s (fastest)", "× fastest",
+                "× median"], body),
+        "Prediction batch size, in the layout and precision the package picks:\n",
+        _table(["backbone@size", "batch", "img/s", "of best"], batches),
+        _provenance(r)])
+
+
+def cpu_threads_section(r):
+    _table, _f, _provenance = _helpers()
+    c = r["config"]
+    body = [[k, _f(r["median_s"][k], 2), _f(r["speedup_vs_n_jobs_1"][k], 2),
+             ", ".join(map(str, r["threads_inside"][k]))] for k in r["median_s"]]
+    return "\n".join([
+        "## Threads of fits in `GridSearchCV`\n",
+        f"`GridSearchCV` over {c['candidates']} candidates × {c['folds']} folds + refit, "
+        f"{c['backbone']} at {c['size']} px, {c['n']} images, {c['epochs']} epochs, on "
+        f"{c['cpu_count']} cores; medians of {c['reps']} alternating runs. \"torch "
+        "threads inside\": `torch.get_num_threads()` in two tasks running at once.\n",
+        _table(["configuration", "median s", "× vs n_jobs=1", "torch threads inside"],
+               body),
+        _provenance(r)])
