@@ -29,15 +29,18 @@ def cpu_speed_section(r):
                 "met" if all(speedup[k] >= 1.5 for k in goal_rows) else "**not met**")
     layout = "channels_last" + (", bf16 autocast" if any(
         row.get("amp") for row in r["rows"].values()) else ", float32")
+    pbs = sorted({row.get("predict_batch_size") or 32 for row in r["rows"].values()})
     return "\n".join([
         "## CPU speed: the estimator before, now, and the best plain torch loop\n",
         f"One epoch (fit, model construction included) and one `predict_proba` on synthetic "
         f"1-channel images, batch {c['batch_size']}, Adam; `before` = `CXRClassifier` of "
         f"commit {c['before_ref']} (contiguous float32, skorch's prediction loop), `now` = "
-        f"this version with its defaults ({layout} here, predict batch 32), `loop` = a "
+        f"this version with its defaults ({layout} here, predict batch "
+        f"{'/'.join(map(str, pbs))}), `loop` = a "
         "hand-written loop on the same model with the same layout, precision and batch "
         f"sizes (`inference_mode` for prediction). Medians of {c['reps']} alternating "
-        f"repetitions in worker processes with {c['torch_threads']} torch threads.\n",
+        f"repetitions in worker processes with {c['torch_threads']} torch threads; the "
+        "ratios are medians of the per-repetition ratios.\n",
         _table(["backbone@size", "mode", "before img/s", "now img/s", "loop img/s",
                 "now ÷ loop", "now ÷ before"], body),
         f"Goals: now ÷ loop ≥ 0.95 on every row — lowest {worst:.2f}, "

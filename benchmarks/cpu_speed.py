@@ -2,7 +2,8 @@
 
 For each backbone@size row, three implementations run in two worker processes
 (``benchmarks/_cpu_speed_worker.py``), one command at a time, alternating
-(before, now, loop; before, now, loop; ...) for ``--reps`` repetitions:
+(before, now, loop; now, loop, before; loop, before, now; ...: the order rotates, so
+that no implementation always runs first) for ``--reps`` repetitions:
 
 * ``before``: ``CXRClassifier`` from commit ``--before-ref`` (default 18e5be8, the last
   commit before channels_last, bf16 autocast and the lean prediction loop on CPU),
@@ -105,8 +106,11 @@ def measure_row(workers, backbone, size, n_fit, n_predict, reps, seed):
     info = {}
     warmup = {}
     for rep in range(reps + 1):  # rep 0: warm-up, not timed
+        # the order of the implementations rotates from one repetition to the next, so
+        # that none always runs first (or right after the same one)
+        order = impls[rep % len(impls):] + impls[:rep % len(impls)]
         for mode, n in (("fit", n_fit), ("predict", n_predict)):
-            for name, worker, impl in impls:
+            for name, worker, impl in order:
                 n_run = 32 if rep == 0 else n
                 answer = worker.run(impl=impl, mode=mode, n=n_run,
                                     predict_batch_size=info.get("predict_batch_size", 32),

@@ -117,6 +117,22 @@ def resolve_runtime(backbone, device, precision="auto"):
     return Runtime(device)
 
 
+#: Default prediction batch on CPU: images per torch thread, and the cap.
+CPU_PREDICT_IMAGES_PER_THREAD = 32
+CPU_PREDICT_BATCH_CAP = 256
+
+
+def cpu_predict_batch_size():
+    """The default ``predict_batch_size`` on CPU: 32 images per torch thread of the caller
+    (at most 256), so that each thread's share of a batch stays in its core's caches.
+
+    Measured (``python -m benchmarks.cpu_layout``, docs/design.md): with one thread 32 was
+    the fastest of 16-256 for the small CNNs at 64 px and 256 ran at half speed; with two
+    threads 32 fell to 0.68 of the best for simple_cnn and 64-128 were fastest."""
+    return min(CPU_PREDICT_IMAGES_PER_THREAD * max(1, torch.get_num_threads()),
+               CPU_PREDICT_BATCH_CAP)
+
+
 # ------------------------------------------------------------------------------ threads
 _lock = threading.Lock()
 _active = {"n": 0, "budget": None}

@@ -250,8 +250,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Probabilities under bf16 differ from float32's by up to about 1e-2.
     predict_batch_size : int or None, default=None
         Images per forward pass in ``predict_proba`` / ``predict``, the validation pass
-        and the frozen-feature cache. None: 32 on CPU (small batches stay in the CPU's
-        caches; measured fastest), ``batch_size`` on CUDA and MPS.
+        and the frozen-feature cache. None: on CPU 32 per torch thread at fit (32 with
+        one thread, 64 with two; at most 256), so that each thread's share stays in its
+        core's caches (measured: docs/design.md); ``batch_size`` on CUDA and MPS.
     compile : bool, default=False
         Compile the model with ``torch.compile`` (inductor) for training and prediction,
         on CPU or CUDA. Compiling takes seconds to minutes (again for the last, smaller
@@ -692,8 +693,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         if self.predict_batch_size is not None:
             return int(self.predict_batch_size)
         device = device or self.device_
-        # CPU: small batches stay in the caches (docs/design.md, "CPU layout and precision")
-        return 32 if torch.device(device).type == "cpu" else self.batch_size
+        if torch.device(device).type != "cpu":
+            return self.batch_size
+        return _runtime.cpu_predict_batch_size()
 
     def _runtime(self):
         """The fitted net's layout and precision (:class:`cxr_estimators._runtime.Runtime`);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._report import _implicit_pos_label
 from .metrics import _check_labels_and_scores
 
 __all__ = ["plot_confusion_matrix", "plot_roc", "plot_training_curves"]
@@ -114,18 +115,23 @@ def plot_training_curves(estimator_or_history, path=None):
     return _save(fig, path)
 
 
-def plot_roc(y_true, y_score, *, labels=None, path=None):
+def plot_roc(y_true, y_score, *, labels=None, pos_label=None, path=None):
     """ROC curve of a binary problem, or one-vs-rest curves of a multiclass one.
 
     Parameters
     ----------
     y_true : array-like of shape (n_samples,)
     y_score : array-like of shape (n_samples,) or (n_samples, n_classes)
-        1-D: positive-class score (the positive class is ``labels[1]``). 2-D:
-        probabilities with columns in ``labels`` order (e.g. ``predict_proba``); a
-        two-column array plots ``labels[1]``, more columns one curve per class.
+        1-D: the score of the positive class ``pos_label``. 2-D: probabilities with
+        columns in ``labels`` order (e.g. ``predict_proba``); a two-column array plots
+        the column of ``pos_label``, more columns one curve per class.
     labels : array-like, default=None
         Classes in column order; default sorted unique ``y_true``.
+    pos_label : int, float, bool or str, default=None
+        Positive class of a binary problem, e.g. ``pos_label="pneumonia"``. None: 1 when
+        the classes are {0, 1} or {-1, 1}; for any other pair (strings) it must be given,
+        as in :func:`~cxr_estimators.metrics.clinical_report` — guessing would silently
+        plot the other class's curve. Ignored with more than two classes.
     path : str or os.PathLike, default=None
         Save the figure there as PNG.
 
@@ -138,18 +144,27 @@ def plot_roc(y_true, y_score, *, labels=None, path=None):
     ------
     ValueError
         Invalid scores or labels (as :func:`~cxr_estimators.metrics.clinical_report`),
-        or a class with no cases or only cases in ``y_true`` (its ROC curve is
-        undefined).
+        ``pos_label`` missing for a binary problem with other classes than {0, 1} or
+        {-1, 1}, or not one of ``labels``, or a class with no cases or only cases in
+        ``y_true`` (its ROC curve is undefined).
     ImportError
         matplotlib is not installed.
     """
     y_true, y_score, labels = _check_labels_and_scores(y_true, y_score, labels)
     from sklearn.metrics import RocCurveDisplay
 
-    if y_score.ndim == 2 and len(labels) == 2:
-        y_score = y_score[:, 1]
-    columns = ([(labels[1], y_score)] if y_score.ndim == 1
-               else [(label, y_score[:, k]) for k, label in enumerate(labels)])
+    if len(labels) == 2:
+        labels = list(labels)
+        if pos_label is None:
+            pos_label = _implicit_pos_label(labels, "plot_roc")
+        elif pos_label not in labels:
+            raise ValueError(f"plot_roc: pos_label={pos_label!r} is not one of the classes "
+                             f"{labels}")
+        if y_score.ndim == 2:
+            y_score = y_score[:, labels.index(pos_label)]
+        columns = [(pos_label, y_score)]
+    else:
+        columns = [(label, y_score[:, k]) for k, label in enumerate(labels)]
     for label, _ in columns:
         if np.all(y_true == label) or not np.any(y_true == label):
             raise ValueError(f"the ROC curve of class {label!r} is undefined: y_true has "

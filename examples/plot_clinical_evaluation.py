@@ -142,7 +142,8 @@ except ImportError:  # pragma: no cover - plotting module missing
 if plot_training_curves is not None:
     try:
         plot_training_curves(cnn, path=OUT / "training_curves.png")
-        plot_roc(y_test, proba_cal, labels=calibrated.classes_, path=OUT / "roc.png")
+        plot_roc(y_test, proba_cal, labels=calibrated.classes_, pos_label="pneumonia",
+                 path=OUT / "roc.png")
         plot_confusion_matrix(y_test, screen.predict(X_test),
                               labels=calibrated.classes_, path=OUT / "confusion_matrix.png")
         print(f"figures written to {OUT}")

@@ -279,41 +279,9 @@ def png_with_sbit(path, array, bits):
 
 def dicom(path, pixels, **tags):
     """A 16-bit grayscale DICOM file; ``tags`` set (or, as None, delete) elements."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from conftest_data import write_dicom
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    frames = pixels.shape[0] if pixels.ndim == 3 else 1
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    for key, value in tags.items():
-        if value is None:
-            delattr(ds, key)
-        elif isinstance(value, bytes):  # stored as is: malformed values pydicom would refuse
-            from pydicom.datadict import dictionary_VR, tag_for_keyword
-            from pydicom.dataelem import RawDataElement
-            from pydicom.tag import Tag
-
-            tag = Tag(tag_for_keyword(key))
-            ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False,
-                                     True)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(str(path), enforce_file_format=True)
-    return str(path)
+    return write_dicom(path, pixels, **tags)
 
 
 def tiff_claiming(path, width, height):

@@ -77,8 +77,10 @@ def png_claiming_size(path, width, height):
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=None,
-                intercept=None, preamble=True):
-    """A single-frame 16-bit grayscale DICOM file built with pydicom."""
+                intercept=None, preamble=True, **tags):
+    """A 16-bit grayscale DICOM file built with pydicom: ``pixels`` (H, W), or
+    (frames, H, W) for a multi-frame file. ``tags`` set elements (None deletes one; bytes
+    are stored as they are: malformed values pydicom itself would refuse)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -91,7 +93,9 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=None
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3 and pixels.shape[0] > 1:
+        ds.NumberOfFrames = pixels.shape[0]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -102,6 +106,19 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=None
     if intercept is not None:
         ds.RescaleIntercept = intercept
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    for key, value in tags.items():
+        if value is None:
+            delattr(ds, key)
+        elif isinstance(value, bytes):
+            from pydicom.datadict import dictionary_VR, tag_for_keyword
+            from pydicom.dataelem import RawDataElement
+            from pydicom.tag import Tag
+
+            tag = Tag(tag_for_keyword(key))
+            ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False,
+                                     True)
+        else:
+            setattr(ds, key, value)
     ds.save_as(str(path), enforce_file_format=preamble)
     return str(path)
 

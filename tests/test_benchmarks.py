@@ -81,7 +81,9 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     assert {r["workers"] for r in feed["rows"] if r["path"] == "lazy"} == {0, 2}
 
     scale = results["scale_out"]
-    assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2"}
+    assert set(scale["time_s"]) == {"n_jobs_1", "loky_2", "dask_2"}  # --quick's modes
+    assert set(scale["time_s_every_rep"]) == set(scale["time_s"])
+    assert isinstance(scale["same_results_every_rep"], bool)
     assert all(_finite_positive(t) for t in scale["time_s"].values())
     assert all(isinstance(v, bool) for v in scale["cv_results_agree"].values())
     assert _finite_positive(scale["rng_lock"]["scope_us"])

@@ -86,18 +86,32 @@ def test_roc_binary_and_multiclass(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sum("vs rest" in t for t in labels) == 3
     binary = y < 2
-    fig = plotting.plot_roc(names[y[binary]], proba[binary, 1] / proba[binary, :2].sum(1),
+    score = proba[binary, 1] / proba[binary, :2].sum(1)
+    fig = plotting.plot_roc(names[y[binary]], score, pos_label="normal",
                             path=tmp_path / "roc2.png")
     _check_png(fig, tmp_path / "roc2.png")
     assert "normal (AUC" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    # two columns: the column of pos_label is plotted, whichever it is
+    two = np.column_stack([1 - score, score])
+    auc = [plotting.plot_roc(names[y[binary]], two, pos_label=c).axes[0].get_legend()
+           .get_texts()[0].get_text() for c in ("normal", "bacterial")]
+    assert auc[0].startswith("normal (AUC") and auc[1].startswith("bacterial (AUC")
+    assert auc[0].split("AUC")[1] == auc[1].split("AUC")[1]  # 1 - s ranks bacterial alike
+    assert "1 (AUC" in plotting.plot_roc(y[binary], score).axes[0].get_legend() \
+        .get_texts()[0].get_text()  # {0, 1}: 1 is positive without pos_label
     assert plotting.plot_roc(names[y], proba).axes  # no path: nothing saved, still a figure
 
 
 def test_roc_bad_input():
     with pytest.raises(ValueError, match="undefined"):
-        plotting.plot_roc(["a", "a"], [0.2, 0.9], labels=["a", "b"])
+        plotting.plot_roc(["a", "a"], [0.2, 0.9], labels=["a", "b"], pos_label="b")
     with pytest.raises(ValueError, match="3 samples but y_score has 2"):
         plotting.plot_roc(["a", "b", "a"], [0.2, 0.9])
+    with pytest.raises(ValueError, match=r"plot_roc: the classes are \['a', 'b'\] and "
+                                         "pos_label is not given"):
+        plotting.plot_roc(["a", "b", "a"], [0.2, 0.9, 0.4])
+    with pytest.raises(ValueError, match="pos_label='c' is not one of the classes"):
+        plotting.plot_roc(["a", "b", "a"], [0.2, 0.9, 0.4], pos_label="c")
 
 
 @pytest.mark.parametrize("normalize", [None, "true"])

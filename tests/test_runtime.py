@@ -186,16 +186,23 @@ def test_prediction_is_lean(toy_binary, small_clf_params):
     np.testing.assert_allclose(proba.sum(1), 1, atol=1e-12)
 
 
-def test_predict_batch_size_default_and_equivalence(toy_binary, small_clf_params):
+def test_predict_batch_size_default_and_equivalence(toy_binary, small_clf_params,
+                                                    monkeypatch):
     X, y = toy_binary
     clf = _fit(X, y, small_clf_params, precision="float32")
     seen = _Seen(_first_conv(clf))
     default = clf.predict_proba(X)
-    assert [c["n"] for c in seen.calls] == [32, 16]  # 32 on CPU, not batch_size=16
+    per_batch = 32 * torch.get_num_threads()  # 32 per CPU thread, not batch_size=16
+    assert clf.batch_size == 16 and [c["n"] for c in seen.calls] == [
+        min(per_batch, len(X) - k) for k in range(0, len(X), per_batch)]
     seen.handle.remove()
     for size in (1, 7, 1000):
         np.testing.assert_allclose(clf.set_params(predict_batch_size=size).predict_proba(X),
                                    default, atol=1e-6)
+    for threads, expected in ((1, 32), (2, 64), (64, 256)):  # capped at 256
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        assert _runtime.cpu_predict_batch_size() == expected
+    monkeypatch.undo()
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "32", True])
