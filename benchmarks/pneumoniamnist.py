@@ -17,8 +17,9 @@ An ensemble's probabilities are the mean of its members' (what
 ``VotingClassifier(voting="soft")`` computes, tests/test_ensemble.py), so members shared
 by several candidates are fitted once, all members before the selection, ``--n-jobs``
 (2) at a time in loky worker processes with one torch thread each (two processes beat
-two threads of one on a 2-core CPU); the CV folds run the same way. Honesty check (area 6): 5-fold stratified CV ROC
-AUC of the selected configuration on train + val, against its test AUC.
+two threads of one on a 2-core CPU); the CV folds run the same way. Honesty check
+(area 6): 5-fold stratified CV ROC AUC of the selected configuration on train + val,
+against its test AUC.
 """
 
 from __future__ import annotations

@@ -262,7 +262,8 @@ def main(argv=None):
         "rng_lock": rng_lock,
         "goal": {"speedup": 1.6, "cv_results_agree": True},
         "goal_met": bool(all(s >= 1.6 for m, s in speedup.items()
-                             if m in ("loky_2", "dask_2")) and all(agree.values()) and same_every_rep),
+                             if m in ("loky_2", "dask_2"))
+                         and all(agree.values()) and same_every_rep),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,
     }
