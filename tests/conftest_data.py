@@ -5,6 +5,7 @@ import struct
 import zlib
 
 import numpy as np
+import torch
 from PIL import Image
 
 SHARED_NPZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
@@ -29,6 +30,20 @@ def save(path, image, **kwargs):
 
 def noise_image(seed, size=(16, 16)):
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+class PerItem(torch.utils.data.Dataset):
+    """The images of X (an array or tensor) one by one as tensors, as skorch's default
+    Dataset serves them: a lazy dataset, which fit cannot scan without reading it."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return torch.as_tensor(self.X[i])
 
 
 def write_bad_files(folder):

@@ -9,6 +9,7 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from cxr_estimators import CXRClassifier
 
 from conftest import _toy_images
+from conftest_data import PerItem
 
 X, Y = _toy_images(n=32)
 XV, YV = _toy_images(n=12, seed=1)
@@ -565,7 +566,7 @@ ARRAYS = [
          lambda ws: _fit_val(ws, np.full_like(ws.X[:4], np.nan), ws.y[:4]),
          Raises(ValueError, r"Input X_val contains NaN")),
     Case("lazy dataset of (H, W, C) items", "arrays",
-         lambda ws: _fit(ws, X=_Items(torch.zeros(16, 16, 16, 5))),
+         lambda ws: _fit(ws, X=PerItem(torch.zeros(16, 16, 16, 5))),
          Raises(ValueError, r"X's items must be \(C, H, W\) with C = 1 or 3; got \(16, 16, 5\)")),
     Case("a TensorDataset (tuples) as X", "arrays",
          lambda ws: _fit(ws, X=torch.utils.data.TensorDataset(torch.zeros(16, 1, 8, 8))),
@@ -817,20 +818,7 @@ def _nan_lazy(ws):
     X = torch.from_numpy(ws.X.copy())
     X[3, 0, 0, 0] = float("nan")
     clf = ws.keep(ws.fitted())
-    return clf.fit(torch.utils.data.TensorDataset(X) and _Items(X), ws.y)
-
-
-class _Items(torch.utils.data.Dataset):
-    """A lazy dataset (fit does not scan it for NaN, as it cannot without reading it)."""
-
-    def __init__(self, X):
-        self.X = X
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return self.X[i]
+    return clf.fit(PerItem(X), ws.y)
 
 
 def _failing_step(exc):

@@ -11,6 +11,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
+from conftest_data import PerItem
 from cxr_estimators import CXRClassifier, ImageLoader, _feed, _training
 from cxr_estimators.augment import Augmenter
 from cxr_estimators.backbones import build_model
@@ -19,19 +20,6 @@ from cxr_estimators.preprocessing import CompactImages, InputNormalization
 
 PARAMS = dict(backbone="simple_cnn", max_epochs=2, batch_size=16, neurons=16,
               random_state=0, lr=1e-2)
-
-
-class _PerItem(torch.utils.data.Dataset):
-    """The images one by one, as skorch's default Dataset serves them."""
-
-    def __init__(self, X):
-        self.X = X
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(self.X[i])
 
 
 def _uint8(X):
@@ -50,7 +38,7 @@ def test_batched_path_gives_the_same_model_as_the_per_item_path(toy_binary, extr
     batched = CXRClassifier(**PARAMS, **extra).fit(X, y)
     assert gathers and max(gathers) == PARAMS["batch_size"]  # one gather per batch
     n_gathers = len(gathers)
-    per_item = CXRClassifier(**PARAMS, **extra).fit(_PerItem(X), y)
+    per_item = CXRClassifier(**PARAMS, **extra).fit(PerItem(X), y)
     assert len(gathers) == n_gathers  # the per-item path did not use the feed
     a, b = batched.module_.state_dict(), per_item.module_.state_dict()
     for key in a:
@@ -63,7 +51,7 @@ def test_weighted_batches_give_the_same_model_as_the_per_item_path(toy_binary):
     X, y = toy_binary
     w = np.random.default_rng(0).random(len(y)).astype(np.float32) + 0.1
     batched = CXRClassifier(**PARAMS).fit(X, y, sample_weight=w)
-    per_item = CXRClassifier(**PARAMS).fit(_PerItem(X), y, sample_weight=w)
+    per_item = CXRClassifier(**PARAMS).fit(PerItem(X), y, sample_weight=w)
     unweighted = CXRClassifier(**PARAMS).fit(X, y)
     np.testing.assert_array_equal(batched.predict_proba(X), per_item.predict_proba(X))
     assert not np.allclose(batched.predict_proba(X), unweighted.predict_proba(X))
