@@ -1,5 +1,5 @@
 """The CPU sections of ``docs/benchmarks.md`` (``cpu_speed``, ``cpu_layout``,
-``cpu_threads``), rendered by :mod:`benchmarks.make_table`."""
+``cpu_threads``, ``cpu_malloc``), rendered by :mod:`benchmarks.make_table`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ def _helpers():
     return make_table._table, make_table._f, make_table._provenance
 
 
-def cpu_speed_section(r):
+def _kfaults(row, name):
+    faults = row.get("page_faults", {}).get(name)
+    if not faults:
+        return "—"
+    return f"{sorted(faults)[len(faults) // 2] / 1000:.0f}k"
+
+
+def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the best "
+                                "plain torch loop\n"):
     _table, _f, _provenance = _helpers()
     c = r["config"]
     ratio, speedup = r["ratio_to_best_loop"], r["speedup_vs_before"]
@@ -21,7 +29,9 @@ def cpu_speed_section(r):
             k = f"{key}/{mode}"
             body.append([key, mode, _f(rate.get(f"before/{mode}"), 1),
                          _f(rate[f"now/{mode}"], 1), _f(rate[f"loop/{mode}"], 1),
-                         _f(ratio[k], 2), _f(speedup.get(k), 2)])
+                         _f(rate.get(f"loop_folded/{mode}"), 1),
+                         _f(ratio[k], 2), _f(speedup.get(k), 2),
+                         f"{_kfaults(row, f'now/{mode}')} / {_kfaults(row, f'loop/{mode}')}"])
     worst = min(ratio.values())
     goal_rows = [k for k in ("simple_cnn@64/predict", "deep_cnn@64/predict") if k in speedup]
     goal2 = " and ".join(f"{k} {speedup[k]:.2f}×" for k in goal_rows)
@@ -31,26 +41,46 @@ def cpu_speed_section(r):
         row.get("amp") for row in r["rows"].values()) else ", float32")
     pbs = sorted({row.get("predict_batch_size") or 32 for row in r["rows"].values()})
     return "\n".join([
-        "## CPU speed: the estimator before, now, and the best plain torch loop\n",
+        title,
         f"One epoch (fit, model construction included) and one `predict_proba` on synthetic "
         f"1-channel images, batch {c['batch_size']}, Adam; `before` = `CXRClassifier` of "
         f"commit {c['before_ref']} (contiguous float32, skorch's prediction loop), `now` = "
         f"this version with its defaults ({layout} here, predict batch "
         f"{'/'.join(map(str, pbs))}), `loop` = a "
         "hand-written loop on the same model with the same layout, precision and batch "
-        f"sizes (`inference_mode` for prediction). Medians of {c['reps']} alternating "
-        f"repetitions in worker processes with {c['torch_threads']} torch threads; the "
-        "ratios are medians of the per-repetition ratios.\n",
+        "sizes (`inference_mode` for prediction), `loop folded` = that loop predicting "
+        "on a copy with BatchNorm folded into the convolutions (torch.fx `fuse`, the fold "
+        "timed; only for models with BatchNorm), as the estimator does at the first "
+        f"prediction after a fit. Medians of {c['reps']} alternating repetitions in "
+        f"worker processes with {c['torch_threads']} torch threads; the ratios are "
+        "medians of the per-repetition ratios to the best loop (for prediction, whichever "
+        "of `loop` and `loop folded` has the higher median).\n",
         _table(["backbone@size", "mode", "before img/s", "now img/s", "loop img/s",
-                "now ÷ loop", "now ÷ before"], body),
-        f"Goals: now ÷ loop ≥ 0.95 on every row — lowest {worst:.2f}, "
+                "loop folded img/s", "now ÷ best loop", "now ÷ before",
+                "page faults now / loop"], body),
+        "Page faults: minor page faults of one timed run (median over the repetitions; "
+        "glibc malloc returning freed memory to the kernel and faulting it back in, see "
+        "docs/design.md). glibc malloc settings of the workers: "
+        + (", ".join(f"`{k}={v}`" for k, v in c["malloc_env"].items() if v) or "the defaults")
+        + ".\n",
+        f"Goals: now ÷ best loop ≥ 0.95 on every row — lowest {worst:.2f}, "
         + ("**not met**" if worst < 0.95 else "met on the rows measured"
            if _rows_note(r) else "met")
         + "; predict ≥ 1.5× before for simple_cnn and deep_cnn at 64 px — "
         + (f"{goal2}, " if goal2 else "") + verdict2 + "."
         + _rows_note(r) + "\n",
+        *_fold_lines(r),
         *_compiled_lines(r),
         _provenance(r)])
+
+
+def _fold_lines(r):
+    folds = [f"{key} {row['fold_s']:.3f} s" for key, row in r["rows"].items()
+             if row.get("folds")]
+    if not folds:
+        return []
+    return ["The BatchNorm fold alone (made once, by the first prediction after a fit or "
+            "a load; median of 3): " + ", ".join(folds) + ".\n"]
 
 
 def _rows_note(r):
@@ -113,4 +143,26 @@ def cpu_threads_section(r):
         "threads inside\": `torch.get_num_threads()` in two tasks running at once.\n",
         _table(["configuration", "median s", "× vs n_jobs=1", "torch threads inside"],
                body),
+        _provenance(r)])
+
+
+def cpu_malloc_section(r):
+    _table, _f, _provenance = _helpers()
+    c = r["config"]
+    body = []
+    for k, rates in r["images_per_s"].items():
+        faults = r["page_faults"][k]
+        med = {m: sorted(v)[len(v) // 2] for m, v in faults.items()}
+        body.append([k, _f(rates["default"], 1), _f(rates["tuned"], 1),
+                     _f(r["speedup_tuned"][k], 2), f"{med['default'] / 1000:.0f}k",
+                     f"{med['tuned'] / 1000:.0f}k"])
+    return "\n".join([
+        "## CPU: glibc malloc's defaults vs `cxr_estimators.tune_cpu_malloc()`\n",
+        "The estimator with its defaults (one epoch, then `predict_proba`) in two worker "
+        "processes taking turns, one of which called `tune_cpu_malloc()` first; "
+        f"{c['reps']} repetitions, {c['torch_threads']} torch threads, medians; tuned ÷ "
+        "default is the median of the per-repetition ratios; page faults are the minor "
+        "faults of one timed run (median).\n",
+        _table(["row", "default img/s", "tuned img/s", "tuned ÷ default",
+                "page faults default", "page faults tuned"], body),
         _provenance(r)])

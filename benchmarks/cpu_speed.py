@@ -11,7 +11,10 @@ that no implementation always runs first) for ``--reps`` repetitions:
 * ``now``: ``CXRClassifier`` from this tree, with its defaults;
 * ``loop``: a best-practice plain torch loop on the same model with the same layout and
   precision as ``now`` (channels_last, bf16 autocast on a CPU with native bf16),
-  ``inference_mode`` for prediction and the same batch sizes.
+  ``inference_mode`` for prediction and the same batch sizes;
+* ``loop_folded`` (prediction only, models with BatchNorm): ``loop`` on a copy of its
+  model with BatchNorm folded into the convolutions (torch.fx's ``fuse``), the fold
+  included in the time, as the estimator folds at the first prediction after a fit.
 
 With ``--compile``, a fourth implementation, ``compiled`` (``now`` with ``compile=True``),
 runs in the same worker as ``now``; its warm-up seconds (which include compiling, for the
@@ -23,7 +26,13 @@ loop: softmax into a preallocated tensor) of ``n_predict`` images. Each worker w
 on the row first. Images/s are medians over the repetitions; ``ratio_to_best_loop`` (now
 ÷ loop) and ``speedup_vs_before`` (now ÷ before), keyed ``"<backbone>@<size>/<mode>"``,
 are medians of the per-repetition ratios: the runs of one repetition follow each other,
-so a drift in the machine's load cancels in their ratio.
+so a drift in the machine's load cancels in their ratio. ``fold_s`` (per row): median of
+three timings of the fold alone, ``folds``: whether the model has BatchNorm to fold (else
+``loop_folded`` is not run: it would be ``loop`` again). For prediction the best loop is
+whichever of ``loop`` and ``loop_folded`` has the shorter median time;
+``ratio_to_plain_loop`` keeps now ÷ ``loop`` alone. ``page_faults`` (per row and
+implementation, per repetition): minor page faults of the timed part; ``--malloc tuned``
+runs the workers with :data:`TUNED_MALLOC`.
 """
 
 from __future__ import annotations
@@ -55,11 +64,17 @@ GOALS = {"ratio_to_best_loop": ">= 0.95 on every row",
          "speedup_vs_before": ">= 1.5 for simple_cnn@64/predict and deep_cnn@64/predict"}
 
 
+#: ``--malloc tuned``: glibc malloc keeps freed memory instead of returning it to the
+#: kernel at every step (a fixed mmap threshold of 32 MiB, glibc's maximum, and a 1 GiB
+#: trim threshold), as docs/design.md ("glibc malloc") recommends for CPU training.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
 class Worker:
     """One worker process; :meth:`run` sends a command and returns the answer."""
 
-    def __init__(self, pythonpath):
-        env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    def __init__(self, pythonpath, env_extra=None):
+        env = {**os.environ, "PYTHONPATH": str(pythonpath), **(env_extra or {})}
         self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=str(pythonpath))
@@ -102,8 +117,18 @@ def measure_row(workers, backbone, size, n_fit, n_predict, reps, seed):
     base = dict(backbone=backbone, size=size, batch_size=32, seed=seed)
     impls = [(name, w, name if name in ("loop", "compiled") else "estimator")
              for name, w in workers.items()]
-    times = {(name, mode): [] for name, _, _ in impls for mode in ("fit", "predict")}
     info = {}
+    if "loop" in workers:  # what the estimator's first prediction after a fit adds
+        workers["loop"].run(impl="loop", mode="fit", n=32, **base)
+        folds = [workers["loop"].run(impl="loop", mode="fold", n=32, **base)
+                 for _ in range(3)]
+        info["fold_s"] = _common.median([f["seconds"] for f in folds])
+        info["folds"] = folds[0]["folds"]
+        if info["folds"]:  # a model without BatchNorm: loop_folded would be loop again
+            impls.append(("loop_folded", workers["loop"], "loop"))
+    times = {(name, mode): [] for name, _, _ in impls for mode in ("fit", "predict")
+             if (name, mode) != ("loop_folded", "fit")}
+    faults = {key: [] for key in times}
     warmup = {}
     for rep in range(reps + 1):  # rep 0: warm-up, not timed
         # the order of the implementations rotates from one repetition to the next, so
@@ -111,14 +136,18 @@ def measure_row(workers, backbone, size, n_fit, n_predict, reps, seed):
         order = impls[rep % len(impls):] + impls[:rep % len(impls)]
         for mode, n in (("fit", n_fit), ("predict", n_predict)):
             for name, worker, impl in order:
+                if (name, mode) not in times:
+                    continue
                 n_run = 32 if rep == 0 else n
                 answer = worker.run(impl=impl, mode=mode, n=n_run,
                                     predict_batch_size=info.get("predict_batch_size", 32),
-                                    **base)
+                                    fold=name == "loop_folded", **base)
                 if name == "now" and mode == "fit":
-                    info.update({k: v for k, v in answer.items() if k != "seconds"})
+                    info.update({k: v for k, v in answer.items()
+                                 if k not in ("seconds", "minflt", "sys_s")})
                 if rep > 0:
                     times[name, mode].append(answer["seconds"])
+                    faults[name, mode].append(answer["minflt"])
                 elif name == "compiled":
                     warmup[mode] = answer["seconds"]
         if rep > 0:
@@ -129,6 +158,7 @@ def measure_row(workers, backbone, size, n_fit, n_predict, reps, seed):
              for (name, mode), t in times.items()}
     if warmup:
         info["compile_warmup_s"] = warmup
+    info["page_faults"] = {f"{name}/{mode}": f for (name, mode), f in faults.items()}
     return rates, times, info
 
 
@@ -137,19 +167,29 @@ def paired_ratio(seconds, num, den):
     return _common.median([d / n for n, d in zip(seconds[num], seconds[den])])
 
 
+def best_loop(seconds, mode):
+    """``"loop/<mode>"`` or ``"loop_folded/<mode>"``, whichever has the shorter median
+    time (only prediction has a folded variant, and only for models with BatchNorm)."""
+    names = [f"{v}/{mode}" for v in ("loop", "loop_folded") if f"{v}/{mode}" in seconds]
+    return min(names, key=lambda name: _common.median(seconds[name]))
+
+
 def derived_ratios(raw):
-    """``ratio_to_best_loop``, ``speedup_vs_before`` and ``compiled_vs_now`` from the
-    per-repetition seconds ``{row: {"<impl>/<mode>": [s, ...]}}``."""
-    ratio, speedup, compiled = {}, {}, {}
+    """``ratio_to_best_loop``, ``ratio_to_plain_loop``, ``speedup_vs_before`` and
+    ``compiled_vs_now`` from the per-repetition seconds
+    ``{row: {"<impl>/<mode>": [s, ...]}}``."""
+    ratio, plain, speedup, compiled = {}, {}, {}, {}
     for key, seconds in raw.items():
         for mode in ("fit", "predict"):
             k = f"{key}/{mode}"
-            ratio[k] = paired_ratio(seconds, f"now/{mode}", f"loop/{mode}")
+            best = best_loop(seconds, mode)
+            ratio[k] = paired_ratio(seconds, f"now/{mode}", best)
+            plain[k] = paired_ratio(seconds, f"now/{mode}", f"loop/{mode}")
             if f"before/{mode}" in seconds:
                 speedup[k] = paired_ratio(seconds, f"now/{mode}", f"before/{mode}")
             if f"compiled/{mode}" in seconds:
                 compiled[k] = paired_ratio(seconds, f"compiled/{mode}", f"now/{mode}")
-    return ratio, speedup, compiled
+    return ratio, plain, speedup, compiled
 
 
 def main(argv=None):
@@ -161,6 +201,9 @@ def main(argv=None):
                    help="also time the estimator with compile=True")
     p.add_argument("--rows", nargs="+", default=None,
                    help="backbone@size rows to run (default: all)")
+    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                   help="glibc malloc settings of the workers: as the environment has "
+                        "them, or TUNED_MALLOC (default: %(default)s)")
     args = p.parse_args(argv)
     rows = QUICK_ROWS if args.quick else ROWS
     if args.rows:
@@ -168,12 +211,13 @@ def main(argv=None):
                 if f"{r[0]}@{r[1]}" in args.rows]
     reps = args.reps or (1 if args.quick else 5)
 
+    malloc_env = TUNED_MALLOC if args.malloc == "tuned" else {}
     with tempfile.TemporaryDirectory() as tmp:
         workers = {}
         before = extract_before(args.before_ref, tmp)
         if before is not None:
-            workers["before"] = Worker(before)
-        workers["now"] = Worker(_common.ROOT)
+            workers["before"] = Worker(before, malloc_env)
+        workers["now"] = Worker(_common.ROOT, malloc_env)
         workers["loop"] = workers["now"]
         if args.compile:
             workers["compiled"] = workers["now"]
@@ -192,7 +236,7 @@ def main(argv=None):
                 w.close()
         threads = workers["now"].info["torch_threads"]
 
-    ratio, speedup, compiled = derived_ratios(raw)
+    ratio, plain, speedup, compiled = derived_ratios(raw)
     for key in ratio:
         print(f"{key:28s} now/loop {ratio[key]:.3f}  now/before "
               f"{speedup.get(key, float('nan')):.2f}")
@@ -200,10 +244,12 @@ def main(argv=None):
         "config": {"rows": [list(r) for r in rows], "reps": reps, "batch_size": 32,
                    "epochs": 1, "optimizer": "adam", "images": "synthetic N(0, 1), 1 channel",
                    "before_ref": args.before_ref if "before" in workers else None,
-                   "torch_threads": threads},
+                   "torch_threads": threads, "malloc": args.malloc,
+                   "malloc_env": malloc_env or {k: os.environ.get(k) for k in TUNED_MALLOC}},
         "rows": results,
         "seconds": raw,
         "ratio_to_best_loop": ratio,
+        "ratio_to_plain_loop": plain,
         "speedup_vs_before": speedup,
         "goals": GOALS,
         **({"compiled_vs_now": compiled} if compiled else {}),

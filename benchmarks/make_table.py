@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from benchmarks import _common
-from benchmarks._cpu_tables import cpu_layout_section, cpu_speed_section, cpu_threads_section
+from benchmarks._cpu_tables import (cpu_layout_section, cpu_malloc_section, cpu_speed_section,
+                                    cpu_threads_section)
 
 INTRO = """\
 # Benchmarks
@@ -40,7 +41,9 @@ python -m benchmarks.input_pipeline     # host-side images/s of each input path 
 python -m benchmarks.memory --modes lazy lazy_skorch --n 1000 10000 --out benchmarks/results/memory_lazy_10k.json
 python -m benchmarks.scale_out          # one grid: n_jobs=1 vs loky n_jobs=2 vs Dask LocalCluster
 python -m benchmarks.robustness         # bad inputs and faults (about 30 s)
-python -m benchmarks.cpu_speed          # CPU: before / now / best loop (about 8 min)
+python -m benchmarks.cpu_speed          # CPU: before / now / best loop (about 12 min)
+python -m benchmarks.cpu_speed --malloc tuned --out benchmarks/results/cpu_speed_malloc_tuned.json
+python -m benchmarks.cpu_malloc         # CPU: glibc malloc defaults vs tune_cpu_malloc()
 python -m benchmarks.make_table         # only regenerate this page
 ```
 """
@@ -516,8 +519,12 @@ def main(argv=None):
                     CUDA_NOTE if "inputs" in r["config"] else CUDA_NOTE_BEFORE_FEED)),
                 ("input_pipeline", input_pipeline_section),
                 ("memory", memory_section),
-                ("cpu_speed", cpu_speed_section), ("cpu_layout", cpu_layout_section),
+                ("cpu_speed", cpu_speed_section),
+                ("cpu_speed_malloc_tuned", lambda r: cpu_speed_section(
+                    r, "## CPU speed with glibc malloc tuned (`--malloc tuned`)\n")),
+                ("cpu_layout", cpu_layout_section),
                 ("cpu_threads", cpu_threads_section),
+                ("cpu_malloc", cpu_malloc_section),
                 ("memory_lazy_10k", lambda r: memory_section(
                     r, "## Memory of lazy `predict_proba` on 10,000 images, measured\n")),
                 ("scale_out", scale_out_section),
@@ -530,7 +537,7 @@ def main(argv=None):
             except KeyError as exc:  # a result written before its section's format changed
                 parts.append(f"## {name}\n\nThe result file predates this page's format "
                              f"(no key {exc}): rerun `python -m benchmarks.{name}`.\n")
-        elif name not in ("throughput_cuda", "memory_lazy_10k"):
+        elif name not in ("throughput_cuda", "memory_lazy_10k", "cpu_speed_malloc_tuned"):
             parts.append(f"## {name}\n\nNo result yet: run `python -m benchmarks.{name}`.\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(parts))

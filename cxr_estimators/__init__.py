@@ -4,7 +4,8 @@ Public API: :class:`CXRClassifier`, :class:`ImageLoader` (and the :class:`Compac
 it returns with ``dtype="uint8"``), and the submodules
 ``metrics``, ``plotting``, ``explain``, ``datasets``, ``audit``, ``evaluation``,
 ``backbones``, ``augment``, ``io`` and ``distributed``; :func:`save` / :func:`load` write
-and read model files that cannot run code (:mod:`cxr_estimators.persistence`).
+and read model files that cannot run code (:mod:`cxr_estimators.persistence`);
+:func:`tune_cpu_malloc` makes glibc's malloc keep freed memory (CPU training on Linux).
 """
 
 from . import (
@@ -12,6 +13,7 @@ from . import (
     plotting,
 )
 from ._callbacks import TrainingDivergedError
+from ._runtime import tune_cpu_malloc
 from .classifier import CXRClassifier
 from .persistence import load, save
 from .preprocessing import CompactImages, ImageDataset, ImageLoader
@@ -26,6 +28,7 @@ __all__ = [
     "save",
     "load",
     "TrainingDivergedError",
+    "tune_cpu_malloc",
     "audit",
     "augment",
     "backbones",

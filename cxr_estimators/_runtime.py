@@ -12,19 +12,28 @@ Written here because neither torch nor skorch decides these for a model:
   joblib's default (loky) backend already gives each worker process
   ``cpu_count // n_jobs`` threads, which torch obeys; nothing is changed there.
 * **compile=True**: ``torch.compile`` (inductor), checked before the fit starts.
+* **BatchNorm folding for CPU prediction** (:class:`FoldedInference`): prediction runs on
+  a copy of the model whose BatchNorm layers are folded into the convolutions before
+  them.
+* **glibc malloc** (:func:`tune_cpu_malloc`, opt-in): keep freed memory for reuse instead
+  of returning it to the kernel after every training step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fnmatch
 import os
 import shutil
 import threading
+from copy import deepcopy
 
 import torch
+from torch import nn
 
-__all__ = ["Runtime", "check_compile", "cpu_has_native_bf16", "cpu_policy", "refresh_thread_share",
+__all__ = ["FoldedInference", "Runtime", "check_compile", "fold_batch_norm", "tune_cpu_malloc", "cpu_has_native_bf16", "cpu_policy", "refresh_thread_share",
            "resolve_runtime", "thread_share"]
 
 #: Per backbone family on CPU: (name patterns, channels_last, bf16 autocast under
@@ -226,3 +235,132 @@ def check_compile(device):
             "compile=True needs a C++ compiler for torch.compile's inductor backend, and "
             "none was found (looked for $CXX, g++, clang++ on PATH); install one (e.g. "
             "apt-get install g++) or use compile=False")
+
+
+# ------------------------------------------------------------- BatchNorm folding (CPU)
+def fold_batch_norm(module, channels_last=False):
+    """An eval-mode copy of ``module`` in which each BatchNorm of its ``trunk`` that
+    directly follows a convolution is folded into that convolution's weights and bias
+    (``torch.fx.experimental.optimization.fuse``, which traces the trunk and folds only
+    conv -> BN pairs whose convolution output feeds nothing else); None when the trunk
+    has no BatchNorm or cannot be traced. ``module`` itself is not changed: the copy has
+    its own modules and folded convolutions and shares every other tensor with it."""
+    trunk = getattr(module, "trunk", None)
+    if trunk is None or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                for m in trunk.modules()):
+        return None
+    from torch.fx.experimental.optimization import fuse
+
+    shared = {id(t): t for t in module.state_dict(keep_vars=True).values()}
+    copy = deepcopy(module, shared).eval()  # new modules, the same tensors
+    try:
+        copy.trunk = fuse(copy.trunk, inplace=True)  # new tensors for the folded convs
+    except Exception:  # not traceable by torch.fx: predictions use the module as it is
+        return None
+    if channels_last:
+        copy.to(memory_format=torch.channels_last)
+    return copy
+
+
+def _has_forward_hooks(module):
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+class FoldedInference:
+    """The module CPU predictions run on: :func:`fold_batch_norm`'s copy of ``module``
+    (or ``module`` itself when nothing folds), made at the first prediction and kept
+    while the weights stay the same.
+
+    Written here because torch folds BatchNorm only for a traced graph and keeps no such
+    copy in step with a model. Every prediction of given weights uses the same copy, so
+    results do not depend on what was predicted before, and a saved and loaded model
+    predicts exactly as the original. "The same weights": the same module object, the
+    same tensor objects in its ``state_dict`` and the same in-place version counters
+    (``Tensor._version``, which ``optimizer.step``, ``load_state_dict`` and any in-place
+    edit increase). Results equal the module's own within float tolerance (under bf16
+    autocast the folded weights round differently: up to about 1e-3 in probability). A
+    module with forward hooks runs itself, so that the hooks see every batch. The first
+    prediction after a fit or a load pays for the fold; what it costs and saves per
+    backbone is measured by ``python -m benchmarks.cpu_speed`` (``fold_s``, the
+    ``loop_folded`` column; docs/benchmarks.md)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self._folded = None
+
+    @staticmethod
+    def _same(key, module):
+        if key is None or key[0] is not module:
+            return False
+        tensors = list(module.state_dict(keep_vars=True).values())
+        return len(tensors) == len(key[1]) and all(
+            t is k and t._version == v for t, (k, v) in zip(tensors, key[1]))
+
+    def module(self, module, channels_last=False):
+        """What to run a prediction with."""
+        if _has_forward_hooks(module):
+            return module
+        with self._lock:
+            if not self._same(self._key, module):
+                folded = fold_batch_norm(module, channels_last)
+                tensors = module.state_dict(keep_vars=True).values()
+                self._key = (module, [(t, t._version) for t in tensors])
+                self._folded = folded
+            return self._folded or module
+
+    def __getstate__(self):  # neither the lock nor the copy is pickled
+        return {"fresh": True}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
+# ------------------------------------------------------------------------ glibc malloc
+#: glibc's ceiling for ``M_MMAP_THRESHOLD`` on 64-bit systems (``mallopt`` refuses more).
+MMAP_THRESHOLD_MAX = 32 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+
+
+def tune_cpu_malloc(mmap_threshold=MMAP_THRESHOLD_MAX, trim_threshold=1 << 30):
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the
+    kernel after every training step; for CPU training and prediction on Linux.
+
+    A CPU step allocates its activations and frees them at the end; with glibc's
+    defaults, freed blocks above a (self-adjusting) size are unmapped and the top of
+    the heap is trimmed once more than twice that size is free, so the next step
+    page-faults the same memory back in: ``benchmarks/cpu_speed.py`` counts up to
+    hundreds of thousands of page faults per one-epoch fit, in the estimator and in a
+    plain torch loop alike. This sets ``M_MMAP_THRESHOLD`` (blocks up to this many
+    bytes come from the heap; at most 32 MiB, glibc's ceiling) and ``M_TRIM_THRESHOLD``
+    (free memory the heap keeps) with ``mallopt``, process-wide and for the rest of the
+    process (glibc cannot go back to its self-adjusting thresholds). The cost: the
+    process keeps up to ``trim_threshold`` bytes of freed memory. Setting the
+    environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``
+    before Python starts does the same. Preloading jemalloc or tcmalloc (PyTorch's CPU
+    tuning guide) is the other remedy. What it changes is measured by
+    ``python -m benchmarks.cpu_malloc`` (docs/design.md, "glibc malloc").
+
+    Written here because neither torch nor the standard library exposes ``mallopt``.
+    Returns True once applied, False (and changes nothing) where the C library is not
+    glibc (macOS, Windows, musl)."""
+    for name, value, top in (("mmap_threshold", mmap_threshold, MMAP_THRESHOLD_MAX),
+                             ("trim_threshold", trim_threshold, None)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
+                top is not None and value > top):
+            limit = f" and at most {top} (glibc's ceiling)" if top else ""
+            raise ValueError(f"{name} must be an int >= 0{limit} (bytes); got {value!r}")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+    except (OSError, AttributeError):
+        return False
+    for option, value in ((_M_MMAP_THRESHOLD, mmap_threshold),
+                          (_M_TRIM_THRESHOLD, trim_threshold)):
+        if libc.mallopt(ctypes.c_int(option), ctypes.c_int(min(value, 2**31 - 1))) != 1:
+            raise RuntimeError(f"mallopt({option}, {value}) was refused by the C library")
+    return True

@@ -30,7 +30,7 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
                             "memory", "scale_out", "robustness", "input_pipeline",
-                            "cpu_speed", "cpu_layout", "cpu_threads"}
+                            "cpu_speed", "cpu_layout", "cpu_threads", "cpu_malloc"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -91,9 +91,17 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     assert sum(robust["counts"].values()) == robust["n_cases"] > 0
     assert robust["code_executed"] == 0 and robust["joblib_load_runs_payload"] is True
     speed = results["cpu_speed"]
-    for key in ("ratio_to_best_loop", "speedup_vs_before"):
+    for key in ("ratio_to_best_loop", "ratio_to_plain_loop", "speedup_vs_before"):
         assert speed[key] and all(k.rsplit("/", 1)[1] in ("fit", "predict") and "@" in k
                                   and _finite_positive(v) for k, v in speed[key].items())
+    for row in speed["rows"].values():  # loop_folded runs only where BatchNorm folds
+        assert isinstance(row["folds"], bool) and row["fold_s"] >= 0
+        assert ("loop_folded/predict" in row["images_per_s"]) == row["folds"]
+    malloc = results["cpu_malloc"]
+    assert malloc["speedup_tuned"] and all(
+        _finite_positive(v) and k.rsplit("/", 1)[1] in ("fit", "predict")
+        for k, v in malloc["speedup_tuned"].items())
+    assert all(set(f) == {"default", "tuned"} for f in malloc["page_faults"].values())
     assert {r["variant"] for r in results["cpu_layout"]["rows"]} >= {
         "contiguous_fp32", "channels_last_fp32"}
     assert results["cpu_threads"]["threads_inside"]["loky n_jobs=2"] == [
@@ -115,3 +123,20 @@ def test_cuda_throughput_ratios_are_keyed_by_backbone_size_and_mode():
                                 ("plain_torch_amp_channels_last", plain))]
     assert ratios_to_plain(rows, "CXRClassifier_uint8_device") == {
         "resnet18@224/fit": 0.9, "resnet18@224/predict": 0.5}
+
+
+def test_cpu_speed_ratios_use_the_faster_loop_variant():
+    """``ratio_to_best_loop``: per repetition now ÷ the loop variant with the shorter
+    median time (the folded loop for prediction when it is faster); fit has one loop."""
+    from benchmarks.cpu_speed import best_loop, derived_ratios
+
+    seconds = {"now/fit": [2.0, 2.0, 2.0], "loop/fit": [1.0, 2.0, 3.0],
+               "now/predict": [1.0, 1.0, 1.0], "loop/predict": [2.0, 2.0, 2.0],
+               "loop_folded/predict": [0.5, 0.5, 4.0]}
+    assert best_loop(seconds, "fit") == "loop/fit"
+    assert best_loop(seconds, "predict") == "loop_folded/predict"
+    ratio, plain, _, _ = derived_ratios({"m@8": seconds})
+    assert ratio["m@8/fit"] == plain["m@8/fit"] == 1.0  # median of 0.5, 1, 1.5
+    assert ratio["m@8/predict"] == 0.5 and plain["m@8/predict"] == 2.0
+    del seconds["loop_folded/predict"]  # a model without BatchNorm: the plain loop
+    assert derived_ratios({"m@8": seconds})[0]["m@8/predict"] == 2.0

@@ -363,8 +363,10 @@ def test_feature_cache_matches_uncached(toy_binary):
     again = CXRClassifier(**{**params, "lr": 1e-2}, cache=True).fit(X, y)
     assert _features.cache_info()["hits"] == 1 and _features.cache_info()["misses"] == 1
     plain = CXRClassifier(**params).fit(X, y)
-    # identical on CPU; on CUDA both paths run under bf16 autocast (kernel order may vary)
-    atol = 1e-2 if cached.device_ == "cuda" else 1e-5
+    # float32 on CPU: equal within float tolerance (the whole-model path predicts with
+    # BatchNorm folded into the convolutions); under bf16 autocast (CUDA, or a CPU with
+    # native bf16) the paths round differently (kernel order on CUDA, folded weights)
+    atol = 1e-2 if cached.device_ == "cuda" or cached.net_.amp else 1e-5
     np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=atol)
     assert not np.allclose(again.predict_proba(X), plain.predict_proba(X))
     # predicting on the fitted images reused their cached features (2 predict calls)

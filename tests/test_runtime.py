@@ -5,6 +5,7 @@ Speed is measured in ``benchmarks/cpu_speed.py`` and ``benchmarks/cpu_layout.py`
 """
 
 import pickle
+import platform
 import threading
 
 import numpy as np
@@ -205,6 +206,119 @@ def test_predict_batch_size_default_and_equivalence(toy_binary, small_clf_params
     monkeypatch.undo()
 
 
+# ------------------------------------------------------------- BatchNorm folding
+def _batch_norms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def _unfolded_proba(clf, X):
+    """predict_proba on the fitted module itself (no folded copy)."""
+    with torch.inference_mode():
+        x = torch.from_numpy(X).contiguous(memory_format=CL)
+        return torch.softmax(clf.module_.eval()(x).float(), 1).numpy()
+
+
+def _trained_bn(X, y, **extra):
+    """deep_cnn (BatchNorm after every conv) with non-trivial running statistics."""
+    return _fit(X, y, dict(backbone="deep_cnn", max_epochs=2, batch_size=8, neurons=8,
+                           random_state=0, precision="float32", **extra))
+
+
+def test_prediction_runs_on_a_batch_norm_folded_copy(toy_binary):
+    X, y = toy_binary
+    clf = _trained_bn(X, y)
+    assert clf.net_._folded_inference is None  # made by the first prediction
+    reference = _unfolded_proba(clf, X)
+    first = clf.predict_proba(X)
+    copy = clf.net_._folded_inference._folded
+    np.testing.assert_allclose(first, reference, atol=1e-5)
+    assert _batch_norms(clf.module_) and not _batch_norms(copy.trunk)  # all folded
+    assert all(m.track_running_stats for m in _batch_norms(clf.module_))  # untouched
+    conv = next(m for m in copy.trunk.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=CL)
+    # the head's tensors are shared, not copied
+    assert [id(p) for p in copy.head.parameters()] == [
+        id(p) for p in clf.module_.head.parameters()]
+    # the same copy serves every later call: results do not depend on earlier calls
+    # (other batch sizes may differ in the last bits: oneDNN picks its kernels by shape)
+    np.testing.assert_allclose(clf.predict_proba(X[:5]), first[:5], atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(np.concatenate([X] * 6))[:len(X)],
+                               first, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict_proba(X), first)
+    assert clf.net_._folded_inference._folded is copy
+    # under bf16 autocast the folded weights round differently, within bf16's tolerance
+    clf.net_.amp = True
+    np.testing.assert_allclose(clf.predict_proba(X), reference, atol=0.02)
+
+
+def test_folded_copy_follows_the_weights(toy_binary, tmp_path):
+    X, y = toy_binary
+    clf = _trained_bn(X, y)
+    big = np.concatenate([X] * 2)
+    clf.predict_proba(big)
+    first = clf.net_._folded_inference._folded
+    bn = _batch_norms(clf.module_)[0]
+    with torch.no_grad():  # an in-place edit of the weights: the next call sees it
+        bn.weight.mul_(3.0)
+        bn.running_mean.add_(0.5)
+    np.testing.assert_allclose(clf.predict_proba(big)[:len(X)], _unfolded_proba(clf, X),
+                               atol=1e-5)
+    assert clf.net_._folded_inference._folded is not first
+    # a new fit (warm start: the same module object, trained further) drops the copy
+    clf.set_params(warm_start=True).fit(X, y)
+    assert clf.net_._folded_inference is None
+    np.testing.assert_allclose(clf.predict_proba(big)[:len(X)], _unfolded_proba(clf, X),
+                               atol=1e-5)
+    # neither pickle nor the package's own file carries the copy
+    loaded = pickle.loads(pickle.dumps(clf))
+    assert loaded.net_._folded_inference._folded is None
+    np.testing.assert_allclose(loaded.predict_proba(big), clf.predict_proba(big),
+                               atol=1e-6)
+    import cxr_estimators
+
+    cxr_estimators.save(clf, tmp_path / "model.safetensors")
+    reloaded = cxr_estimators.load(tmp_path / "model.safetensors")
+    np.testing.assert_allclose(reloaded.predict_proba(big), clf.predict_proba(big),
+                               atol=1e-6)
+
+
+def test_hooks_and_other_devices_keep_the_module_itself(toy_binary):
+    X, y = toy_binary
+    clf = _trained_bn(X, y)
+    big = np.concatenate([X] * 2)
+    seen = _Seen(_first_conv(clf))  # a user's hook sees every image it is asked for
+    clf.predict_proba(big)
+    clf.predict_proba(big)
+    seen.handle.remove()
+    assert sum(c["n"] for c in seen.calls) == 2 * len(big)
+    net = clf.net_
+    assert net.inference_module() is not net.module_  # no hook: folded
+    net.device = "cuda"  # the GPU path is unchanged (nothing runs on the device here)
+    try:
+        assert net.inference_module() is net.module_
+    finally:
+        net.device = "cpu"
+
+
+def test_untraceable_trunk_or_no_batch_norm_is_not_folded():
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    module = torch.nn.Module()
+    module.trunk = Branchy()
+    assert _runtime.fold_batch_norm(module) is None
+    module.trunk = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+    assert _runtime.fold_batch_norm(module) is None
+    module.trunk = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    folded = _runtime.fold_batch_norm(module)
+    assert module.trunk.training and not _batch_norms(folded) and not folded.training
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "32", True])
 def test_bad_predict_batch_size(toy_binary, small_clf_params, bad):
     X, y = toy_binary
@@ -330,3 +444,58 @@ def test_compile_true_trains_predicts_and_pickles_on_cpu(toy_binary, small_clf_p
     assert getattr(reloaded.net_, "compiled_module_", None) is None  # predicts uncompiled
     np.testing.assert_allclose(reloaded.predict_proba(X), compiled.predict_proba(X),
                                atol=1e-4)
+
+
+# ------------------------------------------------------------------ glibc malloc
+_MALLOC_PROBE = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "tuned":
+    import cxr_estimators
+applied = cxr_estimators.tune_cpu_malloc() if sys.argv[1] == "tuned" else None
+faults = []
+for _ in range(6):  # a training step's pattern: several 8 MiB blocks, all freed at its end
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [np.ones(1 << 20) for _ in range(8)]
+    del blocks
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(faults[2:]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_tune_cpu_malloc_keeps_freed_memory():
+    """In a fresh process (the settings are process-wide): with glibc's defaults the
+    freed blocks go back to the kernel and fault in again; tuned, they are reused."""
+    import subprocess
+    import sys
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0], int(out[1])
+
+    (_, default), (applied, tuned) = run("default"), run("tuned")
+    assert applied == "True"
+    # 4 steps: at least 8 MiB of pages each faulted in again by default, almost none tuned
+    assert default >= 4 * 2048 and tuned < default / 20
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mmap_threshold": 64 << 20}, "mmap_threshold must be an int >= 0 and at most"),
+    ({"mmap_threshold": -1}, "mmap_threshold must be"),
+    ({"trim_threshold": 1.5}, "trim_threshold must be an int >= 0"),
+    ({"trim_threshold": True}, "trim_threshold must be"),
+])
+def test_tune_cpu_malloc_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _runtime.tune_cpu_malloc(**kwargs)
+
+
+def test_tune_cpu_malloc_elsewhere_changes_nothing(monkeypatch):
+    class NotGlibc:  # a C library without gnu_get_libc_version (musl, macOS)
+        def __init__(self, name):
+            pass
+
+    monkeypatch.setattr(_runtime.ctypes, "CDLL", NotGlibc)
+    assert _runtime.tune_cpu_malloc() is False

@@ -246,6 +246,56 @@ def test_extra_callbacks_in_a_grid_search(toy_binary, small_clf_params):
     assert clone(gs.best_estimator_).callbacks[1][1].lock is counter.lock
 
 
+# ------------------------------------------------------------------ train/eval modes
+class _ModeRecorder(Callback):
+    """Unfreezes the trunk when epoch ``unfreeze_at`` begins (as skorch's ``Unfreezer``
+    does) and records, after each training batch, the epoch and whether every trunk
+    BatchNorm was in training mode, and the mode of each call of the module's ``train``."""
+
+    def __init__(self, unfreeze_at=2):
+        self.unfreeze_at = unfreeze_at
+
+    def on_train_begin(self, net, **kwargs):
+        self.modes, self.train_calls = [], []
+        module, train = net.module_, net.module_.train
+
+        def counted(mode=True):
+            self.train_calls.append(bool(mode))
+            return train(mode)
+        module.train = counted
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.unfreeze_at:
+            for p in net.module_.trunk.parameters():
+                p.requires_grad_(True)
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if training:
+            bn = [m for m in net.module_.trunk.modules()
+                  if isinstance(m, torch.nn.BatchNorm2d)]
+            self.modes.append((len(net.history), all(m.training for m in bn)))
+
+
+def test_modes_set_once_per_epoch_and_unfreezing_takes_effect(toy_binary):
+    """skorch sets train mode before every batch; the net does it on an epoch's first
+    batch (and on a change of mode) only. Frozen BatchNorm stays in eval mode until a
+    callback unfreezes the trunk at an epoch's start; from then it trains."""
+    X, y = toy_binary
+    recorder = _ModeRecorder(unfreeze_at=2)
+    clf = CXRClassifier(backbone="deep_cnn", freeze=True, cache=False, max_epochs=3,
+                        batch_size=8, validation_fraction=0, early_stopping=None,
+                        random_state=0, callbacks=[("modes", recorder)]).fit(X, y)
+    used = clf.net_.callbacks_[-1][1]
+    batches = len(X) // 8
+    assert used.modes == ([(1, False)] * batches + [(2, True)] * batches
+                          + [(3, True)] * batches)
+    # one per epoch, not one per batch (18), and eval mode once the fit is done
+    assert used.train_calls == [True] * 3 + [False]
+    # with a validation split the mode changes twice an epoch, and is set each time
+    clf.set_params(validation_fraction=0.25).fit(X, y)
+    assert clf.net_.callbacks_[-1][1].train_calls == [True, False] * 3 + [False]
+
+
 # ------------------------------------------------------------------------- warm start
 def test_warm_start_continues_from_the_fitted_weights(toy_binary, small_clf_params):
     X, y = toy_binary
