@@ -21,7 +21,12 @@ def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the
                                 "plain torch loop\n"):
     _table, _f, _provenance = _helpers()
     c = r["config"]
+    from benchmarks.cpu_speed import ratio_ci
+
     ratio, speedup = r["ratio_to_best_loop"], r["speedup_vs_before"]
+    # recomputed from the per-repetition seconds (files written before the key existed)
+    ci = {f"{key}/{mode}": ratio_ci(r["seconds"][key], mode)
+          for key in r["rows"] for mode in ("fit", "predict")}
     body = []
     for key, row in r["rows"].items():
         rate = row["images_per_s"]
@@ -30,7 +35,9 @@ def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the
             body.append([key, mode, _f(rate.get(f"before/{mode}"), 1),
                          _f(rate[f"now/{mode}"], 1), _f(rate[f"loop/{mode}"], 1),
                          _f(rate.get(f"loop_folded/{mode}"), 1),
-                         _f(ratio[k], 2), _f(speedup.get(k), 2),
+                         _f(ratio[k], 3) + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]"
+                                            if ci[k] else ""),
+                         _f(speedup.get(k), 2),
                          f"{_kfaults(row, f'now/{mode}')} / {_kfaults(row, f'loop/{mode}')}"])
     worst = min(ratio.values())
     goal_rows = [k for k in ("simple_cnn@64/predict", "deep_cnn@64/predict") if k in speedup]
@@ -54,9 +61,11 @@ def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the
         f"prediction after a fit. Medians of {c['reps']} alternating repetitions in "
         f"worker processes with {c['torch_threads']} torch threads; the ratios are "
         "medians of the per-repetition ratios to the best loop (for prediction, whichever "
-        "of `loop` and `loop folded` has the higher median).\n",
+        "of `loop` and `loop folded` has the higher median), in brackets a "
+        "distribution-free 95 % interval of that median (order statistics of the "
+        "per-repetition ratios; none below 6 repetitions).\n",
         _table(["backbone@size", "mode", "before img/s", "now img/s", "loop img/s",
-                "loop folded img/s", "now ÷ best loop", "now ÷ before",
+                "loop folded img/s", "now ÷ best loop [95 % CI]", "now ÷ before",
                 "page faults now / loop"], body),
         "Page faults: minor page faults of one timed run (median over the repetitions; "
         "glibc malloc returning freed memory to the kernel and faulting it back in, see "
@@ -66,12 +75,26 @@ def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the
         f"Goals: now ÷ best loop ≥ 0.95 on every row — lowest {worst:.2f}, "
         + ("**not met**" if worst < 0.95 else "met on the rows measured"
            if _rows_note(r) else "met")
+        + _ci_note(ratio, ci)
         + "; predict ≥ 1.5× before for simple_cnn and deep_cnn at 64 px — "
         + (f"{goal2}, " if goal2 else "") + verdict2 + "."
         + _rows_note(r) + "\n",
         *_fold_lines(r),
         *_compiled_lines(r),
         _provenance(r)])
+
+
+def _ci_note(ratio, ci):
+    """Which rows below the goal could be at it, as far as the repetitions can tell."""
+    low = [k for k, v in ratio.items() if v < 0.95]
+    if not low or any(ci[k] is None for k in low):
+        return ""
+    within = [k for k in low if ci[k][1] >= 0.95]
+    if len(within) == len(low):
+        return (" (the 95 % interval of every row below 0.95 reaches above it: this "
+                "run cannot tell those rows from the goal)")
+    return (" (" + ", ".join(k for k in low if k not in within)
+            + ": below 0.95 beyond the 95 % interval)")
 
 
 def _fold_lines(r):

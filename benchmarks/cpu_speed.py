@@ -30,7 +30,9 @@ so a drift in the machine's load cancels in their ratio. ``fold_s`` (per row): m
 three timings of the fold alone, ``folds``: whether the model has BatchNorm to fold (else
 ``loop_folded`` is not run: it would be ``loop`` again). For prediction the best loop is
 whichever of ``loop`` and ``loop_folded`` has the shorter median time;
-``ratio_to_plain_loop`` keeps now ÷ ``loop`` alone. ``page_faults`` (per row and
+``ratio_to_plain_loop`` keeps now ÷ ``loop`` alone; ``ratio_to_best_loop_ci95`` is a
+distribution-free 95 % interval of each median ratio (order statistics; None below 6
+repetitions). ``page_faults`` (per row and
 implementation, per repetition): minor page faults of the timed part; ``--malloc tuned``
 runs the workers with :data:`TUNED_MALLOC`.
 """
@@ -38,6 +40,7 @@ runs the workers with :data:`TUNED_MALLOC`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -167,6 +170,26 @@ def paired_ratio(seconds, num, den):
     return _common.median([d / n for n, d in zip(seconds[num], seconds[den])])
 
 
+def median_ci(values, level=0.95):
+    """A distribution-free confidence interval of the median: the order statistics
+    ``(x_(k), x_(n+1-k))`` with the largest ``k`` whose binomial(n, 1/2) tail leaves at
+    least ``level`` coverage; None for fewer than 6 values (no such k)."""
+    x, n = sorted(values), len(values)
+    k, tail = 0, 0.0
+    while True:
+        tail_next = tail + math.comb(n, k) / 2 ** n  # P(Binom(n, 1/2) <= k)
+        if 1 - 2 * tail_next < level:
+            break
+        tail, k = tail_next, k + 1
+    return None if k == 0 else (x[k - 1], x[n - k])
+
+
+def ratio_ci(seconds, mode):
+    """:func:`median_ci` of the per-repetition ratios now ÷ best loop."""
+    den = best_loop(seconds, mode)
+    return median_ci([d / n for n, d in zip(seconds[f"now/{mode}"], seconds[den])])
+
+
 def best_loop(seconds, mode):
     """``"loop/<mode>"`` or ``"loop_folded/<mode>"``, whichever has the shorter median
     time (only prediction has a folded variant, and only for models with BatchNorm)."""
@@ -175,26 +198,29 @@ def best_loop(seconds, mode):
 
 
 def derived_ratios(raw):
-    """``ratio_to_best_loop``, ``ratio_to_plain_loop``, ``speedup_vs_before`` and
-    ``compiled_vs_now`` from the per-repetition seconds
+    """``ratio_to_best_loop``, ``ratio_to_plain_loop``, ``speedup_vs_before``,
+    ``compiled_vs_now`` and ``ratio_to_best_loop_ci95`` from the per-repetition seconds
     ``{row: {"<impl>/<mode>": [s, ...]}}``."""
-    ratio, plain, speedup, compiled = {}, {}, {}, {}
+    ratio, plain, speedup, compiled, ci = {}, {}, {}, {}, {}
     for key, seconds in raw.items():
         for mode in ("fit", "predict"):
             k = f"{key}/{mode}"
             best = best_loop(seconds, mode)
             ratio[k] = paired_ratio(seconds, f"now/{mode}", best)
+            ci[k] = ratio_ci(seconds, mode)
             plain[k] = paired_ratio(seconds, f"now/{mode}", f"loop/{mode}")
             if f"before/{mode}" in seconds:
                 speedup[k] = paired_ratio(seconds, f"now/{mode}", f"before/{mode}")
             if f"compiled/{mode}" in seconds:
                 compiled[k] = paired_ratio(seconds, f"compiled/{mode}", f"now/{mode}")
-    return ratio, plain, speedup, compiled
+    return ratio, plain, speedup, compiled, ci
 
 
 def main(argv=None):
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions (default 11: enough for a 95 %% interval of "
+                        "each median ratio that is not the whole range)")
     p.add_argument("--before-ref", default=BEFORE_REF,
                    help="git commit of the 'before' estimator (default %(default)s)")
     p.add_argument("--compile", action="store_true",
@@ -209,7 +235,7 @@ def main(argv=None):
     if args.rows:
         rows = [r for r in ROWS + QUICK_ROWS + (("resnet18", 32, 32, 32),)
                 if f"{r[0]}@{r[1]}" in args.rows]
-    reps = args.reps or (1 if args.quick else 5)
+    reps = args.reps or (1 if args.quick else 11)
 
     malloc_env = TUNED_MALLOC if args.malloc == "tuned" else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,7 +262,7 @@ def main(argv=None):
                 w.close()
         threads = workers["now"].info["torch_threads"]
 
-    ratio, plain, speedup, compiled = derived_ratios(raw)
+    ratio, plain, speedup, compiled, ci = derived_ratios(raw)
     for key in ratio:
         print(f"{key:28s} now/loop {ratio[key]:.3f}  now/before "
               f"{speedup.get(key, float('nan')):.2f}")
@@ -249,6 +275,7 @@ def main(argv=None):
         "rows": results,
         "seconds": raw,
         "ratio_to_best_loop": ratio,
+        "ratio_to_best_loop_ci95": ci,
         "ratio_to_plain_loop": plain,
         "speedup_vs_before": speedup,
         "goals": GOALS,

@@ -41,7 +41,7 @@ python -m benchmarks.input_pipeline     # host-side images/s of each input path 
 python -m benchmarks.memory --modes lazy lazy_skorch --n 1000 10000 --out benchmarks/results/memory_lazy_10k.json
 python -m benchmarks.scale_out          # one grid: n_jobs=1 vs loky n_jobs=2 vs Dask LocalCluster
 python -m benchmarks.robustness         # bad inputs and faults (about 30 s)
-python -m benchmarks.cpu_speed          # CPU: before / now / best loop (about 12 min)
+python -m benchmarks.cpu_speed          # CPU: before / now / best loop (about 15 min)
 python -m benchmarks.cpu_speed --malloc tuned --out benchmarks/results/cpu_speed_malloc_tuned.json
 python -m benchmarks.cpu_malloc         # CPU: glibc malloc defaults vs tune_cpu_malloc()
 python -m benchmarks.make_table         # only regenerate this page

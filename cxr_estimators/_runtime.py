@@ -303,8 +303,8 @@ class FoldedInference:
 
     def module(self, module, channels_last=False):
         """What to run a prediction with."""
-        if _has_forward_hooks(module):
-            return module
+        if getattr(module, "trunk", None) is None or _has_forward_hooks(module):
+            return module  # nothing to fold (e.g. the TTA wrapper), or hooks to honour
         with self._lock:
             if not self._same(self._key, module):
                 folded = fold_batch_norm(module, channels_last)

@@ -78,9 +78,11 @@ class _AveragedViews(nn.Module):
 
 @contextlib.contextmanager
 def tta_context(net, augmenter, views, seed):
-    """Within the block, ``net.module_`` predicts the average over augmented views."""
+    """Within the block, ``net.module_`` predicts the average over augmented views (of
+    the module predictions run on: :meth:`_training._Net.inference_module`)."""
     model = net.module_
-    net.module_ = _AveragedViews(model, augmenter.to(net.device), views).eval()
+    net.module_ = _AveragedViews(net.inference_module(), augmenter.to(net.device),
+                                 views).eval()
     try:
         with FitRandomness(0 if seed is None else seed, net.device).global_stream():
             yield

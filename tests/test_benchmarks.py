@@ -135,8 +135,18 @@ def test_cpu_speed_ratios_use_the_faster_loop_variant():
                "loop_folded/predict": [0.5, 0.5, 4.0]}
     assert best_loop(seconds, "fit") == "loop/fit"
     assert best_loop(seconds, "predict") == "loop_folded/predict"
-    ratio, plain, _, _ = derived_ratios({"m@8": seconds})
+    ratio, plain, _, _, ci = derived_ratios({"m@8": seconds})
+    assert ci["m@8/fit"] is None  # 3 repetitions: too few for a 95 % interval
     assert ratio["m@8/fit"] == plain["m@8/fit"] == 1.0  # median of 0.5, 1, 1.5
     assert ratio["m@8/predict"] == 0.5 and plain["m@8/predict"] == 2.0
     del seconds["loop_folded/predict"]  # a model without BatchNorm: the plain loop
     assert derived_ratios({"m@8": seconds})[0]["m@8/predict"] == 2.0
+
+
+def test_median_ci_is_the_binomial_order_statistic_interval():
+    from benchmarks.cpu_speed import median_ci
+
+    assert median_ci(range(1, 6)) is None  # 5 values: even (min, max) covers 93.75 %
+    assert median_ci(range(1, 7)) == (1, 6)  # 6 values: 1 - 2/64 = 96.9 %
+    assert median_ci(range(1, 12)) == (2, 10)  # 11 values: 1 - 2 * 12/2048 = 98.8 %
+    assert median_ci([5, 1, 4, 2, 3, 6]) == (1, 6)  # sorted first

@@ -103,3 +103,19 @@ def test_bad_tta_set_after_fit_is_a_value_error_at_predict(fitted):
     with pytest.raises(ValueError, match=r"tta=-2 must be None, an int >= 0"):
         _with_tta(clf, -2).predict_proba(X)
     _with_tta(clf, None)
+
+
+def test_tta_views_run_on_the_batch_norm_folded_copy(toy_binary):
+    """On CPU the views run on the same folded copy as a plain prediction; switching
+    between the two does not fold again."""
+    X, y = toy_binary
+    clf = CXRClassifier(backbone="deep_cnn", max_epochs=2, batch_size=16, neurons=8,
+                        random_state=0, precision="float32", device="cpu").fit(X, y)
+    with_tta = clf.set_params(tta=2).predict_proba(X)
+    copy = clf.net_._folded_inference._folded
+    assert copy is not None and copy is not clf.module_
+    plain = clf.set_params(tta=None).predict_proba(X)
+    assert clf.net_._folded_inference._folded is copy  # not folded again
+    np.testing.assert_array_equal(clf.set_params(tta=2).predict_proba(X), with_tta)
+    assert clf.net_._folded_inference._folded is copy
+    assert not np.allclose(with_tta, plain)
