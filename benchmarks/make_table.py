@@ -44,6 +44,7 @@ python -m benchmarks.robustness         # bad inputs and faults (about 30 s)
 python -m benchmarks.cpu_speed          # CPU: before / now / best loop (about 15 min)
 python -m benchmarks.cpu_speed --malloc tuned --out benchmarks/results/cpu_speed_malloc_tuned.json
 python -m benchmarks.cpu_malloc         # CPU: glibc malloc defaults vs tune_cpu_malloc()
+OMP_NUM_THREADS=1 python -m benchmarks.cpu_speed --reps 7 --out benchmarks/results/cpu_speed_1thread.json
 python -m benchmarks.make_table         # only regenerate this page
 ```
 """
@@ -522,6 +523,8 @@ def main(argv=None):
                 ("cpu_speed", cpu_speed_section),
                 ("cpu_speed_malloc_tuned", lambda r: cpu_speed_section(
                     r, "## CPU speed with glibc malloc tuned (`--malloc tuned`)\n")),
+                ("cpu_speed_1thread", lambda r: cpu_speed_section(
+                    r, "## CPU speed at one torch thread (`OMP_NUM_THREADS=1`)\n")),
                 ("cpu_layout", cpu_layout_section),
                 ("cpu_threads", cpu_threads_section),
                 ("cpu_malloc", cpu_malloc_section),
@@ -537,7 +540,8 @@ def main(argv=None):
             except KeyError as exc:  # a result written before its section's format changed
                 parts.append(f"## {name}\n\nThe result file predates this page's format "
                              f"(no key {exc}): rerun `python -m benchmarks.{name}`.\n")
-        elif name not in ("throughput_cuda", "memory_lazy_10k", "cpu_speed_malloc_tuned"):
+        elif name not in ("throughput_cuda", "memory_lazy_10k", "cpu_speed_malloc_tuned",
+                          "cpu_speed_1thread"):
             parts.append(f"## {name}\n\nNo result yet: run `python -m benchmarks.{name}`.\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(parts))
