@@ -279,7 +279,7 @@ class FoldedInference:
     copy in step with a model. Every prediction of given weights uses the same copy, so
     results do not depend on what was predicted before, and a saved and loaded model
     predicts exactly as the original. "The same weights": the same module object, the
-    same tensor objects in its ``state_dict`` and the same in-place version counters
+    same parameter and buffer tensor objects and the same in-place version counters
     (``Tensor._version``, which ``optimizer.step``, ``load_state_dict`` and any in-place
     edit increase). Results equal the module's own within float tolerance (under bf16
     autocast the folded weights round differently: up to about 1e-3 in probability). A
@@ -294,10 +294,14 @@ class FoldedInference:
         self._folded = None
 
     @staticmethod
-    def _same(key, module):
+    def _tensors(module):
+        return [*module.parameters(), *module.buffers()]  # cheaper than state_dict
+
+    @classmethod
+    def _same(cls, key, module):
         if key is None or key[0] is not module:
             return False
-        tensors = list(module.state_dict(keep_vars=True).values())
+        tensors = cls._tensors(module)
         return len(tensors) == len(key[1]) and all(
             t is k and t._version == v for t, (k, v) in zip(tensors, key[1]))
 
@@ -308,8 +312,7 @@ class FoldedInference:
         with self._lock:
             if not self._same(self._key, module):
                 folded = fold_batch_norm(module, channels_last)
-                tensors = module.state_dict(keep_vars=True).values()
-                self._key = (module, [(t, t._version) for t in tensors])
+                self._key = (module, [(t, t._version) for t in self._tensors(module)])
                 self._folded = folded
             return self._folded or module
 

@@ -232,7 +232,8 @@ def stream_proba(net, X, n_classes, batch_size):
     """
     proba = np.empty((len(X), n_classes), dtype=np.float64)
     out = torch.from_numpy(proba)
-    net.module_.eval()
+    if any(m.training for m in net.module_.modules()):  # eval() costs more than the check
+        net.module_.eval()
     module = net.inference_module()
     start = 0
     with torch.inference_mode():
