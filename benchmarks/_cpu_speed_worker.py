@@ -15,8 +15,8 @@ last fitted model, and ``"folds"``: whether it folds anything).
 torch loop on the same model (only with today's tree): channels_last and bf16 autocast as
 ``_runtime`` resolves them for the backbone, ``inference_mode`` for prediction, the
 estimator's batch sizes; with ``"fold": true`` a prediction first folds the BatchNorm
-layers into the convolutions (``_runtime.fold_batch_norm``, torch.fx's ``fuse``; timed). Every fit, of either kind,
-includes building the model, as in ``benchmarks/overhead.py``.
+layers into the convolutions (``_runtime.fold_batch_norm``, torch.fx's ``fuse``; timed).
+Every fit, of either kind, includes building the model, as in ``benchmarks/overhead.py``.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ def _helpers():
     return make_table._table, make_table._f, make_table._provenance
 
 
-def _kfaults(row, name):
-    faults = row.get("page_faults", {}).get(name)
-    if not faults:
-        return "—"
-    return f"{sorted(faults)[len(faults) // 2] / 1000:.0f}k"
+def _kfaults(faults):
+    """Median page faults, in thousands."""
+    from benchmarks import _common
+
+    return f"{_common.median(faults) / 1000:.0f}k" if faults else "—"
 
 
 def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the best "
@@ -38,7 +38,8 @@ def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the
                          _f(ratio[k], 3) + (f" [{ci[k][0]:.2f}, {ci[k][1]:.2f}]"
                                             if ci[k] else ""),
                          _f(speedup.get(k), 2),
-                         f"{_kfaults(row, f'now/{mode}')} / {_kfaults(row, f'loop/{mode}')}"])
+                         " / ".join(_kfaults(row.get("page_faults", {}).get(f"{impl}/{mode}"))
+                                    for impl in ("now", "loop"))])
     worst = min(ratio.values())
     goal_rows = [k for k in ("simple_cnn@64/predict", "deep_cnn@64/predict") if k in speedup]
     goal2 = " and ".join(f"{k} {speedup[k]:.2f}×" for k in goal_rows)
@@ -175,10 +176,9 @@ def cpu_malloc_section(r):
     body = []
     for k, rates in r["images_per_s"].items():
         faults = r["page_faults"][k]
-        med = {m: sorted(v)[len(v) // 2] for m, v in faults.items()}
         body.append([k, _f(rates["default"], 1), _f(rates["tuned"], 1),
-                     _f(r["speedup_tuned"][k], 2), f"{med['default'] / 1000:.0f}k",
-                     f"{med['tuned'] / 1000:.0f}k"])
+                     _f(r["speedup_tuned"][k], 2), _kfaults(faults["default"]),
+                     _kfaults(faults["tuned"])])
     return "\n".join([
         "## CPU: glibc malloc's defaults vs `cxr_estimators.tune_cpu_malloc()`\n",
         "The estimator with its defaults (one epoch, then `predict_proba`) in two worker "

@@ -49,6 +49,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import _common
+from cxr_estimators import _runtime
 
 WORKER = Path(__file__).with_name("_cpu_speed_worker.py")
 BEFORE_REF = "18e5be8"
@@ -70,7 +71,8 @@ GOALS = {"ratio_to_best_loop": ">= 0.95 on every row",
 #: ``--malloc tuned``: glibc malloc keeps freed memory instead of returning it to the
 #: kernel at every step (a fixed mmap threshold of 32 MiB, glibc's maximum, and a 1 GiB
 #: trim threshold), as docs/design.md ("glibc malloc") recommends for CPU training.
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(_runtime.MMAP_THRESHOLD_MAX),
+                "MALLOC_TRIM_THRESHOLD_": str(_runtime.TRIM_THRESHOLD)}
 
 
 class Worker:
@@ -165,9 +167,14 @@ def measure_row(workers, backbone, size, n_fit, n_predict, reps, seed):
     return rates, times, info
 
 
+def _per_rep_ratios(seconds, num, den):
+    """speed(num) / speed(den) = seconds(den) / seconds(num), repetition by repetition."""
+    return [d / n for n, d in zip(seconds[num], seconds[den])]
+
+
 def paired_ratio(seconds, num, den):
-    """Median over repetitions of speed(num) / speed(den) = seconds(den) / seconds(num)."""
-    return _common.median([d / n for n, d in zip(seconds[num], seconds[den])])
+    """Median over repetitions of speed(num) / speed(den)."""
+    return _common.median(_per_rep_ratios(seconds, num, den))
 
 
 def median_ci(values, level=0.95):
@@ -186,8 +193,7 @@ def median_ci(values, level=0.95):
 
 def ratio_ci(seconds, mode):
     """:func:`median_ci` of the per-repetition ratios now ÷ best loop."""
-    den = best_loop(seconds, mode)
-    return median_ci([d / n for n, d in zip(seconds[f"now/{mode}"], seconds[den])])
+    return median_ci(_per_rep_ratios(seconds, f"now/{mode}", best_loop(seconds, mode)))
 
 
 def best_loop(seconds, mode):
@@ -205,9 +211,8 @@ def derived_ratios(raw):
     for key, seconds in raw.items():
         for mode in ("fit", "predict"):
             k = f"{key}/{mode}"
-            best = best_loop(seconds, mode)
-            ratio[k] = paired_ratio(seconds, f"now/{mode}", best)
-            ci[k] = ratio_ci(seconds, mode)
+            ratios = _per_rep_ratios(seconds, f"now/{mode}", best_loop(seconds, mode))
+            ratio[k], ci[k] = _common.median(ratios), median_ci(ratios)
             plain[k] = paired_ratio(seconds, f"now/{mode}", f"loop/{mode}")
             if f"before/{mode}" in seconds:
                 speedup[k] = paired_ratio(seconds, f"now/{mode}", f"before/{mode}")

@@ -33,8 +33,9 @@ from copy import deepcopy
 import torch
 from torch import nn
 
-__all__ = ["FoldedInference", "Runtime", "check_compile", "fold_batch_norm", "tune_cpu_malloc", "cpu_has_native_bf16", "cpu_policy", "refresh_thread_share",
-           "resolve_runtime", "thread_share"]
+__all__ = ["FoldedInference", "Runtime", "check_compile", "cpu_has_native_bf16", "cpu_policy",
+           "fold_batch_norm", "refresh_thread_share", "resolve_runtime", "thread_share",
+           "tune_cpu_malloc"]
 
 #: Per backbone family on CPU: (name patterns, channels_last, bf16 autocast under
 #: precision="auto" on a CPU with native bf16). From ``python -m benchmarks.cpu_layout``
@@ -238,6 +239,11 @@ def check_compile(device):
 
 
 # ------------------------------------------------------------- BatchNorm folding (CPU)
+def _tensors(module):
+    """Every parameter and buffer of ``module`` (cheaper to list than ``state_dict``)."""
+    return [*module.parameters(), *module.buffers()]
+
+
 def fold_batch_norm(module, channels_last=False):
     """An eval-mode copy of ``module`` in which each BatchNorm of its ``trunk`` that
     directly follows a convolution is folded into that convolution's weights and bias
@@ -251,7 +257,7 @@ def fold_batch_norm(module, channels_last=False):
         return None
     from torch.fx.experimental.optimization import fuse
 
-    shared = {id(t): t for t in module.state_dict(keep_vars=True).values()}
+    shared = {id(t): t for t in _tensors(module)}
     copy = deepcopy(module, shared).eval()  # new modules, the same tensors
     try:
         copy.trunk = fuse(copy.trunk, inplace=True)  # new tensors for the folded convs
@@ -294,14 +300,10 @@ class FoldedInference:
         self._folded = None
 
     @staticmethod
-    def _tensors(module):
-        return [*module.parameters(), *module.buffers()]  # cheaper than state_dict
-
-    @classmethod
-    def _same(cls, key, module):
+    def _same(key, module):
         if key is None or key[0] is not module:
             return False
-        tensors = cls._tensors(module)
+        tensors = _tensors(module)
         return len(tensors) == len(key[1]) and all(
             t is k and t._version == v for t, (k, v) in zip(tensors, key[1]))
 
@@ -312,7 +314,7 @@ class FoldedInference:
         with self._lock:
             if not self._same(self._key, module):
                 folded = fold_batch_norm(module, channels_last)
-                self._key = (module, [(t, t._version) for t in self._tensors(module)])
+                self._key = (module, [(t, t._version) for t in _tensors(module)])
                 self._folded = folded
             return self._folded or module
 
@@ -326,10 +328,13 @@ class FoldedInference:
 # ------------------------------------------------------------------------ glibc malloc
 #: glibc's ceiling for ``M_MMAP_THRESHOLD`` on 64-bit systems (``mallopt`` refuses more).
 MMAP_THRESHOLD_MAX = 32 << 20
+#: :func:`tune_cpu_malloc`'s default trim threshold: the freed memory the heap may keep.
+TRIM_THRESHOLD = 1 << 30
+_INT_MAX = 2**31 - 1  # mallopt takes a C int
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
 
-def tune_cpu_malloc(mmap_threshold=MMAP_THRESHOLD_MAX, trim_threshold=1 << 30):
+def tune_cpu_malloc(mmap_threshold=MMAP_THRESHOLD_MAX, trim_threshold=TRIM_THRESHOLD):
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the
     kernel after every training step; for CPU training and prediction on Linux.
 
@@ -351,12 +356,12 @@ def tune_cpu_malloc(mmap_threshold=MMAP_THRESHOLD_MAX, trim_threshold=1 << 30):
     Written here because neither torch nor the standard library exposes ``mallopt``.
     Returns True once applied, False (and changes nothing) where the C library is not
     glibc (macOS, Windows, musl)."""
-    for name, value, top in (("mmap_threshold", mmap_threshold, MMAP_THRESHOLD_MAX),
-                             ("trim_threshold", trim_threshold, None)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
-                top is not None and value > top):
-            limit = f" and at most {top} (glibc's ceiling)" if top else ""
-            raise ValueError(f"{name} must be an int >= 0{limit} (bytes); got {value!r}")
+    for name, value, top, why in (
+            ("mmap_threshold", mmap_threshold, MMAP_THRESHOLD_MAX, "glibc's ceiling"),
+            ("trim_threshold", trim_threshold, _INT_MAX, "mallopt takes a C int")):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise ValueError(f"{name} must be an int >= 0 and at most {top} ({why}), in "
+                             f"bytes; got {value!r}")
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
@@ -364,6 +369,6 @@ def tune_cpu_malloc(mmap_threshold=MMAP_THRESHOLD_MAX, trim_threshold=1 << 30):
         return False
     for option, value in ((_M_MMAP_THRESHOLD, mmap_threshold),
                           (_M_TRIM_THRESHOLD, trim_threshold)):
-        if libc.mallopt(ctypes.c_int(option), ctypes.c_int(min(value, 2**31 - 1))) != 1:
+        if libc.mallopt(ctypes.c_int(option), ctypes.c_int(value)) != 1:
             raise RuntimeError(f"mallopt({option}, {value}) was refused by the C library")
     return True

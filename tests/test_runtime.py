@@ -486,6 +486,7 @@ def test_tune_cpu_malloc_keeps_freed_memory():
     ({"mmap_threshold": -1}, "mmap_threshold must be"),
     ({"trim_threshold": 1.5}, "trim_threshold must be an int >= 0"),
     ({"trim_threshold": True}, "trim_threshold must be"),
+    ({"trim_threshold": 2**31}, "trim_threshold must be an int >= 0 and at most 2147483647"),
 ])
 def test_tune_cpu_malloc_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
