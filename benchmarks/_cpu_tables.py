@@ -54,7 +54,7 @@ def cpu_speed_section(r, title="## CPU speed: the estimator before, now, and the
         f"1-channel images, batch {c['batch_size']}, Adam; `before` = `CXRClassifier` of "
         f"commit {c['before_ref']} (contiguous float32, skorch's prediction loop), `now` = "
         f"this version with its defaults ({layout} here, predict batch "
-        f"{'/'.join(map(str, pbs))}), `loop` = a "
+        f"{'/'.join(map(str, pbs))}" + (" by row" if len(pbs) > 1 else "") + "), `loop` = a "
         "hand-written loop on the same model with the same layout, precision and batch "
         "sizes (`inference_mode` for prediction), `loop folded` = that loop predicting "
         "on a copy with BatchNorm folded into the convolutions (torch.fx `fuse`, the fold "
@@ -138,8 +138,6 @@ def cpu_layout_section(r):
     body = [[f"{x['backbone']}@{x['size']}", x["mode"], x["variant"],
              _f(x["images_per_s"], 1), _f(x["ratio_min"], 2), _f(x["ratio_median"], 2)]
             for x in r["rows"]]
-    batches = [[f"{x['backbone']}@{x['size']}", x["batch_size"], _f(x["images_per_s"], 1),
-                _f(x["relative_to_best"], 2)] for x in r["predict_batch_sizes"]]
     return "\n".join([
         "## CPU layout and precision per backbone family\n",
         f"One training step and one prediction batch of {c['batch_size']} images per "
@@ -149,8 +147,30 @@ def cpu_layout_section(r):
         "(docs/design.md).\n",
         _table(["backbone@size", "mode", "variant", "img/s (fastest)", "× fastest",
                 "× median"], body),
-        "Prediction batch size, in the layout and precision the package picks:\n",
-        _table(["backbone@size", "batch", "img/s", "of best"], batches),
+        _provenance(r)])
+
+
+def cpu_predict_batch_section(r):
+    _table, _f, _provenance = _helpers()
+    c = r["config"]
+    sizes = [str(b) for b in c["batch_sizes"]]
+    body = [[f"{x['backbone']}@{x['size']}", "bf16" if x["amp"] else "float32",
+             *[_f(x["relative_to_best"][b], 2) + (f" ({x['page_faults'][b] / 1000:.0f}k)"
+                                                   if x["page_faults"][b] >= 1000 else "")
+               for b in sizes],
+             f"{x['default_batch_size']}: {_f(x['default_relative_to_best'], 2)}",
+             f"{x['previous_rule_batch_size']}: "
+             f"{_f(x['previous_rule_relative_to_best'], 2)}"] for x in r["rows"]]
+    return "\n".join([
+        "## CPU prediction batch size\n",
+        f"`predict_proba` of a fitted estimator at each `predict_batch_size`, medians of "
+        f"{c['reps']} repetitions in rotating order, {c['torch_threads']} torch threads, "
+        "each row in a fresh process; speed relative to the fastest batch size of the row, "
+        "in parentheses the minor page faults of one call where there are 1,000 or more "
+        "(memory glibc gave back to the kernel and faults in again). \"default\": what "
+        "`predict_batch_size=None` picks now (`_runtime.cpu_predict_batch_size`); "
+        "\"32/thread\": the rule before, for every backbone.\n",
+        _table(["backbone@size", "precision", *sizes, "default", "32/thread"], body),
         _provenance(r)])
 
 

@@ -1,7 +1,8 @@
-"""CPU memory layout and precision per backbone family, and the prediction batch size.
+"""CPU memory layout and precision per backbone family.
 
-The measurements behind ``cxr_estimators._runtime.CPU_POLICY`` and the CPU default of
-``predict_batch_size`` (docs/design.md, "CPU layout and precision").
+The measurements behind ``cxr_estimators._runtime.CPU_POLICY`` (docs/design.md, "CPU
+layout and precision"). The prediction batch size has its own benchmark,
+``benchmarks/cpu_predict_batch.py``.
 
 Layouts: for each backbone@size, one training step (forward, backward, Adam step) and one
 prediction batch (``inference_mode``) on the same batch of synthetic single-channel
@@ -10,9 +11,6 @@ bf16 autocast, contiguous with bf16 autocast (the bf16 variants only on a CPU wi
 bf16). The variants alternate step by step, ``--reps`` times; reported are images/s from
 the fastest step of each (the least disturbed by other load on a shared machine) and the
 ratio to contiguous float32 from the fastest and from the median steps.
-
-Batch sizes: ``predict_proba``-like passes over ``n`` images in the layout and precision
-the package picks, for several batch sizes, alternating.
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ from cxr_estimators.backbones import build_model
 FAMILIES = (("simple_cnn", 64), ("deep_cnn", 64), ("resnet18", 128), ("resnet50", 64),
             ("densenet121", 64), ("mobilenet_v2", 64), ("efficientnet_b0", 64),
             ("vgg11", 64))
-BATCH_SIZES = (16, 32, 64, 128, 256)
-BATCH_ROWS = (("simple_cnn", 64, 512), ("deep_cnn", 64, 512), ("resnet18", 128, 128))
 
 
 def _variants():
@@ -96,32 +92,6 @@ def measure_family(backbone, size, batch_size, reps, seed):
     return rows
 
 
-def measure_batch_sizes(backbone, size, n, sizes, reps, seed):
-    torch.manual_seed(seed)
-    runtime = _runtime.resolve_runtime(backbone, "cpu")
-    model = runtime.prepare(build_model(backbone, 2, in_channels=1)).eval()
-    X = torch.randn(n, 1, size, size)
-
-    def run(bs):
-        start = time.perf_counter()
-        with torch.inference_mode(), runtime.autocast():
-            for s in range(0, n, bs):
-                torch.softmax(model(runtime.layout(X[s:s + bs])).float(), 1)
-        return time.perf_counter() - start
-
-    times = {bs: [] for bs in sizes}
-    for rep in range(reps + 1):
-        for bs in sizes:
-            seconds = run(bs)
-            if rep:
-                times[bs].append(seconds)
-    best = min(min(t) for t in times.values())
-    return [{"backbone": backbone, "size": size, "batch_size": bs, "n": n,
-             "channels_last": runtime.channels_last, "bf16": runtime.amp,
-             "images_per_s": n / min(t), "relative_to_best": best / min(t)}
-            for bs, t in times.items()]
-
-
 def main(argv=None):
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=None)
@@ -141,20 +111,12 @@ def main(argv=None):
             print(f"{backbone:16s} {size:4d} {row['mode']:8s} {row['variant']:20s} "
                   f"{row['images_per_s']:8.1f} img/s  x{row['ratio_min']:.2f} (fastest) "
                   f"x{row['ratio_median']:.2f} (median)", flush=True)
-    batch_rows = []
-    for backbone, size, n in ([("simple_cnn", 32, 64)] if quick else BATCH_ROWS):
-        for row in measure_batch_sizes(backbone, size, n, (8, 32) if quick else BATCH_SIZES,
-                                       reps, args.seed):
-            batch_rows.append(row)
-            print(f"{backbone:16s} {size:4d} predict batch {row['batch_size']:4d} "
-                  f"{row['images_per_s']:8.1f} img/s  {row['relative_to_best']:.2f} of best",
-                  flush=True)
     payload = {"config": {"families": [list(f) for f in families], "reps": reps,
                           "batch_size": batch_size, "native_bf16":
                               _runtime.cpu_has_native_bf16(),
                           "torch_threads": torch.get_num_threads(),
                           "images": "synthetic N(0, 1), 1 channel"},
-               "rows": rows, "predict_batch_sizes": batch_rows}
+               "rows": rows}
     _common.write_result("cpu_layout", payload, args)
     return payload
 

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from benchmarks import _common
-from benchmarks._cpu_tables import (cpu_layout_section, cpu_malloc_section, cpu_speed_section,
+from benchmarks._cpu_tables import (cpu_layout_section, cpu_malloc_section,
+                                    cpu_predict_batch_section, cpu_speed_section,
                                     cpu_threads_section)
 
 INTRO = """\
@@ -526,6 +527,7 @@ def main(argv=None):
                 ("cpu_speed_1thread", lambda r: cpu_speed_section(
                     r, "## CPU speed at one torch thread (`OMP_NUM_THREADS=1`)\n")),
                 ("cpu_layout", cpu_layout_section),
+                ("cpu_predict_batch", cpu_predict_batch_section),
                 ("cpu_threads", cpu_threads_section),
                 ("cpu_malloc", cpu_malloc_section),
                 ("memory_lazy_10k", lambda r: memory_section(

@@ -15,7 +15,7 @@ from benchmarks import _common
 
 BENCHMARKS = ("overhead", "grid_cache", "pneumoniamnist", "throughput", "memory",
               "scale_out", "robustness", "input_pipeline", "cpu_speed", "cpu_layout",
-              "cpu_threads", "cpu_malloc")
+              "cpu_predict_batch", "cpu_threads", "cpu_malloc")
 
 
 def main(argv=None):

@@ -130,17 +130,36 @@ def resolve_runtime(backbone, device, precision="auto"):
 #: Default prediction batch on CPU: images per torch thread, and the cap.
 CPU_PREDICT_IMAGES_PER_THREAD = 32
 CPU_PREDICT_BATCH_CAP = 256
+#: Small CNNs on CPU: the batch's largest activation at most this many bytes, and the
+#: batch between these bounds (``python -m benchmarks.cpu_predict_batch``).
+CPU_PREDICT_ACTIVATION_BYTES = 8 * 2**20
+CPU_PREDICT_SMALL_CNN_BATCH = (4, 64)
 
 
-def cpu_predict_batch_size():
-    """The default ``predict_batch_size`` on CPU: 32 images per torch thread of the caller
-    (at most 256), so that each thread's share of a batch stays in its core's caches.
+def cpu_predict_batch_size(module=None, image_shape=None, amp=False):
+    """The default ``predict_batch_size`` on CPU for ``module`` on images of
+    ``image_shape`` ((C, H, W); ``amp``: bf16 activations, else float32).
 
-    Measured (``python -m benchmarks.cpu_layout``, docs/design.md): with one thread 32 was
-    the fastest of 16-256 for the small CNNs at 64 px and 256 ran at half speed; with two
-    threads 32 fell to 0.68 of the best for simple_cnn and 64-128 were fastest."""
-    return min(CPU_PREDICT_IMAGES_PER_THREAD * max(1, torch.get_num_threads()),
-               CPU_PREDICT_BATCH_CAP)
+    * A small CNN (its trunk has ``activation_elements``: ``simple_cnn``, ``deep_cnn``):
+      the largest power of two whose batch keeps the largest activation within
+      :data:`CPU_PREDICT_ACTIVATION_BYTES` (8 MiB), between 4 and 64 images: 64 at 28 px,
+      32 at 64 px, 8 at 128 px, 4 from 160 px, with 32 channels in the first block and
+      bf16. Their prediction moves much memory for little arithmetic: a larger batch made
+      glibc return the freed activations to the kernel and fault them back in at every
+      batch, and ran at about half to three quarters of the best speed (at one torch thread
+      too, so the rule ignores the thread count).
+    * Any other model: 32 images per torch thread of the caller (at most 256).
+
+    Measured by ``python -m benchmarks.cpu_predict_batch`` (docs/design.md)."""
+    threads = max(1, torch.get_num_threads())
+    default = min(CPU_PREDICT_IMAGES_PER_THREAD * threads, CPU_PREDICT_BATCH_CAP)
+    elements = getattr(getattr(module, "trunk", None), "activation_elements", None)
+    if elements is None or image_shape is None:
+        return default
+    per_image = elements(*image_shape[-2:]) * (2 if amp else 4)
+    lo, hi = CPU_PREDICT_SMALL_CNN_BATCH
+    fits = max(1, CPU_PREDICT_ACTIVATION_BYTES // per_image)
+    return min(max(1 << (fits.bit_length() - 1), lo), hi)
 
 
 # ------------------------------------------------------------------------------ threads

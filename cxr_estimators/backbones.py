@@ -73,6 +73,16 @@ class SimpleCNN(nn.Module):
     def forward(self, x):
         return torch.flatten(self.pool(self.features(x)), 1)
 
+    def activation_elements(self, height, width):
+        """Elements per image of the largest activation for ``height`` x ``width`` input:
+        the biggest convolution output of the blocks (each block halves the size, rounding
+        up). It sizes the CPU prediction batch (:func:`_runtime.cpu_predict_batch_size`)."""
+        largest = 0
+        for block in self.features:
+            largest = max(largest, block[0].out_channels * height * width)
+            height, width = -(-height // 2), -(-width // 2)
+        return largest
+
 
 class DeepCNN(SimpleCNN):
     """Five conv blocks with BatchNorm (32, 64, 128, 256, 256 channels). Output ``(n, 256)``."""

@@ -250,12 +250,15 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Probabilities under bf16 differ from float32's by up to about 1e-2.
     predict_batch_size : int or None, default=None
         Images per forward pass in ``predict_proba`` / ``predict``, the validation pass
-        and the frozen-feature cache. None: on CPU 32 per torch thread at fit (32 with
-        one thread, 64 with two; at most 256), so that each thread's share stays in its
-        core's caches (measured: docs/design.md); ``batch_size`` on CUDA and MPS. On
-        CPU, ``predict_proba`` runs a copy of the model with each BatchNorm folded into
-        the convolution before it (made at the first prediction after a fit or load,
-        kept while the weights stay the same; equal within float tolerance, ~1e-3
+        and the frozen-feature cache. None: on CPU, for ``simple_cnn`` / ``deep_cnn``
+        as many images (4 to 64) as keep the largest activation within 8 MiB (under
+        bf16 with the default widths: 64 at 28 px, 32 at 64 px, 8 at 128 px, 4 from
+        160 px; fewer in float32), for other backbones 32 per torch thread at fit (64
+        with two; at most 256) (measured: docs/design.md); ``batch_size`` on CUDA and
+        MPS.
+        On CPU, ``predict_proba`` runs a copy of the model with each BatchNorm folded
+        into the convolution before it (made at the first prediction after a fit or
+        load, kept while the weights stay the same; equal within float tolerance, ~1e-3
         under bf16 autocast); a model with forward hooks runs itself.
     compile : bool, default=False
         Compile the model with ``torch.compile`` (inductor) for training and prediction,
@@ -556,7 +559,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device,
                          runtime.amp, training=not use_cache)
         digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
-        predict_batch_size = self._predict_batch_size(device)
+        predict_batch_size = self._predict_batch_size(device, module, image_shape, runtime)
         with _runtime.thread_share():
             if use_cache:
                 X = np.array(self._cached_features(module, X, runtime, device, digest))
@@ -638,7 +641,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
                        device=device, runtime=runtime, split=None, es_spec=None,
                        rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
-                       predict_batch_size=self._predict_batch_size(device))
+                       predict_batch_size=self._predict_batch_size(device, module,
+                                                                   runtime=runtime))
         # a loaded model predicts uncompiled: compiling needs a C++ compiler on this machine
         net.set_params(compile=False)
         net.initialize()
@@ -692,14 +696,17 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             )
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
-    def _predict_batch_size(self, device=None):
-        """``predict_batch_size``, or its default on ``device`` (default: the fitted one)."""
+    def _predict_batch_size(self, device=None, module=None, image_shape=None, runtime=None):
+        """``predict_batch_size``, or its default for ``module`` on ``device`` and images of
+        ``image_shape`` under ``runtime`` (each by default the fitted one)."""
         if self.predict_batch_size is not None:
             return int(self.predict_batch_size)
         device = device or self.device_
         if torch.device(device).type != "cpu":
             return self.batch_size
-        return _runtime.cpu_predict_batch_size()
+        return _runtime.cpu_predict_batch_size(
+            self.module_ if module is None else module, image_shape or self.image_shape_,
+            (runtime or self._runtime()).amp)
 
     def _runtime(self):
         """The fitted net's layout and precision (:class:`cxr_estimators._runtime.Runtime`);
@@ -711,7 +718,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
 
     def _cached_features(self, module, X, runtime, device, digest):
         return _features.trunk_features(
-            module, X, self.backbone, device, self._predict_batch_size(device),
+            module, X, self.backbone, device,
+            self._predict_batch_size(device, module, _image_shape(X), runtime),
             memory=self.cache, runtime=runtime, digest=digest,
         )
 

@@ -30,7 +30,8 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert set(results) == {"overhead", "grid_cache", "pneumoniamnist", "throughput",
                             "memory", "scale_out", "robustness", "input_pipeline",
-                            "cpu_speed", "cpu_layout", "cpu_threads", "cpu_malloc"}
+                            "cpu_speed", "cpu_layout", "cpu_predict_batch", "cpu_threads",
+                            "cpu_malloc"}
     for name, r in results.items():
         assert all(k in r for k in PROVENANCE), name
         assert r["quick"] is True
@@ -104,6 +105,12 @@ def test_quick_benchmarks_write_their_results(tmp_path):
     assert all(set(f) == {"default", "tuned"} for f in malloc["page_faults"].values())
     assert {r["variant"] for r in results["cpu_layout"]["rows"]} >= {
         "contiguous_fp32", "channels_last_fp32"}
+    batch = results["cpu_predict_batch"]
+    for row in batch["rows"]:
+        assert max(row["relative_to_best"].values()) == pytest.approx(1.0)
+        assert str(row["default_batch_size"]) in row["images_per_s"]
+    assert set(batch["default_relative_to_best"]) == {
+        f"{row['backbone']}@{row['size']}" for row in batch["rows"]}
     assert results["cpu_threads"]["threads_inside"]["loky n_jobs=2"] == [
         max(1, results["cpu_threads"]["config"]["cpu_count"] // 2)] * 2
 

@@ -15,6 +15,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from cxr_estimators import CXRClassifier, _runtime
 from cxr_estimators._runtime import cpu_policy, resolve_runtime, thread_share
+from cxr_estimators.backbones import build_model
 from cxr_estimators.explain import grad_cam
 
 CL = torch.channels_last
@@ -190,20 +191,40 @@ def test_prediction_is_lean(toy_binary, small_clf_params):
 def test_predict_batch_size_default_and_equivalence(toy_binary, small_clf_params,
                                                     monkeypatch):
     X, y = toy_binary
+    # a small CNN's default batch keeps its largest activation (here the first block's
+    # 32 channels x 16 x 16 float32 = 32 KiB per image) within the budget: 16 images
+    monkeypatch.setattr(_runtime, "CPU_PREDICT_ACTIVATION_BYTES", 16 * 32 * 16 * 16 * 4)
     clf = _fit(X, y, small_clf_params, precision="float32")
     seen = _Seen(_first_conv(clf))
     default = clf.predict_proba(X)
-    per_batch = 32 * torch.get_num_threads()  # 32 per CPU thread, not batch_size=16
-    assert clf.batch_size == 16 and [c["n"] for c in seen.calls] == [
-        min(per_batch, len(X) - k) for k in range(0, len(X), per_batch)]
+    assert clf.batch_size == 16 and clf._predict_batch_size() == 16
+    assert [c["n"] for c in seen.calls] == [16, 16, 16]
     seen.handle.remove()
     for size in (1, 7, 1000):
         np.testing.assert_allclose(clf.set_params(predict_batch_size=size).predict_proba(X),
                                    default, atol=1e-6)
-    for threads, expected in ((1, 32), (2, 64), (64, 256)):  # capped at 256
+
+
+def test_cpu_predict_batch_size_rule(monkeypatch):
+    small = build_model("simple_cnn", 2, in_channels=1)
+    assert small.trunk.activation_elements(64, 64) == 32 * 64 * 64
+    # a later block is the largest when the widths grow faster than the size shrinks;
+    # each block halves the size, rounding up (28 -> 14 -> 7)
+    wide = build_model("simple_cnn", 2, in_channels=1,
+                       backbone_kwargs={"widths": (4, 64, 1024)})
+    assert wide.trunk.activation_elements(28, 28) == 1024 * 7 * 7
+    cases = [((1, 28, 28), True, 64), ((1, 64, 64), True, 32), ((1, 64, 64), False, 16),
+             ((1, 128, 128), True, 8), ((1, 224, 224), True, 4),
+             ((1, 512, 512), True, 4), ((3, 80, 80), True, 16)]
+    other = build_model("resnet18", 2, in_channels=1)
+    for threads in (1, 2, 64):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        assert _runtime.cpu_predict_batch_size() == expected
-    monkeypatch.undo()
+        for shape, amp, expected in cases:  # the same whatever the threads
+            assert _runtime.cpu_predict_batch_size(small, shape, amp) == expected, shape
+        # any other model: 32 per thread, at most 256
+        assert _runtime.cpu_predict_batch_size(other, (1, 64, 64), True) == min(
+            32 * threads, 256)
+        assert _runtime.cpu_predict_batch_size() == min(32 * threads, 256)
 
 
 # ------------------------------------------------------------- BatchNorm folding
