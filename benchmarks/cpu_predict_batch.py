@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks import _common
+from cxr_estimators import _runtime
 
 BATCH_SIZES = (4, 8, 16, 32, 64, 128)
 #: (backbone, size, images to predict): about 0.3-1 s per predict_proba on 2 cores.
@@ -35,10 +36,6 @@ ROWS = (("simple_cnn", 28, 4096), ("simple_cnn", 64, 2048), ("simple_cnn", 128, 
         ("resnet18", 224, 96), ("densenet121", 128, 128), ("efficientnet_b0", 128, 128))
 QUICK_ROWS = (("simple_cnn", 32, 64),)
 QUICK_BATCH_SIZES = (8, 32)
-
-
-def _previous_rule():
-    return min(32 * max(1, torch.get_num_threads()), 256)
 
 
 def measure_row(backbone, size, n, batch_sizes, reps, seed):
@@ -52,7 +49,7 @@ def measure_row(backbone, size, n, batch_sizes, reps, seed):
                         validation_fraction=0, early_stopping=None, random_state=seed)
     clf.fit(X[:n_fit], np.arange(n_fit) % 2)
     default = clf._predict_batch_size()
-    previous = _previous_rule()
+    previous = _runtime.cpu_predict_batch_size()  # no model: 32 per thread, the old rule
     sizes = tuple(dict.fromkeys((*batch_sizes, default, previous)))
     times = {bs: [] for bs in sizes}
     faults = {bs: [] for bs in sizes}
