@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import resource
-import time
 
 import numpy as np
 import torch
 
 from benchmarks import _common
+from benchmarks._cpu_speed_worker import _Clock
 from cxr_estimators import _runtime
 
 BATCH_SIZES = (4, 8, 16, 32, 64, 128)
@@ -57,13 +56,12 @@ def measure_row(backbone, size, n, batch_sizes, reps, seed):
         shift = rep % len(sizes)
         for bs in sizes[shift:] + sizes[:shift]:
             clf.set_params(predict_batch_size=bs)
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
+            clock = _Clock()
             clf.predict_proba(X)
-            seconds = time.perf_counter() - start
+            timing = clock.stop()
             if rep:
-                times[bs].append(seconds)
-                faults[bs].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                times[bs].append(timing["seconds"])
+                faults[bs].append(timing["minflt"])
     rate = {bs: n / _common.median(t) for bs, t in times.items()}
     best = max(rate.values())
     return {"backbone": backbone, "size": size, "n": n, "amp": bool(clf.net_.amp),
