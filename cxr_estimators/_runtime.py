@@ -28,6 +28,7 @@ import fnmatch
 import os
 import shutil
 import threading
+import weakref
 from copy import deepcopy
 
 import torch
@@ -134,32 +135,100 @@ CPU_PREDICT_BATCH_CAP = 256
 #: batch between these bounds (``python -m benchmarks.cpu_predict_batch``).
 CPU_PREDICT_ACTIVATION_BYTES = 8 * 2**20
 CPU_PREDICT_SMALL_CNN_BATCH = (4, 64)
+#: Every other model on CPU: the batch's largest activation at most this many bytes, and
+#: the batch at least this many images (at most the per-thread default).
+CPU_PREDICT_LARGE_MODEL_ACTIVATION_BYTES = 64 * 2**20
+CPU_PREDICT_LARGE_MODEL_MIN_BATCH = 4
 
 
 def cpu_predict_batch_size(module=None, image_shape=None, amp=False):
     """The default ``predict_batch_size`` on CPU for ``module`` on images of
     ``image_shape`` ((C, H, W); ``amp``: bf16 activations, else float32).
 
+    Both rules take the largest power of two whose batch keeps the model's largest
+    activation (:func:`largest_activation_elements`, at 2 bytes a value under bf16, else
+    4) within a byte budget. Past it, glibc returned the freed activations to the kernel
+    after each batch and faulted them back in at the next, and prediction ran slower
+    (at one torch thread too, so the budgets ignore the thread count):
+
     * A small CNN (its trunk has ``activation_elements``: ``simple_cnn``, ``deep_cnn``):
-      the largest power of two whose batch keeps the largest activation within
       :data:`CPU_PREDICT_ACTIVATION_BYTES` (8 MiB), between 4 and 64 images: 64 at 28 px,
       32 at 64 px, 8 at 128 px, 4 from 160 px, with 32 channels in the first block and
-      bf16. Their prediction moves much memory for little arithmetic: a larger batch made
-      glibc return the freed activations to the kernel and fault them back in at every
-      batch, and ran at about half to three quarters of the best speed (at one torch thread
-      too, so the rule ignores the thread count).
-    * Any other model: 32 images per torch thread of the caller (at most 256).
+      bf16. They move much memory for little arithmetic, and a larger batch ran at about
+      half to three quarters of the best speed.
+    * Any other model: :data:`CPU_PREDICT_LARGE_MODEL_ACTIVATION_BYTES` (64 MiB), at
+      least 4 images and at most 32 per torch thread of the caller (at most 256): under
+      bf16, 32 images for resnet18 or densenet121 at 224 px, 64 at 128 px with 2 threads.
+    * Without a model or an image shape: 32 images per torch thread (at most 256).
 
     Measured by ``python -m benchmarks.cpu_predict_batch`` (docs/design.md)."""
     threads = max(1, torch.get_num_threads())
     default = min(CPU_PREDICT_IMAGES_PER_THREAD * threads, CPU_PREDICT_BATCH_CAP)
-    elements = getattr(getattr(module, "trunk", None), "activation_elements", None)
-    if elements is None or image_shape is None:
+    if module is None or image_shape is None:
         return default
-    per_image = elements(*image_shape[-2:]) * (2 if amp else 4)
-    lo, hi = CPU_PREDICT_SMALL_CNN_BATCH
-    fits = max(1, CPU_PREDICT_ACTIVATION_BYTES // per_image)
+    if hasattr(getattr(module, "trunk", None), "activation_elements"):
+        budget, (lo, hi) = CPU_PREDICT_ACTIVATION_BYTES, CPU_PREDICT_SMALL_CNN_BATCH
+    else:
+        budget, lo, hi = (CPU_PREDICT_LARGE_MODEL_ACTIVATION_BYTES,
+                          CPU_PREDICT_LARGE_MODEL_MIN_BATCH, default)
+    elements = largest_activation_elements(module, image_shape)
+    if not elements:
+        return default
+    fits = max(1, budget // (elements * (2 if amp else 4)))
     return min(max(1 << (fits.bit_length() - 1), lo), hi)
+
+
+_largest_activations = weakref.WeakKeyDictionary()  # module -> {image_shape: elements}
+_largest_activations_lock = threading.Lock()
+
+
+def largest_activation_elements(module, image_shape):
+    """Elements per image of the largest activation of ``module`` on ``(C, H, W)``
+    images, or None where it cannot be known without side effects.
+
+    A small CNN's trunk computes it (``activation_elements``). Any other model is run
+    once on one zero image, in eval mode and without gradients (every submodule's mode is
+    restored after), while forward hooks on its leaf modules record the largest output;
+    the result is kept per model and shape. A model with forward hooks of its own (e.g.
+    Grad-CAM's, or the user's) is not run, because those hooks would see the zero image:
+    None. Written here because torch has no shape inference that works for every
+    torchvision model without running it (``torch.fx`` shape propagation traces and runs
+    the model too, and not every model traces)."""
+    image_shape = tuple(int(v) for v in image_shape)
+    trunk = getattr(module, "trunk", None)
+    if hasattr(trunk, "activation_elements"):
+        return int(trunk.activation_elements(*image_shape[-2:]))
+    with _largest_activations_lock:
+        known = _largest_activations.get(module, {}).get(image_shape)
+    if known is not None:
+        return known
+    modules = list(module.modules())
+    if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
+        return None
+    largest = [0]
+
+    def record(_, __, output):
+        if torch.is_tensor(output):
+            largest[0] = max(largest[0], output[0].numel())
+
+    parameter = next(module.parameters(), None)
+    probe = torch.zeros((1, *image_shape),
+                        dtype=torch.float32 if parameter is None else parameter.dtype,
+                        device="cpu" if parameter is None else parameter.device)
+    modes = [m.training for m in modules]
+    hooks = [m.register_forward_hook(record) for m in modules if not any(m.children())]
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in zip(modules, modes):
+            m.training = mode
+    with _largest_activations_lock:
+        _largest_activations.setdefault(module, {})[image_shape] = largest[0]
+    return largest[0]
 
 
 # ------------------------------------------------------------------------------ threads

@@ -221,10 +221,33 @@ def test_cpu_predict_batch_size_rule(monkeypatch):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
         for shape, amp, expected in cases:  # the same whatever the threads
             assert _runtime.cpu_predict_batch_size(small, shape, amp) == expected, shape
-        # any other model: 32 per thread, at most 256
+        # any other model: its largest activation (resnet18: the stem, 64 channels at
+        # half the size) within 64 MiB, at least 4, at most 32 per thread (cap 256)
         assert _runtime.cpu_predict_batch_size(other, (1, 64, 64), True) == min(
             32 * threads, 256)
+        for shape, amp, by_bytes in [((1, 224, 224), True, 32), ((1, 224, 224), False, 16),
+                                     ((1, 512, 512), True, 8), ((1, 1024, 1024), True, 4)]:
+            assert _runtime.cpu_predict_batch_size(other, shape, amp) == min(
+                by_bytes, 32 * threads), shape
         assert _runtime.cpu_predict_batch_size() == min(32 * threads, 256)
+
+
+def test_largest_activation_traced_once_without_side_effects():
+    model = build_model("resnet18", 2, in_channels=1).train()
+    stats = [b.clone() for b in model.buffers()]
+    assert _runtime.largest_activation_elements(model, (1, 224, 224)) == 64 * 112 * 112
+    # every module back in training mode, BatchNorm statistics untouched
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    # kept per model and shape: the hooked model is not run again for a known shape ...
+    assert _runtime.largest_activation_elements(model, (1, 224, 224)) == 64 * 112 * 112
+    # ... and never for a new one, since its hooks would see the probe image
+    assert _runtime.largest_activation_elements(model, (1, 64, 64)) is None
+    assert _runtime.cpu_predict_batch_size(model, (1, 64, 64), True) == min(
+        32 * torch.get_num_threads(), 256)
+    assert calls == []
 
 
 # ------------------------------------------------------------- BatchNorm folding
