@@ -253,9 +253,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         and the frozen-feature cache. None: on CPU, for ``simple_cnn`` / ``deep_cnn``
         as many images (4 to 64) as keep the largest activation within 8 MiB (under
         bf16 with the default widths: 64 at 28 px, 32 at 64 px, 8 at 128 px, 4 from
-        160 px; fewer in float32), for other backbones 32 per torch thread at fit (64
-        with two; at most 256) (measured: docs/design.md); ``batch_size`` on CUDA and
-        MPS.
+        160 px; fewer in float32), for other backbones as many (at least 4, at most 32
+        per torch thread, 256 in all) as keep it within 64 MiB (under bf16 with two
+        threads: 64 at 128 px, 32 for resnet18 / densenet121 at 224 px) (measured:
+        docs/design.md); ``batch_size`` on CUDA and MPS.
         On CPU, ``predict_proba`` runs a copy of the model with each BatchNorm folded
         into the convolution before it (made at the first prediction after a fit or
         load, kept while the weights stay the same; equal within float tolerance, ~1e-3
@@ -559,7 +560,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device,
                          runtime.amp, training=not use_cache)
         digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
-        predict_batch_size = self._predict_batch_size(device, module, image_shape, runtime)
+        # the validation pass's batch; without one, not worth a probe of the model
+        predict_batch_size = (self._predict_batch_size(device, module, image_shape, runtime)
+                              if valid is not None or self.validation_fraction else None)
         with _runtime.thread_share():
             if use_cache:
                 X = np.array(self._cached_features(module, X, runtime, device, digest))

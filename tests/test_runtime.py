@@ -250,6 +250,18 @@ def test_largest_activation_traced_once_without_side_effects():
     assert calls == []
 
 
+def test_torchvision_model_probed_only_when_a_batch_size_is_needed(toy_binary):
+    X, y = toy_binary
+    params = dict(backbone="resnet18", max_epochs=1, batch_size=8, device="cpu",
+                  early_stopping=None, random_state=0)
+    clf = CXRClassifier(**params, validation_fraction=0).fit(X, y)
+    assert clf.module_ not in _runtime._largest_activations  # no validation pass to size
+    clf.predict_proba(X[:2])
+    assert tuple(X.shape[1:]) in _runtime._largest_activations[clf.module_]
+    with_val = CXRClassifier(**params, validation_fraction=0.25).fit(X, y)
+    assert tuple(X.shape[1:]) in _runtime._largest_activations[with_val.module_]
+
+
 # ------------------------------------------------------------- BatchNorm folding
 def _batch_norms(module):
     return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
