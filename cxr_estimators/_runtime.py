@@ -148,17 +148,18 @@ def cpu_predict_batch_size(module=None, image_shape=None, amp=False):
     Both rules take the largest power of two whose batch keeps the model's largest
     activation (:func:`largest_activation_elements`, at 2 bytes a value under bf16, else
     4) within a byte budget. Past it, glibc returned the freed activations to the kernel
-    after each batch and faulted them back in at the next, and prediction ran slower
-    (at one torch thread too, so the budgets ignore the thread count):
+    after each batch and faulted them back in at the next, and prediction ran slower:
 
     * A small CNN (its trunk has ``activation_elements``: ``simple_cnn``, ``deep_cnn``):
       :data:`CPU_PREDICT_ACTIVATION_BYTES` (8 MiB), between 4 and 64 images: 64 at 28 px,
       32 at 64 px, 8 at 128 px, 4 from 160 px, with 32 channels in the first block and
       bf16. They move much memory for little arithmetic, and a larger batch ran at about
-      half to three quarters of the best speed.
+      half to three quarters of the best speed (at one torch thread too, so this rule
+      ignores the thread count).
     * Any other model: :data:`CPU_PREDICT_LARGE_MODEL_ACTIVATION_BYTES` (64 MiB), at
       least 4 images and at most 32 per torch thread of the caller (at most 256): under
-      bf16, 32 images for resnet18 or densenet121 at 224 px, 64 at 128 px with 2 threads.
+      bf16 with 2 threads, 32 images for resnet18, resnet50 or densenet121 at 224 px,
+      64 at 128 px. Measured at 2 threads only.
     * Without a model or an image shape: 32 images per torch thread (at most 256).
 
     Measured by ``python -m benchmarks.cpu_predict_batch`` (docs/design.md)."""
