@@ -641,11 +641,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                                         make_augmenter(self.augment),
                                         getattr(self, "input_normalization_", None))
         runtime.prepare(module)
+        # no validation pass (split=None) to size: predictions size their own batches
         net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
                        device=device, runtime=runtime, split=None, es_spec=None,
-                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
-                       predict_batch_size=self._predict_batch_size(device, module,
-                                                                   runtime=runtime))
+                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device))
         # a loaded model predicts uncompiled: compiling needs a C++ compiler on this machine
         net.set_params(compile=False)
         net.initialize()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
-from cxr_estimators import CXRClassifier, _runtime
+from cxr_estimators import CXRClassifier, _runtime, load, save
 from cxr_estimators._runtime import cpu_policy, resolve_runtime, thread_share
 from cxr_estimators.backbones import build_model
 from cxr_estimators.explain import grad_cam
@@ -250,7 +250,7 @@ def test_largest_activation_traced_once_without_side_effects():
     assert calls == []
 
 
-def test_torchvision_model_probed_only_when_a_batch_size_is_needed(toy_binary):
+def test_torchvision_model_probed_only_when_a_batch_size_is_needed(toy_binary, tmp_path):
     X, y = toy_binary
     params = dict(backbone="resnet18", max_epochs=1, batch_size=8, device="cpu",
                   early_stopping=None, random_state=0)
@@ -260,6 +260,13 @@ def test_torchvision_model_probed_only_when_a_batch_size_is_needed(toy_binary):
     assert tuple(X.shape[1:]) in _runtime._largest_activations[clf.module_]
     with_val = CXRClassifier(**params, validation_fraction=0.25).fit(X, y)
     assert tuple(X.shape[1:]) in _runtime._largest_activations[with_val.module_]
+    path = tmp_path / "model.safetensors"
+    save(clf, path)
+    loaded = load(path)
+    assert loaded.module_ not in _runtime._largest_activations  # load has nothing to size
+    np.testing.assert_allclose(loaded.predict_proba(X[:2]), clf.predict_proba(X[:2]),
+                               atol=1e-6)
+    assert tuple(X.shape[1:]) in _runtime._largest_activations[loaded.module_]
 
 
 # ------------------------------------------------------------- BatchNorm folding
