@@ -14,7 +14,6 @@ each and ``ratio`` = classifier / loop.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 

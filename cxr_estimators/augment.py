@@ -40,7 +40,6 @@ in eval mode for validation and prediction, so nothing is augmented there.
 from __future__ import annotations
 
 import difflib
-import math
 import numbers
 
 import torch

@@ -3,8 +3,8 @@
 skorch owns the training loop, validation split, early stopping, LR scheduling,
 checkpointing, progress bar and history; this module composes a
 :class:`skorch.NeuralNetClassifier` from sklearn-style parameters. Written here by hand:
-label encoding, input checks that name the offending value, and the use of the
-frozen-feature cache (:mod:`cxr_estimators._features`); the skorch/torch plumbing
+the use of the frozen-feature cache (:mod:`cxr_estimators._features`); the input checks
+and label encoding are in :mod:`cxr_estimators._inputs`, the skorch/torch plumbing
 (autocast forward pass, prediction loop, grouped validation split, sample weights, warm
 start) is in :mod:`cxr_estimators._training`, layout, precision, threads and ``compile``
 in :mod:`cxr_estimators._runtime`, the per-fit random streams in :mod:`cxr_estimators._rng`,
@@ -22,90 +22,28 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
-from . import _feed, _features, _runtime, distributed
+from . import _feed, _features, _inputs, _runtime, distributed
+from ._averaging import check_average_weights
 from ._callbacks import (
-    best_epoch, clone_callbacks, early_stopping_spec, raise_if_interrupted,
+    best_epoch, check_lr_schedule, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
+from ._inputs import prediction_input, training_input, validation_set
 from ._rng import FitRandomness, fit_seed
 from ._training import (
-    OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled, _Net,
+    OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled,
     _training_data, load_warm_start, make_net, stream_proba, train_split, valid_dataset,
     warm_start_module,
 )
-from ._validation import (StrictParamsMixin, check_fit_memory, check_flattened,
-                          check_image_batch, check_labels, check_memory, check_not_paths,
-                          warn_unnormalised)
-from ._averaging import check_average_weights
-from ._callbacks import check_lr_schedule
 from ._tta import check_tta, tta_context
+from ._validation import StrictParamsMixin, check_fit_memory
 from .augment import make_augmenter
 from .backbones import build_model, check_frozen_features
 from .heads import POOLINGS
-from .preprocessing import CompactImages
 
 __all__ = ["CXRClassifier"]
-
-
-def _image_shape(X):
-    """(C, H, W) of the model input; C counts the channels a gray CompactImages is
-    repeated to."""
-    if isinstance(X, CompactImages):
-        return (X.channels, *X.shape[2:])
-    return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
-
-
-def _as_images(X, name="X"):
-    """Validate X and return float32 (n, C, H, W), or a lazy image dataset as is.
-
-    2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
-    estimator checks can run); (n, H, W) as single-channel images. A
-    ``torch.utils.data.Dataset`` of ``(C, H, W)`` tensors (e.g. ``ImageLoader(lazy=True)``
-    output) is used lazily: images are produced batch by batch. A
-    :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 with its
-    normalisation) is kept as it is: the model normalises it on its device.
-    """
-    if isinstance(X, CompactImages) and X.normalization is not None:
-        return CompactImages(X, *X.normalization)  # checks the shape; no copy if contiguous
-    if isinstance(X, torch.utils.data.Dataset):
-        if len(X) == 0:
-            raise ValueError(f"{name} is an empty dataset")
-        if not hasattr(X, "shape") and not hasattr(X[0], "shape"):
-            raise ValueError(f"{name}'s items must be (C, H, W) arrays or tensors; got "
-                             f"{type(X[0]).__name__} (a TensorDataset yields tuples: pass "
-                             "the tensor itself)")
-        shape = _image_shape(X)
-        if len(shape) != 3 or shape[0] not in (1, 3):
-            raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
-        return X
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    check_not_paths(X, name)
-    if getattr(X, "dtype", np.float32) != np.float32:
-        check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
-                     "float32", "pass float32 images or fewer of them at a time")
-    raw_dtype = getattr(X, "dtype", None)
-    X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
-                    input_name=name)
-    warn_unnormalised(X, raw_dtype, name)
-    if X.ndim == 2:
-        check_flattened(X)
-        X = X[:, None, None, :]
-    elif X.ndim == 3:
-        X = X[:, None]
-    elif X.ndim != 4:
-        raise ValueError(f"{name} must have shape (n, C, H, W), (n, H, W) or (n, d); got "
-                         f"{X.shape}")
-    if X.shape[1] not in (1, 3):
-        raise ValueError(
-            f"{name} has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
-            "order. Use ImageLoader to convert images."
-        )
-    return np.ascontiguousarray(X)
 
 
 class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
@@ -433,26 +371,6 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fit helpers
-    def _encode_targets(self, y):
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None"
-            )
-        y = column_or_1d(y, warn=True)
-        check_labels(y, missing=True)
-        if len(y) < 2:
-            raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
-        check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
-        check_labels(encoder.classes_)
-        if len(encoder.classes_) < 2:
-            raise ValueError(
-                f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
-                + (f" (and sampling={self.sampling!r} needs classes to balance)"
-                   if self.sampling else "")
-            )
-        return encoder.classes_, encoder.transform(y).astype(np.int64)
-
     def _build_module(self, n_classes, image_shape, weights, augmenter, normalization=None):
         """The untrained :class:`~cxr_estimators.backbones.CXRNet` for these parameters:
         what ``fit`` trains and what :func:`cxr_estimators.load` fills with saved weights.
@@ -519,20 +437,13 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             A training batch's estimated activations do not fit in the available memory.
         """
         self._validate_params()
-        classes, y_enc = self._encode_targets(y)
-        X = _as_images(X)
-        if len(X) != len(y_enc):
-            raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
-        if groups is not None:
-            groups = column_or_1d(groups)
-            if len(groups) != len(y_enc):
-                raise ValueError(f"groups has {len(groups)} entries but y has "
-                                 f"{len(y_enc)} labels")
-        image_shape = _image_shape(X)
+        name = type(self).__name__
+        X, classes, y_enc, groups = training_input(X, y, groups, name, self.sampling)
+        image_shape = _inputs.image_shape(X)
         normalization = getattr(X, "normalization", None)
         sample_weight = _check_sample_weight(sample_weight, len(y_enc))
         previous = warm_start_module(self, classes, image_shape)
-        valid = self._validation_set(X_val, y_val, classes, image_shape, normalization)
+        valid = validation_set(X_val, y_val, classes, image_shape, normalization, name)
         es_spec = early_stopping_spec(self.early_stopping, classes)
         check_lr_schedule(self.lr_schedule, self.max_epochs)
         check_average_weights(self.average_weights, self.max_epochs)
@@ -603,32 +514,6 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         raise_if_interrupted(net)  # after the state above: usable, and marked as such
         return self
 
-    def _validation_set(self, X_val, y_val, classes, image_shape, normalization):
-        """``(X_val, y_val encoded)`` checked against the training data (images of the
-        same shape, compact ones normalised as X), or None."""
-        if X_val is None and y_val is None:
-            return None
-        if X_val is None or y_val is None:
-            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
-            raise ValueError(f"{given} was given without {missing}; pass both or neither")
-        kind = getattr(getattr(X_val, "dtype", None), "kind", None)
-        X_val = _feed.match_normalization(_as_images(X_val, "X_val"), kind, normalization,
-                                          type(self).__name__, "X_val")
-        shape = _image_shape(X_val)
-        if shape != image_shape:
-            raise ValueError(f"X_val has images of shape {shape} but X has {image_shape}; "
-                             "preprocess both the same way (in a Pipeline: "
-                             "transform_input=['X_val'])")
-        y_val = column_or_1d(y_val, warn=True)
-        if len(y_val) != len(X_val):
-            raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
-                             "labels")
-        unseen = sorted(set(y_val.tolist()) - set(classes.tolist()), key=str)
-        if unseen:
-            raise ValueError(f"y_val has labels {unseen} not in y's classes "
-                             f"{classes.tolist()}")
-        return X_val, np.searchsorted(classes, y_val).astype(np.int64)
-
     def _initialize_net(self):
         """The skorch net ``fit`` builds for ``classes_``, ``image_shape_`` and ``device_``,
         initialised but not trained (``weights`` is not read: random init), in eval mode.
@@ -683,19 +568,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self, "net_")
-        if getattr(X, "ndim", None) == 3:
-            check_image_batch(X.shape, self.image_shape_)
-        kind = getattr(getattr(X, "dtype", None), "kind", None)
-        X = _feed.match_normalization(_as_images(X), kind,
-                                      getattr(self, "input_normalization_", None),
-                                      type(self).__name__)
-        shape = _image_shape(X)
-        if shape != self.image_shape_:
-            raise ValueError(
-                f"X has {int(np.prod(shape))} features, but {type(self).__name__} is "
-                f"expecting {self.n_features_in_} features as input (images of shape "
-                f"{shape} vs {self.image_shape_} seen in fit)"
-            )
+        X = prediction_input(X, self.image_shape_, getattr(self, "input_normalization_", None),
+                             type(self).__name__)
         return _Labelled(X) if isinstance(X, torch.utils.data.Dataset) else X
 
     def _predict_batch_size(self, device=None, module=None, image_shape=None, runtime=None):
@@ -721,7 +595,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     def _cached_features(self, module, X, runtime, device, digest):
         return _features.trunk_features(
             module, X, self.backbone, device,
-            self._predict_batch_size(device, module, _image_shape(X), runtime),
+            self._predict_batch_size(device, module, _inputs.image_shape(X), runtime),
             memory=self.cache, runtime=runtime, digest=digest,
         )
 

@@ -398,10 +398,10 @@ def test_keyboard_interrupt_keeps_model_and_propagates(toy_binary, small_clf_par
                                                        monkeypatch):
     """An interrupt during training propagates (a search stops) after leaving the model
     usable with the weights trained so far and the history marking the interruption."""
-    from cxr_estimators import classifier as mod
+    from cxr_estimators import _training
 
     X, y = toy_binary
-    original = mod._Net.train_step
+    original = _training._Net.train_step
     steps = []
 
     def interrupting(self, batch, **kw):
@@ -410,7 +410,7 @@ def test_keyboard_interrupt_keeps_model_and_propagates(toy_binary, small_clf_par
             raise KeyboardInterrupt
         return original(self, batch, **kw)
 
-    monkeypatch.setattr(mod._Net, "train_step", interrupting)
+    monkeypatch.setattr(_training._Net, "train_step", interrupting)
     clf = CXRClassifier(**{**small_clf_params, "max_epochs": 10})
     with pytest.raises(KeyboardInterrupt, match="fit interrupted during epoch 2 of 10"):
         clf.fit(X, y)

@@ -172,7 +172,6 @@ from sklearn.preprocessing import FunctionTransformer
 from bad_inputs import (Case, Handled, Raises, Warns, Workspace, dicom, find_node,
                         png_claiming, png_with_sbit, run_case, tiff_claiming)
 from cxr_estimators import ImageLoader, _validation
-from cxr_estimators import _features
 from cxr_estimators import io as cio
 from cxr_estimators.datasets import load_image_folder
 from cxr_estimators.explain import grad_cam

@@ -1,7 +1,7 @@
 """sklearn's own estimator checks on CXRClassifier.
 
 2-D tabular X of shape (n, d) is taken as n one-channel images of 1 × d pixels (see
-``classifier._as_images``), which lets every generic check run on the small CNN. All
+``_inputs.as_images``), which lets every generic check run on the small CNN. All
 checks but two pass; ``EXPECTED_FAILED_CHECKS`` below names those and why. One is
 *skipped by sklearn itself* for environment reasons: ``check_array_api_input`` (needs
 SCIPY_ARRAY_API=1 and array-api-strict); the checks that need pandas run (pandas is in

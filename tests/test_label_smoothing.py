@@ -1,7 +1,5 @@
 """``label_smoothing``: cross-entropy's own, so the trained model stops short of certainty."""
 
-import numpy as np
-
 from cxr_estimators import CXRClassifier
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from skorch.callbacks import Callback, EarlyStopping, EpochScoring
+from skorch.callbacks import Callback, EpochScoring
 
 from cxr_estimators import CXRClassifier, ImageLoader
 from cxr_estimators import _rng, distributed

@@ -1,0 +1,164 @@
+"""What ``CXRClassifier.fit`` and its prediction methods accept, checked and converted.
+
+Images (arrays, tensors, lazy datasets, :class:`~cxr_estimators.preprocessing.CompactImages`)
+become float32 ``(n, C, H, W)`` or stay lazy/compact; labels are encoded; a given
+validation set and prediction input are checked against what fit saw. sklearn's
+``check_array`` and ``LabelEncoder`` do the generic part; written here by hand: the image
+shapes and channel counts, compact-image normalisation, and errors that name the
+offending input (``X``, ``X_val``, ``y_val``, ``groups``) and value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, column_or_1d
+
+from . import _feed
+from ._validation import (check_flattened, check_image_batch, check_labels, check_memory,
+                          check_not_paths, warn_unnormalised)
+from .preprocessing import CompactImages
+
+__all__ = ["as_images", "encode_targets", "image_shape", "prediction_input",
+           "training_input", "validation_set"]
+
+
+def image_shape(X):
+    """(C, H, W) of the model input; C counts the channels a gray CompactImages is
+    repeated to."""
+    if isinstance(X, CompactImages):
+        return (X.channels, *X.shape[2:])
+    return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(X[0].shape)
+
+
+def as_images(X, name="X"):
+    """Validate X and return float32 (n, C, H, W), or a lazy image dataset as is.
+
+    2-D X of shape (n, d) is taken as n images of 1 × 1 × d pixels (so sklearn's generic
+    estimator checks can run); (n, H, W) as single-channel images. A
+    ``torch.utils.data.Dataset`` of ``(C, H, W)`` tensors (e.g. ``ImageLoader(lazy=True)``
+    output) is used lazily: images are produced batch by batch. A
+    :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 with its
+    normalisation) is kept as it is: the model normalises it on its device.
+    """
+    if isinstance(X, CompactImages) and X.normalization is not None:
+        return CompactImages(X, *X.normalization)  # checks the shape; no copy if contiguous
+    if isinstance(X, torch.utils.data.Dataset):
+        return _check_dataset(X, name)
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    check_not_paths(X, name)
+    if getattr(X, "dtype", np.float32) != np.float32:
+        check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
+                     "float32", "pass float32 images or fewer of them at a time")
+    raw_dtype = getattr(X, "dtype", None)
+    X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
+                    input_name=name)
+    warn_unnormalised(X, raw_dtype, name)
+    if X.ndim == 2:
+        check_flattened(X)
+        X = X[:, None, None, :]
+    elif X.ndim == 3:
+        X = X[:, None]
+    elif X.ndim != 4:
+        raise ValueError(f"{name} must have shape (n, C, H, W), (n, H, W) or (n, d); got "
+                         f"{X.shape}")
+    if X.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
+            "order. Use ImageLoader to convert images."
+        )
+    return np.ascontiguousarray(X)
+
+
+def _check_dataset(X, name):
+    if len(X) == 0:
+        raise ValueError(f"{name} is an empty dataset")
+    if not hasattr(X, "shape") and not hasattr(X[0], "shape"):
+        raise ValueError(f"{name}'s items must be (C, H, W) arrays or tensors; got "
+                         f"{type(X[0]).__name__} (a TensorDataset yields tuples: pass "
+                         "the tensor itself)")
+    shape = image_shape(X)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(f"{name}'s items must be (C, H, W) with C = 1 or 3; got {shape}")
+    return X
+
+
+def encode_targets(y, estimator="CXRClassifier", sampling=None):
+    """``(classes, y encoded as int64)`` for fit; at least two images and two classes."""
+    if y is None:
+        raise ValueError(f"{estimator} requires y to be passed, but the target y is None")
+    y = column_or_1d(y, warn=True)
+    check_labels(y, missing=True)
+    if len(y) < 2:
+        raise ValueError(f"n_samples={len(y)}: need at least 2 labelled images to fit")
+    check_classification_targets(y)
+    encoder = LabelEncoder().fit(y)
+    check_labels(encoder.classes_)
+    if len(encoder.classes_) < 2:
+        raise ValueError(
+            f"y has a single class {encoder.classes_.tolist()}; need at least 2 classes"
+            + (f" (and sampling={sampling!r} needs classes to balance)" if sampling else "")
+        )
+    return encoder.classes_, encoder.transform(y).astype(np.int64)
+
+
+def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
+    """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked."""
+    classes, y_enc = encode_targets(y, estimator, sampling)
+    X = as_images(X)
+    if len(X) != len(y_enc):
+        raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
+    if groups is not None:
+        groups = column_or_1d(groups)
+        if len(groups) != len(y_enc):
+            raise ValueError(f"groups has {len(groups)} entries but y has "
+                             f"{len(y_enc)} labels")
+    return X, classes, y_enc, groups
+
+
+def validation_set(X_val, y_val, classes, fit_shape, normalization,
+                   estimator="CXRClassifier"):
+    """``(X_val, y_val encoded)`` checked against the training data (images of the
+    same shape, compact ones normalised as X), or None."""
+    if X_val is None and y_val is None:
+        return None
+    if X_val is None or y_val is None:
+        given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+        raise ValueError(f"{given} was given without {missing}; pass both or neither")
+    kind = getattr(getattr(X_val, "dtype", None), "kind", None)
+    X_val = _feed.match_normalization(as_images(X_val, "X_val"), kind, normalization,
+                                      estimator, "X_val")
+    shape = image_shape(X_val)
+    if shape != fit_shape:
+        raise ValueError(f"X_val has images of shape {shape} but X has {fit_shape}; "
+                         "preprocess both the same way (in a Pipeline: "
+                         "transform_input=['X_val'])")
+    y_val = column_or_1d(y_val, warn=True)
+    if len(y_val) != len(X_val):
+        raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
+                         "labels")
+    unseen = sorted(set(y_val.tolist()) - set(classes.tolist()), key=str)
+    if unseen:
+        raise ValueError(f"y_val has labels {unseen} not in y's classes "
+                         f"{classes.tolist()}")
+    return X_val, np.searchsorted(classes, y_val).astype(np.int64)
+
+
+def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):
+    """X for a prediction method of a model fitted on images of ``fit_shape`` with
+    compact-image ``normalization`` (None: float images)."""
+    if getattr(X, "ndim", None) == 3:
+        check_image_batch(X.shape, fit_shape)
+    kind = getattr(getattr(X, "dtype", None), "kind", None)
+    X = _feed.match_normalization(as_images(X), kind, normalization, estimator)
+    shape = image_shape(X)
+    if shape != fit_shape:
+        raise ValueError(
+            f"X has {int(np.prod(shape))} features, but {estimator} is expecting "
+            f"{int(np.prod(fit_shape))} features as input (images of shape {shape} vs "
+            f"{fit_shape} seen in fit)"
+        )
+    return X
