@@ -10,6 +10,7 @@ seconds; the vectorised form gives the same numbers, see ``tests/test_metrics.py
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import NamedTuple
@@ -18,10 +19,17 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.utils import check_random_state
 
+from ._validation import check_labels, check_memory
+
 __all__ = ["ClinicalReport", "MetricEstimate", "clinical_report"]
 
 _CLASS_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc")
 _ROW_SUM_TOL = 1e-3
+#: Resamples x cases per bootstrap chunk: ~32 MB per float array of the chunk.
+_CHUNK_CELLS = 2 ** 22
+#: Float arrays of one chunk's size alive at once in :func:`_bootstrap` (measured with
+#: tracemalloc: 9).
+_CHUNK_ARRAYS = 9
 
 
 def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=None,
@@ -44,10 +52,13 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
         {0, 1} or {-1, 1} (the positive class is then 1, as in scikit-learn); any other
         binary labels, e.g. strings, need it. Binary only.
     threshold : float or None, default=None
-        Binary: predicted positive when score >= threshold (default 0.5). Multiclass
-        predictions are the argmax and take no threshold.
+        Binary: predicted positive when score >= threshold (default 0.5). Any finite
+        number for a 1-D score; in [0, 1] for 2-D probabilities. Multiclass predictions
+        are the argmax and take no threshold.
     n_bootstraps : int, default=1000
         Percentile bootstrap resamples (cases drawn with replacement); 0 gives no CIs.
+        The metrics of every resample are kept (about 16 bytes per metric and
+        resample), so a count whose arrays cannot fit in memory is refused.
     confidence : float in (0, 1), default=0.95
     random_state : int, RandomState instance or None, default=None
         Seed of the resampling; an int gives the same CIs on every call.
@@ -66,10 +77,17 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
     Raises
     ------
     ValueError
-        Lengths differ; a ``y_true`` label is not in ``labels``; ``y_score`` has the wrong
-        number of columns or rows not summing to 1; fewer than two labels; ``threshold``
-        or ``pos_label`` given for a multiclass problem; binary labels other than
+        Lengths differ; a ``y_true`` label is not in ``labels``; ``y_true`` or
+        ``labels`` has missing labels (None or NaN; the message names the rows) or mixes
+        strings and numbers; ``y_score`` has the wrong number of columns or rows not
+        summing to 1; fewer than two labels; ``threshold`` or ``pos_label`` given for a
+        multiclass problem; ``threshold`` NaN, infinite, not a number, or outside
+        [0, 1] for 2-D probabilities; ``n_bootstraps`` not a non-negative int (a bool
+        is refused); ``confidence`` not a number in (0, 1); binary labels other than
         {0, 1} or {-1, 1} without ``pos_label`` (the message names the labels).
+    MemoryError
+        The resamples of ``n_bootstraps`` would need more memory than is available (the
+        message names ``n_bootstraps``); raised before any is drawn.
 
     Warns
     -----
@@ -90,10 +108,7 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
     """
     y_true, proba, labels, pos_label, threshold = _check_report_inputs(
         y_true, y_score, labels, pos_label, threshold)
-    if not isinstance(n_bootstraps, numbers.Integral) or n_bootstraps < 0:
-        raise ValueError(f"n_bootstraps must be a non-negative int; got {n_bootstraps!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+    _check_bootstrap_params(n_bootstraps, confidence, len(y_true), len(labels))
     binary = len(labels) == 2
     pos_index = labels.index(pos_label) if binary else None
     if binary:
@@ -124,6 +139,9 @@ def _check_labels_and_scores(y_true, y_score, labels):
 
     Shared with :mod:`cxr_estimators.plotting`.
     """
+    _check_missing_labels(y_true, "y_true")
+    if labels is not None:
+        _check_missing_labels(labels, "labels")
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=float)
     if y_true.ndim != 1:
@@ -188,13 +206,78 @@ def _check_report_inputs(y_true, y_score, labels, pos_label, threshold):
         raise ValueError(f"pos_label={pos_label!r} is not one of labels {labels}")
     else:  # the labels' own (plain Python) value, e.g. str rather than numpy.str_
         pos_label = labels[labels.index(pos_label)]
-    threshold = 0.5 if threshold is None else float(threshold)
+    threshold = _check_threshold(threshold, probabilities=y_score.ndim == 2)
     if y_score.ndim == 1:  # positive-class score -> two columns in labels order
         pos = labels.index(pos_label)
         # the negative column is never used for predictions or AUC; -score keeps the
         # array meaningful for any real-valued score
         y_score = np.column_stack([-y_score, y_score] if pos == 1 else [y_score, -y_score])
     return y_true, y_score, labels, pos_label, threshold
+
+
+def _check_missing_labels(y, name):
+    """Refuse None/NaN labels in ``y`` (naming their rows) and labels mixing strings and
+    numbers, which numpy's sort would otherwise fail on with a bare TypeError.
+
+    Shared with :mod:`cxr_estimators.metrics`. A NaN among strings in a list is looked
+    for before numpy turns it into the string 'nan', and a NaN in a float array is
+    looked for too (:func:`check_labels` checks object arrays).
+    """
+    values = np.asarray(y)
+    if values.dtype.kind in "US" and not isinstance(y, np.ndarray):
+        values = np.asarray(y, dtype=object)
+    elif values.dtype.kind == "f" and np.isnan(values).any():
+        values = values.astype(object)
+    check_labels(values, name, missing=True)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_threshold(threshold, probabilities):
+    """The decision threshold as a float (0.5 for None); NaN would silently predict
+    every case negative, and a threshold beyond [0, 1] does so for probabilities."""
+    if threshold is None:
+        return 0.5
+    if not _is_real(threshold) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+    if probabilities and not 0 <= threshold <= 1:
+        side = "negative" if threshold > 1 else "positive"
+        raise ValueError(f"threshold={threshold!r} is outside [0, 1], but y_score holds "
+                         f"probabilities (2-D): every case would be predicted {side}")
+    return float(threshold)
+
+
+def _check_bootstrap_params(n_bootstraps, confidence, n_samples, n_labels):
+    if not (isinstance(n_bootstraps, numbers.Integral) and _is_real(n_bootstraps)) \
+            or n_bootstraps < 0:
+        raise ValueError(f"n_bootstraps must be a non-negative int; got {n_bootstraps!r}")
+    if not _is_real(confidence) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a number in (0, 1); got {confidence!r}")
+    _check_bootstrap_memory(int(n_bootstraps), n_samples, n_labels)
+
+
+def _chunk_size(n_samples):
+    """Resamples drawn at once by :func:`_bootstrap`; bounds its working memory."""
+    return max(1, _CHUNK_CELLS // n_samples)
+
+
+def _check_bootstrap_memory(n_bootstraps, n_samples, n_labels):
+    """Refuse an ``n_bootstraps`` whose resamples cannot fit, before drawing any.
+
+    The chunks bound the working memory, but every resample's metrics are kept for the
+    percentiles: one float per metric (``(n_labels + 1)`` x 6, plus accuracy) and
+    resample, twice while the chunks are joined.
+    """
+    n_metrics = (n_labels + 1) * len(_CLASS_METRICS) + 1
+    kept = 2 * 8 * n_metrics * n_bootstraps
+    working = _CHUNK_ARRAYS * 8 * min(n_bootstraps, _chunk_size(n_samples)) * n_samples
+    check_memory(kept + working,
+                 f"clinical_report with n_bootstraps={n_bootstraps} ({n_samples} cases, "
+                 f"{n_labels} labels)",
+                 "pass a smaller n_bootstraps (1000 to 10000 resamples give stable "
+                 "percentile CIs)")
 
 
 def _implicit_pos_label(labels, caller):
@@ -262,7 +345,7 @@ def _bootstrap(y_idx, y_pred_idx, proba, k, pos_index, n_bootstraps, rng):
     cells = np.zeros((n, k * k))
     cells[np.arange(n), y_idx * k + y_pred_idx] = 1.0
     order = np.argsort(proba, axis=0, kind="stable")
-    chunk = max(1, 2 ** 22 // n)  # bounds memory at ~32 MB of weights per chunk
+    chunk = _chunk_size(n)
     results = []
     for start in range(0, n_bootstraps, chunk):
         b = min(chunk, n_bootstraps - start)

@@ -14,6 +14,7 @@ the vectorised form gives the same numbers, see ``tests/test_metrics.py``).
 from __future__ import annotations
 
 import warnings
+from numbers import Real
 
 import numpy as np
 from sklearn.metrics import (
@@ -21,12 +22,13 @@ from sklearn.metrics import (
     recall_score, roc_auc_score,
 )
 from sklearn.utils._metadata_requests import MetadataRequest, _MetadataRequester
+from sklearn.utils._param_validation import Options, StrOptions, validate_params
 from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
 from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
-    ClinicalReport, MetricEstimate, _check_labels_and_scores, _implicit_pos_label,
-    _weighted_auc, clinical_report,
+    ClinicalReport, MetricEstimate, _check_labels_and_scores, _check_missing_labels,
+    _implicit_pos_label, _weighted_auc, clinical_report,
 )
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 _AVERAGES = (None, "binary", "micro", "macro", "weighted")
+# as recall_score declares it
+_ZERO_DIVISION = [Options(Real, {0.0, 1.0}), "nan", StrOptions({"warn"})]
 
 
 # ----------------------------------------------------------------- sensitivity/specificity
@@ -47,7 +51,9 @@ def sensitivity_score(y_true, y_pred, *, labels=None, pos_label=1, average="bina
     """Sensitivity (true positive rate, recall): TP / (TP + FN).
 
     The clinical name for :func:`sklearn.metrics.recall_score`, which computes it; all
-    parameters are passed through unchanged.
+    parameters are passed through unchanged, once ``y_true`` and ``y_pred`` are checked
+    for missing labels (None or NaN, refused with their rows named) and for labels
+    mixing strings and numbers.
 
     Parameters
     ----------
@@ -72,10 +78,12 @@ def sensitivity_score(y_true, y_pred, *, labels=None, pos_label=1, average="bina
     >>> sensitivity_score(["a", "b", "b", "b"], ["a", "b", "a", "b"], pos_label="b")
     0.666...
     """
+    _check_label_pair(y_true, y_pred)
     return recall_score(y_true, y_pred, labels=labels, pos_label=pos_label, average=average,
                         sample_weight=sample_weight, zero_division=zero_division)
 
 
+@validate_params({"zero_division": _ZERO_DIVISION}, prefer_skip_nested_validation=False)
 def specificity_score(y_true, y_pred, *, labels=None, pos_label=1, average="binary",
                       sample_weight=None, zero_division="warn"):
     """Specificity (true negative rate): TN / (TN + FP), one-vs-rest per class.
@@ -108,14 +116,17 @@ def specificity_score(y_true, y_pred, *, labels=None, pos_label=1, average="bina
     Raises
     ------
     ValueError
-        Unknown ``average``; ``average="binary"`` with more than two classes; a
-        ``pos_label`` absent from two present classes; multilabel or continuous targets.
+        Unknown ``average`` or ``zero_division``; ``average="binary"`` with more than two
+        classes; a ``pos_label`` absent from two present classes; multilabel or
+        continuous targets; missing labels (None or NaN; the message names the rows) or
+        labels mixing strings and numbers in ``y_true`` or ``y_pred``.
 
     Examples
     --------
     >>> specificity_score(["a", "b", "b", "a"], ["a", "b", "a", "b"], pos_label="b")
     0.5
     """
+    _check_label_pair(y_true, y_pred)
     labels = _set_wise_labels(y_true, y_pred, labels, pos_label, average)
     mcm = multilabel_confusion_matrix(y_true, y_pred, labels=labels,
                                       sample_weight=sample_weight)
@@ -132,6 +143,11 @@ def specificity_score(y_true, y_pred, *, labels=None, pos_label=1, average="bina
         return float(_ratio(np.zeros(1), np.zeros(1), zero_division, "Specificity",
                             "true")[0])
     return float(np.average(spec, weights=weights))
+
+
+def _check_label_pair(y_true, y_pred):
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        _check_missing_labels(y, name)
 
 
 def _set_wise_labels(y_true, y_pred, labels, pos_label, average):
