@@ -33,6 +33,11 @@ METHODS = ("ema", "swa")
 _DEFAULTS = {"ema": {"decay": 0.99}, "swa": {"start": 0.75}}
 
 
+def _is_number(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def check_average_weights(average_weights, max_epochs):
     """Validate ``average_weights``; return ``(method, options)`` or None.
 
@@ -55,15 +60,18 @@ def check_average_weights(average_weights, max_epochs):
         raise ValueError(f"average_weights={average_weights!r} averages weights across "
                          f"epochs and needs max_epochs >= 2; got max_epochs={max_epochs}")
     options = {**_DEFAULTS[method], **options}
-    if method == "ema" and not 0 < options["decay"] < 1:
-        raise ValueError(f"average_weights decay={options['decay']!r} must be in (0, 1)")
+    if method == "ema" and not (_is_number(options["decay"]) and 0 < options["decay"] < 1):
+        raise ValueError(f"average_weights decay={options['decay']!r} must be a number in "
+                         "(0, 1)")
     if method == "swa":
         start = options["start"]
         if isinstance(start, numbers.Integral) and not isinstance(start, bool):
-            ok = 1 <= start <= max_epochs
-        else:
-            ok = isinstance(start, numbers.Real) and 0 <= start < 1
-        if not ok:
+            if not 1 <= start <= max_epochs:
+                raise ValueError(
+                    f"average_weights start={start!r} is an epoch number (an int) and must "
+                    f"be in [1, {max_epochs}]; for a fraction of max_epochs give a float in "
+                    "[0, 1), e.g. 0.0")
+        elif not (_is_number(start) and 0 <= start < 1):
             raise ValueError(f"average_weights start={start!r} must be a fraction in [0, 1) "
                              f"of max_epochs or an epoch number in [1, {max_epochs}]")
     return method, options

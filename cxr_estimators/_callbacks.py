@@ -45,6 +45,9 @@ import difflib
 import inspect
 import math
 import numbers
+import os
+import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -146,6 +149,31 @@ class _KeptByEarlyStopping:
         return stopper.best_epoch_ == net.history[-1, "epoch"]
 
 
+def check_checkpoint_dir(checkpoint_dir):
+    """``checkpoint_dir`` is a folder (made if missing) this process can write to; else a
+    ValueError naming it, before training (skorch would only skip each save)."""
+    path = os.fspath(checkpoint_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"checkpoint_dir={path!r} exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"checkpoint_dir={path!r} cannot be written to: {exc}") from exc
+
+
+def _checkpoint_sink(verbose):
+    """skorch's Checkpoint reports a failed save (a full disk) only to its sink, printed
+    when verbose: warn about that one whatever the verbosity, print the rest if verbose."""
+    def sink(text):
+        if text.startswith("Unable to save"):
+            warnings.warn(f"checkpoint not written: {text}", UserWarning, stacklevel=2)
+        elif verbose:
+            print(text)
+    return sink
+
+
 def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
                    average_weights=None, checkpoint_dir=None, verbose=0, extra=None,
                    sync_ranks=False, writes_files=True):
@@ -180,8 +208,10 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
         callbacks.append(("lr_schedule", make_lr_scheduler(
             lr_schedule, max_epochs, monitor_name(None, has_valid))))
     if checkpoint_dir is not None and writes_files:
+        check_checkpoint_dir(checkpoint_dir)
         kept = _KeptByEarlyStopping() if spec is not None else f"{monitor}_best"
-        callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=str(checkpoint_dir))))
+        callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=str(checkpoint_dir),
+                                                   sink=_checkpoint_sink(verbose))))
     if verbose and verbose > 1:
         callbacks.append(("progress", ProgressBar()))
     averaging = check_average_weights(average_weights, max_epochs)
@@ -366,11 +396,13 @@ def _allowed_args(policy):
     return set(inspect.signature(cls).parameters) - _OWN_ARGS[policy]
 
 
-def check_lr_schedule(lr_schedule, max_epochs):
+def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     """Validate ``lr_schedule``; return ``(policy, kwargs)`` or None.
 
     Raises ValueError naming an unknown schedule or argument (with the closest valid
-    name) and a warm-up that does not leave at least one epoch of cosine decay.
+    name), a warm-up that does not leave at least one epoch of cosine decay, a negative
+    ``eta_min``, and any value torch's scheduler refuses when it is built and stepped on a
+    one-parameter optimizer (``factor=2``, ``patience="2"``).
     """
     if lr_schedule is None:
         return None
@@ -389,10 +421,41 @@ def check_lr_schedule(lr_schedule, max_epochs):
                 f"lr_schedule {policy!r} has no argument {key!r}; known: {sorted(allowed)}"
                 f"{_did_you_mean(key, allowed)}")
     warmup = kwargs.get("warmup_epochs", 0)
-    if not 0 <= warmup < max_epochs:
+    if not (_is_number(warmup) and 0 <= warmup < max_epochs):
         raise ValueError(f"lr_schedule warmup_epochs={warmup!r} must be >= 0 and below "
                          f"max_epochs={max_epochs}")
+    eta_min = kwargs.get("eta_min", 0.0)
+    if not (_is_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
+        raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
+                         "learning rate the cosine decays to")
+    _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr)
     return policy, kwargs
+
+
+def _is_number(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr):
+    """Build the torch scheduler on a one-parameter optimizer and step it twice: a value
+    torch refuses or cannot compare is then an error naming ``lr_schedule`` before
+    training, not a torch traceback after the first epoch."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    try:
+        if policy == "plateau":
+            scheduler = torch_lr.ReduceLROnPlateau(optimizer, **kwargs)
+            for loss in (1.0, 1.0):
+                scheduler.step(loss)
+        else:
+            build = _cosine if policy == "cosine" else _onecycle
+            scheduler = build(optimizer, 2, max_epochs, **kwargs)
+            for _ in range(2):
+                optimizer.step()
+                scheduler.step()
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise ValueError(f"lr_schedule={lr_schedule!r} is not valid for torch's {policy!r} "
+                         f"scheduler: {exc}") from exc
 
 
 def _cosine(optimizer, steps_per_epoch, n_epochs, warmup_epochs=0, eta_min=0.0):

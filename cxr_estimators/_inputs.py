@@ -10,6 +10,8 @@ offending input (``X``, ``X_val``, ``y_val``, ``groups``) and value.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.preprocessing import LabelEncoder
@@ -70,6 +72,9 @@ def as_images(X, name="X"):
             f"{name} has {X.shape[1]} channels (shape {X.shape}); expected 1 or 3 in (n, C, H, W) "
             "order. Use ImageLoader to convert images."
         )
+    if 0 in X.shape[2:]:
+        raise ValueError(f"{name} has images of {X.shape[2]}x{X.shape[3]} pixels (shape "
+                         f"{X.shape}): no pixels to learn from")
     return np.ascontiguousarray(X)
 
 
@@ -120,9 +125,10 @@ def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
 
 
 def validation_set(X_val, y_val, classes, fit_shape, normalization,
-                   estimator="CXRClassifier"):
-    """``(X_val, y_val encoded)`` checked against the training data (images of the
-    same shape, compact ones normalised as X), or None."""
+                   estimator="CXRClassifier", X=None):
+    """``(X_val, y_val encoded)`` checked against the training data ``X`` (images of
+    the same shape, compact ones normalised as X, float ones on a similar scale), or
+    None."""
     if X_val is None and y_val is None:
         return None
     if X_val is None or y_val is None:
@@ -144,7 +150,36 @@ def validation_set(X_val, y_val, classes, fit_shape, normalization,
     if unseen:
         raise ValueError(f"y_val has labels {unseen} not in y's classes "
                          f"{classes.tolist()}")
+    warn_other_scale(X, X_val)
     return X_val, np.searchsorted(classes, y_val).astype(np.int64)
+
+
+#: Images per set whose pixels :func:`warn_other_scale` compares.
+SCALE_SAMPLE = 256
+
+
+def warn_other_scale(X, X_val):
+    """Warn when float ``X_val`` looks preprocessed otherwise than ``X``: the means of
+    the two sets' pixels differ by more than half of X's standard deviation, or the
+    deviations by more than a factor of two ([0, 1] against [-1, 1] does both). Two
+    samples of one preprocessing stay far inside these bounds."""
+    if not (isinstance(X, np.ndarray) and isinstance(X_val, np.ndarray)) \
+            or isinstance(X, CompactImages) or isinstance(X_val, CompactImages):
+        return
+    (m, s), (m_val, s_val) = (_pixel_stats(a) for a in (X, X_val))
+    if s > 0 and s_val > 0 and (abs(m_val - m) > 0.5 * s or not 0.5 <= s_val / s <= 2):
+        warnings.warn(
+            f"X_val's pixels (mean {m_val:.3g}, std {s_val:.3g}) are on another scale than "
+            f"X's (mean {m:.3g}, std {s:.3g}): preprocess both the same way (in a Pipeline: "
+            "transform_input=['X_val'] sends X_val through X's ImageLoader). Early stopping "
+            "on a mis-scaled validation set stops at the wrong epoch", UserWarning,
+            stacklevel=4)
+
+
+def _pixel_stats(images):
+    step = max(1, len(images) // SCALE_SAMPLE)
+    sample = images[::step][:SCALE_SAMPLE].astype(np.float64)
+    return float(sample.mean()), float(sample.std())
 
 
 def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):

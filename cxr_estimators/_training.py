@@ -347,6 +347,15 @@ def class_weights(class_weight, classes, y_enc):
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
+def _warn_double_balancing(class_weight, sampling):
+    if isinstance(class_weight, str) and class_weight == "balanced" and sampling == "balanced":
+        warnings.warn(
+            "class_weight='balanced' with sampling='balanced' corrects the class imbalance "
+            "twice: the sampler already shows each class equally often, and the weights "
+            "then count the minority class's images more on top, so the model leans "
+            "towards it. Use one of the two", UserWarning, stacklevel=4)
+
+
 def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
     """skorch ``train_split``: ``valid`` (a dataset) as is, else a stratified (or, with
     ``groups``, patient-grouped) split of ``validation_fraction``; None without one."""
@@ -394,12 +403,24 @@ def optimizer_kwargs(optimizer, kwargs):
             raise ValueError(f"optimizer_kwargs has {key!r}; set the {key}= parameter "
                              "instead")
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(str(key), known, n=1)
             raise ValueError(
                 f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
                 f"(optimizer={optimizer!r}); known: {known}"
                 + (f"; did you mean {close[0]!r}?" if close else ""))
+    _try_optimizer(cls, optimizer, kwargs)
     return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _try_optimizer(cls, optimizer, kwargs):
+    """Build the torch optimizer on one parameter, so that a value it refuses (or cannot
+    compare, such as ``betas=0.9``) is an error naming ``optimizer_kwargs`` before
+    anything is trained."""
+    try:
+        cls([torch.zeros(1, requires_grad=True)], lr=1e-3, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"optimizer_kwargs={kwargs!r} is not valid for {cls.__name__} "
+                         f"(optimizer={optimizer!r}): {exc}") from exc
 
 
 def _dataset_labels(dataset):
@@ -435,6 +456,7 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
     weights = class_weights(est.class_weight, classes, y_enc)
     if weights is not None:
         kwargs["criterion__weight"] = weights
+        _warn_double_balancing(est.class_weight, est.sampling)
     if weighted:  # per-image losses, weighted in _Net.get_loss
         kwargs["criterion__reduction"] = "none"
     if not est.verbose:

@@ -98,7 +98,8 @@ def _label_key(label):
 
 def check_labels(labels, name="y", missing=False):
     """Refuse string labels that differ only by case or surrounding whitespace; with
-    ``missing``, also None/NaN labels and labels mixing strings and numbers (all rows)."""
+    ``missing``, also None/NaN/empty labels and labels mixing strings and numbers (all
+    rows)."""
     labels = np.asarray(labels)
     if missing and labels.dtype == object:
         gone = [i for i, v in enumerate(labels.tolist())
@@ -111,6 +112,13 @@ def check_labels(labels, name="y", missing=False):
             first = next(i for i, v in enumerate(labels.tolist()) if not isinstance(v, str))
             raise ValueError(f"{name} mixes label types {sorted(kinds)} (e.g. row {first}: "
                              f"{labels[first]!r}); use one type for every label")
+    if missing and labels.dtype.kind in "OU":
+        blank = [i for i, v in enumerate(labels.tolist()) if isinstance(v, str)
+                 and not v.strip()]
+        if blank:
+            raise ValueError(f"{name} has empty labels ('' or only whitespace, how a text "
+                             f"column writes a missing one) at rows {blank[:10]}"
+                             f"{' ...' if len(blank) > 10 else ''}; drop or label them")
     if missing:
         return
     by_key = {}
@@ -140,7 +148,9 @@ def warn_unnormalised(X, raw_dtype, name="X"):
             and X.ndim >= 3 and X.max() > 1:
         warnings.warn(
             f"{name} is {np.dtype(raw_dtype)} with values up to {X.max():g}: the network gets "
-            "raw pixel values, not normalised images; use ImageLoader (or scale X) first",
+            "raw pixel values, not normalised images; use ImageLoader (or scale X) first"
+            + (" (in a Pipeline, transform_input=['X_val'] sends X_val through it)"
+               if name == "X_val" else ""),
             UserWarning, stacklevel=4)
 
 
@@ -186,10 +196,12 @@ def check_image_batch(shape, fit_shape=None):
 
 
 
-def _activation_bytes(module, image_shape, probe=80):
+def _activation_bytes(module, image_shape, probe=80, backbone=None):
     """Bytes of the activations one image of ``image_shape`` makes in ``module``'s forward
     pass, estimated from one forward pass at ``probe`` pixels (activations of a
-    convolutional network grow with the pixel count); None if the probe fails."""
+    convolutional network grow with the pixel count); None if a scaled-down probe fails.
+    Where the probe is the image's own size (at most ``probe`` pixels), a failure means
+    the fit would fail too: a ValueError naming ``backbone`` and the shape."""
     c, h, w = image_shape
     scale = min(1.0, probe / max(h, w))
     ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -206,9 +218,14 @@ def _activation_bytes(module, image_shape, probe=80):
     try:
         module.eval()
         with torch.no_grad():
-            module(torch.zeros(1, c, ph, pw))
-    except Exception:  # a backbone that needs larger input fails later, with its own error
-        return None
+            module(torch.zeros(1, c, ph, pw, device=next(module.parameters()).device))
+    except Exception as exc:  # noqa: BLE001 - torch's error for too small an input varies
+        if scale < 1.0:  # the probe, not the image, may be too small for this backbone
+            return None
+        raise ValueError(
+            f"backbone={backbone!r} cannot run on images of shape {tuple(image_shape)}: "
+            f"{type(exc).__name__}: {exc}. Use larger images (ImageLoader(size=...))"
+        ) from exc
     finally:
         module.train(was_training)
         for handle in handles:
@@ -217,14 +234,14 @@ def _activation_bytes(module, image_shape, probe=80):
 
 
 def check_fit_memory(module, image_shape, batch_size, device, amp=False, training=True,
-                     available=None):
+                     available=None, backbone=None):
     """Refuse a fit whose batch of activations (kept for the backward pass and matched by
     their gradients when ``training``) cannot fit in the memory of ``device``.
 
     A rough estimate that errs high only by the activations' gradients, and compared with
     all of the available memory: it refuses fits that cannot run (two 4096 x 4096 images
     on a laptop), not ones that merely come close."""
-    per_image = _activation_bytes(module, image_shape)
+    per_image = _activation_bytes(module, image_shape, backbone=backbone)
     if per_image is None:
         return
     needed = per_image * batch_size * (2 if training else 1) * (0.5 if amp else 1)

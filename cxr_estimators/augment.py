@@ -2,7 +2,7 @@
 
 ``augment=`` takes True (the mild defaults of :data:`DEFAULT_AUGMENTATION`) or a dict of
 the keys below. **A dict lists the transforms to apply: a key it omits is off** (``{"zoom":
-(1.05, 1.15)}`` zooms and does nothing else); unknown keys are an error that suggests the
+(0.9, 1.1)}`` zooms and does nothing else); unknown keys are an error that suggests the
 key meant (Keras' names such as ``rotation_range`` included).
 
 =================  ===================================================================
@@ -11,9 +11,14 @@ key                meaning (Keras ``ImageDataGenerator`` argument)
 rotation           max degrees, uniform in ``[-r, r]`` (``rotation_range``)
 shift              max fraction of width / height (``width/height_shift_range``)
 shear              max shear angle in degrees, uniform in ``[-s, s]`` (``shear_range``)
-zoom               float z: scale in ``[1 - z, 1 + z]``; ``(min, max)``: scale in that
-                   range, > 1 enlarges (``zoom_range``)
-horizontal_flip    flip left-right with probability 0.5 (``horizontal_flip``)
+zoom               Keras' ``zoom_range``: float z is ``(1 - z, 1 + z)``; width and height
+                   are each divided by their own factor drawn from that ``(min, max)``
+                   range, so a factor > 1 zooms out and < 1 zooms in
+scale              torchvision's ``RandomAffine(scale=(min, max))``, for PyTorch studies:
+                   one magnification for both axes from that range, > 1 enlarges (give
+                   ``zoom`` or ``scale``, not both)
+horizontal_flip    True or False: flip left-right with probability 0.5
+                   (``horizontal_flip``)
 fill               "constant" (0, the mean after normalisation), "nearest" (edge pixels
                    repeated) or "reflect", for pixels the transform brings in
                    (``fill_mode``)
@@ -40,8 +45,10 @@ in eval mode for validation and prediction, so nothing is augmented there.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,29 +66,48 @@ DEFAULT_AUGMENTATION = {
     "horizontal_flip": False,
 }
 
-KEYS = ("rotation", "shift", "shear", "zoom", "horizontal_flip", "fill", "brightness",
-        "contrast")
+KEYS = ("rotation", "shift", "shear", "zoom", "scale", "horizontal_flip", "fill",
+        "brightness", "contrast")
 FILLS = {"constant": "zeros", "nearest": "border", "reflect": "reflection"}
 #: Keras ImageDataGenerator (and other common) names → ours, for the did-you-mean.
-_KERAS_NAMES = {"flip": "horizontal_flip", "rotate": "rotation", "scale": "zoom","rotation_range": "rotation", "width_shift_range": "shift",
+_KERAS_NAMES = {"flip": "horizontal_flip", "rotate": "rotation",
+                "rotation_range": "rotation", "width_shift_range": "shift",
                 "height_shift_range": "shift", "shear_range": "shear", "zoom_range": "zoom",
                 "brightness_range": "brightness", "fill_mode": "fill"}
+
+
+def _is_finite(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _range(name, value, *, around_one):
     """``(lo, hi)`` of a float-or-pair key; floats are symmetric about 0 or 1."""
     if isinstance(value, (tuple, list)):
-        if len(value) != 2 or not all(isinstance(v, numbers.Real) for v in value) \
+        if len(value) != 2 or not all(_is_finite(v) for v in value) \
                 or not 0 < value[0] <= value[1]:
             raise ValueError(f"augment {name} must be a float or a (min, max) pair with "
                              f"0 < min <= max; got {value!r}")
         return float(value[0]), float(value[1])
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"augment {name} must be >= 0; got {value!r}")
+    if not _is_finite(value) or not value >= 0:
+        raise ValueError(f"augment {name} must be a finite number >= 0; got {value!r}")
     if around_one and value >= 1:
         raise ValueError(f"augment {name} as a float must be < 1 (a scale in [1 - {name}, "
                          f"1 + {name}]); got {value!r}; give a (min, max) pair instead")
     return (1 - value, 1 + value) if around_one else (-float(value), float(value))
+
+
+def _scale_range(scale, zoom):
+    """torchvision's ``scale`` pair, or None; refused next to a Keras ``zoom``."""
+    if scale is None:
+        return None
+    if not isinstance(scale, (tuple, list)):
+        raise ValueError(f"augment scale must be a (min, max) pair, as torchvision's "
+                         f"RandomAffine(scale=...); got {scale!r}")
+    if zoom != (1.0, 1.0):
+        raise ValueError("augment has both zoom (Keras' zoom_range) and scale "
+                         "(torchvision's RandomAffine scale); give one of them")
+    return _range("scale", scale, around_one=True)
 
 
 class Augmenter(nn.Module):
@@ -93,6 +119,7 @@ class Augmenter(nn.Module):
     ----------
     rotation, shift, shear : float
     zoom : float or (float, float)
+    scale : (float, float) or None
     horizontal_flip : bool
     fill : {"constant", "nearest", "reflect"}
     brightness : float or (float, float)
@@ -100,13 +127,13 @@ class Augmenter(nn.Module):
     """
 
     def __init__(self, rotation=0.0, shift=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
-                 horizontal_flip=False, *, shear=0.0, fill="constant"):
+                 horizontal_flip=False, *, shear=0.0, fill="constant", scale=None):
         super().__init__()
         for name, value in [("rotation", rotation), ("shift", shift), ("shear", shear),
                             ("contrast", contrast)]:
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) \
-                    or not value >= 0:
-                raise ValueError(f"augment {name} must be >= 0; got {value!r}")
+            if not _is_finite(value) or not value >= 0:
+                raise ValueError(f"augment {name} must be a finite number >= 0; got "
+                                 f"{value!r}")
         if shift > 1 or contrast > 1 or shear >= 90:
             raise ValueError(
                 f"augment shift must be <= 1, contrast <= 1 and shear < 90 degrees; got "
@@ -117,6 +144,10 @@ class Augmenter(nn.Module):
                              + (f"; did you mean {close[0]!r}?" if close else ""))
         self.rotation, self.shift, self.shear = float(rotation), float(shift), float(shear)
         self.zoom = (1.0, 1.0) if zoom == 0 else _range("zoom", zoom, around_one=True)
+        self.scale = _scale_range(scale, self.zoom)
+        if not isinstance(horizontal_flip, (bool, np.bool_)):  # bool("no") is True
+            raise ValueError(f"augment horizontal_flip must be True or False; got "
+                             f"{horizontal_flip!r}")
         self.horizontal_flip = bool(horizontal_flip)
         self.fill = fill
         self.multiplicative = isinstance(brightness, (tuple, list))
@@ -125,6 +156,7 @@ class Augmenter(nn.Module):
 
     def _geometric(self):
         return (self.rotation or self.shift or self.shear or self.zoom != (1.0, 1.0)
+                or self.scale is not None
                 or self.horizontal_flip)
 
     def _theta(self, n, height, width, device):
@@ -134,7 +166,11 @@ class Augmenter(nn.Module):
 
         angle = torch.deg2rad(uniform(-self.rotation, self.rotation))
         shear = torch.deg2rad(uniform(-self.shear, self.shear))
-        scale = uniform(*self.zoom)
+        # Keras: width and height are divided by factors drawn independently;
+        # torchvision's scale multiplies both by one
+        zoom_x, zoom_y = uniform(*self.zoom), uniform(*self.zoom)
+        if self.scale is not None:
+            zoom_x = zoom_y = 1 / uniform(*self.scale)
         flip = torch.ones(n, device=device)
         if self.horizontal_flip:
             flip = torch.where(torch.rand(n, device=device) < 0.5, -flip, flip)
@@ -142,7 +178,7 @@ class Augmenter(nn.Module):
         # forward map in pixel units about the centre: rotate · shear · scale · flip
         a = torch.stack([torch.stack([cos, cos * tan - sin], -1),
                          torch.stack([sin, sin * tan + cos], -1)], -2)
-        a = a * scale[:, None, None] * torch.stack([flip, torch.ones_like(flip)], -1)[:, None]
+        a = a * torch.stack([flip / zoom_x, 1 / zoom_y], -1)[:, None]
         shift = torch.stack([uniform(-self.shift, self.shift) * width,
                              uniform(-self.shift, self.shift) * height], -1)
         inverse = torch.linalg.inv(a)
@@ -177,7 +213,8 @@ class Augmenter(nn.Module):
 
     def extra_repr(self):
         return (f"rotation={self.rotation}, shift={self.shift}, shear={self.shear}, "
-                f"zoom={self.zoom}, horizontal_flip={self.horizontal_flip}, "
+                f"zoom={self.zoom}, scale={self.scale}, "
+                f"horizontal_flip={self.horizontal_flip}, "
                 f"fill={self.fill!r}, brightness={self.brightness}"
                 f"{' (multiplicative)' if self.multiplicative else ''}, "
                 f"contrast={self.contrast}")

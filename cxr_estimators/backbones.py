@@ -98,7 +98,7 @@ def _small_cnn(backbone, in_channels, kwargs):
     """``SimpleCNN`` / ``DeepCNN`` with ``backbone_kwargs`` checked."""
     for key in kwargs:
         if key not in _SMALL_CNN_KWARGS:
-            close = difflib.get_close_matches(key, _SMALL_CNN_KWARGS, n=1)
+            close = difflib.get_close_matches(str(key), _SMALL_CNN_KWARGS, n=1)
             raise ValueError(
                 f"backbone_kwargs has an unknown key {key!r} for {backbone!r}; known: "
                 f"{list(_SMALL_CNN_KWARGS)}" + (f"; did you mean {close[0]!r}?" if close else ""))

@@ -149,8 +149,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Train-time augmentation (see :mod:`cxr_estimators.augment`); never applied at
         predict time. True uses mild defaults without horizontal flip. A dict names the
         transforms to apply, with Keras ``ImageDataGenerator``'s meaning: ``rotation``,
-        ``shift``, ``shear`` (degrees), ``zoom`` (float or ``(min, max)`` scale),
-        ``horizontal_flip``, ``fill`` ("constant", "nearest", "reflect"), ``brightness``
+        ``shift``, ``shear`` (degrees), ``zoom`` (Keras' ``zoom_range``: float or
+        ``(min, max)``, each axis divided by its own factor, > 1 zooms out), ``scale``
+        (torchvision's ``RandomAffine`` scale: one factor, > 1 enlarges),
+        ``horizontal_flip`` (True/False), ``fill`` ("constant", "nearest", "reflect"), ``brightness``
         (float: additive; ``(lo, hi)``: multiplicative), ``contrast``; **a key it omits
         is off**.
     tta : None, int >= 0 or dict, default=None
@@ -443,9 +445,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         normalization = getattr(X, "normalization", None)
         sample_weight = _check_sample_weight(sample_weight, len(y_enc))
         previous = warm_start_module(self, classes, image_shape)
-        valid = validation_set(X_val, y_val, classes, image_shape, normalization, name)
+        valid = validation_set(X_val, y_val, classes, image_shape, normalization, name, X)
         es_spec = early_stopping_spec(self.early_stopping, classes)
-        check_lr_schedule(self.lr_schedule, self.max_epochs)
+        check_lr_schedule(self.lr_schedule, self.max_epochs, self.lr)
         check_average_weights(self.average_weights, self.max_epochs)
         check_tta(self.tta, self.augment)
         augmenter = make_augmenter(self.augment)
@@ -462,14 +464,14 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                                         augmenter, normalization)
         if previous is not None:
             load_warm_start(self, module, previous)
-        check_frozen_features(module, X, self.backbone)
         if distributed.rank() > 0:  # DDP: own dropout/augmentation draws per rank
             rng.reseed(distributed.rank())
         runtime.prepare(module)
         use_cache = (self.cache not in (None, False) and self.freeze is True
                      and module.augment is None)
         check_fit_memory(module, image_shape, min(self.batch_size, len(X)), device,
-                         runtime.amp, training=not use_cache)
+                         runtime.amp, training=not use_cache, backbone=self.backbone)
+        check_frozen_features(module, X, self.backbone)
         digest = _features.features_digest(module) if use_cache else None  # frozen: fixed
         # the validation pass's batch; without one, not worth a probe of the model
         predict_batch_size = (self._predict_batch_size(device, module, image_shape, runtime)

@@ -12,6 +12,8 @@ again, on an internal split).
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold
@@ -161,6 +163,28 @@ def best_epoch_scorer(estimator, X, y):
     return float(_classifier_step(estimator)[1].best_epoch_)
 
 
+def _chosen_index(results, metric):
+    """The candidate ``metric`` (see :func:`retrain_on_all`) picks from ``cv_results_``."""
+    if callable(metric):
+        best = metric(results)
+        if not isinstance(best, numbers.Integral) or not 0 <= best < len(results["params"]):
+            raise ValueError(f"metric={metric!r} returned {best!r}; expected the index of "
+                             f"a candidate in [0, {len(results['params'])})")
+        return int(best)
+    keys = [metric] if isinstance(metric, str) else list(metric)
+    scorers = sorted(k[len("rank_test_"):] for k in results if k.startswith("rank_test_"))
+    unknown = [k for k in keys if not isinstance(k, str) or f"rank_test_{k}" not in results]
+    if isinstance(metric, str) and unknown:
+        raise ValueError(f"metric={metric!r} is not one of the search's scorers {scorers}")
+    if unknown or not keys:
+        raise ValueError(f"metric={metric!r} has {unknown or 'no key'}, not among the "
+                         f"search's scorers {scorers}")
+    # np.lexsort sorts by the last key first; negated means: higher is better
+    order = np.lexsort([-np.asarray(results[f"mean_test_{k}"], dtype=float)
+                        for k in reversed(keys)])
+    return int(order[0])
+
+
 def retrain_on_all(search, X, y, *, metric=None, **fit_params):
     """Retrain a search's best candidate on all of ``X``, ``y`` for its best epoch count.
 
@@ -180,9 +204,12 @@ def retrain_on_all(search, X, y, *, metric=None, **fit_params):
         Of a :class:`~cxr_estimators.CXRClassifier` or a Pipeline ending in one, with
         ``scoring`` including ``"best_epoch": best_epoch_scorer``.
     X, y : all the training images (e.g. train + validation) and their labels
-    metric : str or None, default=None
-        The scoring key that ranks the candidates; None uses ``search.refit`` when it
-        names one (or ``search.best_index_``).
+    metric : str, sequence of str, callable or None, default=None
+        What ranks the candidates: a scoring key; several keys, compared in turn
+        (``("accuracy", "roc_auc", "sensitivity")``: the best mean accuracy, ties broken
+        by AUC, then by sensitivity); or a callable taking ``cv_results_`` and returning
+        the chosen index, as sklearn's ``refit=callable``. None uses ``search.refit``
+        when it names a key or is such a callable (else ``search.best_index_``).
     **fit_params
         Passed to ``fit`` (e.g. ``groups``).
 
@@ -206,13 +233,10 @@ def retrain_on_all(search, X, y, *, metric=None, **fit_params):
     if "mean_test_best_epoch" not in results:
         raise ValueError("search.cv_results_ has no 'mean_test_best_epoch': add "
                          "'best_epoch': best_epoch_scorer to the search's scoring dict")
-    if metric is None and isinstance(search.refit, str):
+    if metric is None and (isinstance(search.refit, str) or callable(search.refit)):
         metric = search.refit
     if metric is not None:
-        if f"rank_test_{metric}" not in results:
-            scorers = sorted(k[len("rank_test_"):] for k in results if k.startswith("rank_test_"))
-            raise ValueError(f"metric={metric!r} is not one of the search's scorers {scorers}")
-        best = int(np.flatnonzero(results[f"rank_test_{metric}"] == 1)[0])
+        best = _chosen_index(results, metric)
     elif hasattr(search, "best_index_"):
         best = int(search.best_index_)
     else:

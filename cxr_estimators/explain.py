@@ -37,6 +37,7 @@ from torch import nn
 from .backbones import find_last_conv, trunk_blocks
 
 __all__ = [
+    "COARSE_MAP_CELLS",
     "SHORTCUT_WARNING_THRESHOLD",
     "attention_outside",
     "grad_cam",
@@ -102,8 +103,14 @@ def _map_shapes(module, x):
     return shapes
 
 
-def _too_small(shape):
-    return shape is None or min(shape) < 2
+#: Cells per side below which a map localises a quadrant at best: one cell then spans a
+#: third of the image or more, far coarser than the 15 % border band of
+#: :func:`attention_outside`, so that check cannot separate the border from the chest.
+COARSE_MAP_CELLS = 4
+
+
+def _too_small(shape, minimum=2):
+    return shape is None or min(shape) < minimum
 
 
 def _default_layer(module, x):
@@ -129,35 +136,52 @@ def _default_layer(module, x):
     return name
 
 
-def _last_big_enough(blocks, prefix, shapes, skipped):
-    """Name of the last of ``blocks`` with a 4-D output of at least 2x2; if none is, the
-    same search inside the too-small ones (recorded in ``skipped``), deepest first."""
+def _last_big_enough(blocks, prefix, shapes, skipped, minimum=2):
+    """Name of the last of ``blocks`` with a 4-D output of at least ``minimum`` cells per
+    side; if none is, the same search inside the too-small ones (recorded in
+    ``skipped``), deepest first."""
     blocks = [b for b in reversed(blocks) if b in prefix and prefix[b] in shapes]
     too_small = []
     for block in blocks:
         name = _before_final_pool(block, prefix[block])
-        if not _too_small(shapes.get(name)):
+        if not _too_small(shapes.get(name), minimum):
             return name
         skipped.append(name if name in shapes else prefix[block])
         too_small.append(block)
     for block in too_small:
-        found = _last_big_enough(list(block.children()), prefix, shapes, skipped)
+        found = _last_big_enough(list(block.children()), prefix, shapes, skipped, minimum)
         if found is not None:
             return found
     return None
 
 
 def _check_layer_size(module, layer, x):
-    """Refuse an explicit ``layer`` whose map is smaller than 2x2, naming a better one."""
-    shape = _map_shapes(module, x).get(layer)
-    if shape is not None and _too_small(shape):
+    """Refuse a ``layer`` whose map is smaller than 2x2 and warn about one smaller than
+    :data:`COARSE_MAP_CELLS` per side, naming a finer one where the trunk has it."""
+    shapes = _map_shapes(module, x)
+    shape = shapes.get(layer)
+    if shape is None or not _too_small(shape, COARSE_MAP_CELLS):
+        return
+    size = tuple(x.shape[-2:])
+    if _too_small(shape):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             better = _default_layer(module, x)
         raise ValueError(
             f"layer={layer!r} outputs a {shape[0]}x{shape[1]} map at this input size "
-            f"({tuple(x.shape[-2:])}): its Grad-CAM is one constant value. Use an earlier "
+            f"({size}): its Grad-CAM is one constant value. Use an earlier "
             f"layer, e.g. layer={better!r}, or larger images")
+    prefix = {m: n for n, m in module.named_modules()}
+    finer = _last_big_enough(trunk_blocks(module.trunk), prefix, shapes, [],
+                             COARSE_MAP_CELLS)
+    hint = (f"pass layer={finer!r} ({shapes[finer][0]}x{shapes[finer][1]}) or use larger "
+            "images" if finer is not None else "use larger images")
+    warnings.warn(
+        f"Grad-CAM: layer {layer!r} outputs a {shape[0]}x{shape[1]} map at this input size "
+        f"({size}): each cell spans a third of the image or more, so a heatmap points at "
+        "a quadrant at best, and attention_outside / shortcut_warning cannot tell the "
+        f"border band from the chest at this resolution; {hint}",
+        UserWarning, stacklevel=3)
 
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
@@ -270,7 +294,9 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         convolution, before the final max-pool (``trunk.features.29`` for vgg16). A block
         whose map is smaller than 2x2 at the input size is skipped with a warning, and an
         explicit ``layer`` that small is an error naming a better one: the Grad-CAM of a
-        1x1 map is one constant.
+        1x1 map is one constant. A map under ``COARSE_MAP_CELLS`` (4) cells per side
+        (resnet18's layer4 at 64 px is 2x2) is used with a warning that names a finer
+        layer: it localises a quadrant at best, too coarse for :func:`shortcut_warning`.
     batch_size : int, default=32
         Images per forward/backward pass.
 

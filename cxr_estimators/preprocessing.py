@@ -222,6 +222,9 @@ def _as_unit_tensor(image, row, channels_last=False):
     else:
         raise ValueError(f"image {row} has shape {arr.shape}; expected (H, W), (H, W, C) "
                          "or (C, H, W) with C = 1 or 3")
+    if 0 in arr.shape[1:]:
+        raise ValueError(f"image {row} has {arr.shape[1]}x{arr.shape[2]} pixels: an empty "
+                         f"image (shape {np.shape(image)})")
     # arrays from io.read_image are read-only views of its cache: never share them
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True if not arr.flags.writeable else None))
 

@@ -40,7 +40,10 @@ def test_omitted_keys_are_off():
 
 
 @pytest.mark.parametrize("kw, tv", [
-    ({"zoom": (1.3, 1.3)}, dict(angle=0.0, translate=[0, 0], scale=1.3, shear=[0.0, 0.0])),
+    ({"zoom": (1.3, 1.3)}, dict(angle=0.0, translate=[0, 0], scale=1 / 1.3,
+                                shear=[0.0, 0.0])),  # Keras: a factor > 1 zooms out
+    ({"scale": (1.3, 1.3)}, dict(angle=0.0, translate=[0, 0], scale=1.3,
+                                 shear=[0.0, 0.0])),  # torchvision's own scale
     ({"rotation": 30}, dict(angle=30.0, translate=[0, 0], scale=1.0, shear=[0.0, 0.0])),
     ({"shift": 0.25}, dict(angle=0.0, translate=[6, 5], scale=1.0, shear=[0.0, 0.0])),
     ({"shear": 20}, dict(angle=0.0, translate=[0, 0], scale=1.0, shear=[-20.0, 0.0])),
@@ -83,10 +86,19 @@ def test_brightness_multiplicative_and_additive(draws_max):
     ({"zoom": 1.5}, "augment zoom as a float must be < 1"),
     ({"brightness": (0, 1.2)}, "augment brightness must be"),
     ({"fill": "wrap"}, "augment fill='wrap' is not one of"),
-    ({"rotation": -1}, "augment rotation must be >= 0; got -1"),
+    ({"rotation": -1}, "augment rotation must be a finite number >= 0; got -1"),
     ({"shear": 95}, "shear < 90 degrees"),
+    ({"rotation": float("inf")}, "augment rotation must be a finite number >= 0; got inf"),
+    ({"brightness": (0.8, float("inf"))}, r"augment brightness must be .*got \(0.8, inf\)"),
+    ({"zoom": float("nan")}, "augment zoom must be a finite number >= 0; got nan"),
+    ({"horizontal_flip": "no"}, "horizontal_flip must be True or False; got 'no'"),
+    ({"horizontal_flip": 0.5}, "horizontal_flip must be True or False; got 0.5"),
+    ({"zoom": 0.1, "scale": (1.05, 1.15)}, "both zoom .* and scale .*give one of them"),
+    ({"scale": 1.1}, r"augment scale must be a \(min, max\) pair.*got 1.1"),
 ])
 def test_bad_augment(augment, match):
+    """Each a ValueError naming the key (inf once passed the >= 0 checks and surfaced as
+    a diverged fit blamed on the learning rate; ``bool("no")`` turned flipping on)."""
     with pytest.raises(ValueError, match=match):
         make_augmenter(augment)
 
@@ -98,3 +110,24 @@ def test_augmented_fit_is_seeded(toy_binary, small_clf_params):
     a = CXRClassifier(**small_clf_params, augment=aug).fit(X, y).predict_proba(X)
     b = CXRClassifier(**small_clf_params, augment=aug).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(a, b)
+
+
+def test_zoom_is_keras_zoom_range(draws_max):
+    """Keras' ``zoom_range``: width and height divided by their factors, so (2, 2) halves
+    a bright square's side (zooms out), (0.5, 0.5) doubles it; the two axes are drawn
+    independently (Keras' ``zx, zy = uniform(lo, hi, 2)``)."""
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 12:20, 12:20] = 1.0  # an 8 x 8 square about the centre
+
+    def bright(out):
+        return int((out > 0.5).sum())
+
+    assert bright(Augmenter(zoom=(2.0, 2.0))(x)) == 16   # 4 x 4
+    assert bright(Augmenter(zoom=(0.5, 0.5))(x)) == 256  # 16 x 16
+    # draws in order: rotation, shear (both ranges 0 here), zoom_x (low), zoom_y (high)
+    calls = iter([torch.ones(1), torch.ones(1), torch.zeros(1), torch.ones(1)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "rand", lambda *shape, device=None: next(calls, torch.ones(*shape)))
+        out = Augmenter(zoom=(0.5, 2.0))(x)[0, 0] > 0.5
+    rows, cols = out.any(1).sum().item(), out.any(0).sum().item()
+    assert (rows, cols) == (4, 16)  # width doubled (0.5), height halved (2.0)

@@ -1,4 +1,5 @@
 import warnings
+from unittest import mock
 
 import joblib
 import numpy as np
@@ -274,6 +275,41 @@ def test_grouped_validation_split_keeps_patients_apart(toy_binary, small_clf_par
     assert isinstance(search.best_estimator_[-1].net_.train_split, _GroupedValidSplit)
 
 
+def test_grouped_search_under_metadata_routing(toy_binary, small_clf_params):
+    """With routing on (as for ``X_val``), ``clf__groups=`` is refused by sklearn; the
+    documented form is ``set_fit_request(groups=True)`` and ``groups=`` alone, which
+    reaches both the outer folds and each fit's internal split, sliced to its fold."""
+    import sklearn
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from cxr_estimators._training import _GroupedValidSplit
+
+    X, y = toy_binary
+    groups = np.arange(len(y)) // 3
+    seen = []
+
+    class Recording(_GroupedValidSplit):
+        def __call__(self, dataset, y, **fit_params):
+            seen.append(np.asarray(self.groups).copy())
+            return super().__call__(dataset, y, **fit_params)
+
+    with sklearn.config_context(enable_metadata_routing=True), \
+            mock.patch("cxr_estimators._training._GroupedValidSplit", Recording):
+        clf = CXRClassifier(**small_clf_params, validation_fraction=0.25)
+        pipe = Pipeline([("clf", clf.set_fit_request(groups=True))])
+        with pytest.raises(TypeError, match="clf__groups"):
+            GridSearchCV(pipe, {"clf__lr": [1e-3]}, cv=StratifiedGroupKFold(3)).fit(
+                X, y, groups=groups, clf__groups=groups)
+        search = GridSearchCV(pipe, {"clf__lr": [1e-3]}, cv=StratifiedGroupKFold(3),
+                              error_score="raise").fit(X, y, groups=groups)
+    assert isinstance(search.best_estimator_[-1].net_.train_split, _GroupedValidSplit)
+    folds = list(StratifiedGroupKFold(3).split(X, y, groups))
+    assert len(seen) == len(folds) + 1  # each fold's fit, then the refit on all of X
+    for got, (train, _) in zip(seen, folds):
+        np.testing.assert_array_equal(got, groups[train])
+    np.testing.assert_array_equal(seen[-1], groups)
+
+
 def test_unavailable_device_named(toy_binary, small_clf_params):
     X, y = toy_binary
     mps = getattr(torch.backends, "mps", None)
@@ -319,6 +355,26 @@ def test_early_stopping_restores_best_and_checkpoint(tmp_path, toy_binary, small
     saved = torch.load(tmp_path / "ckpt" / "params.pt", map_location="cpu")
     for name, value in clf.module_.state_dict().items():
         torch.testing.assert_close(value.cpu(), saved[name].cpu(), msg=name)
+
+
+def test_checkpoint_that_cannot_be_written_warns(tmp_path, toy_binary, small_clf_params):
+    """skorch's Checkpoint catches a failed save (a full disk) and only prints it when
+    verbose: the fit still ends, with the model, and a warning says no checkpoint was
+    written, whatever the verbosity."""
+    from skorch import NeuralNet
+
+    X, y = toy_binary
+
+    def full_disk(self, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 2}, verbose=0,
+                        checkpoint_dir=str(tmp_path / "ckpt"), validation_fraction=0.25)
+    with mock.patch.object(NeuralNet, "save_params", full_disk), \
+            pytest.warns(UserWarning, match="checkpoint not written: Unable to save .*"
+                                            "No space left on device"):
+        clf.fit(X, y)
+    assert clf.predict(X).shape == (len(y),)
 
 
 def test_lr_schedule_reduces_lr(toy_binary, small_clf_params):

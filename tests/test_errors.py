@@ -79,12 +79,49 @@ BAD_FITS = [
     ("unknown averaging method", {"average_weights": {"method": "polyak"}}, {},
      r"method 'polyak' is not one of \['ema', 'swa'\]"),
     ("ema decay 1", {"average_weights": {"method": "ema", "decay": 1.0}, "max_epochs": 3},
-     {}, r"decay=1.0 must be in \(0, 1\)"),
+     {}, r"decay=1.0 must be a number in \(0, 1\)"),
     ("ema with an swa option", {"average_weights": {"method": "ema", "start": 2}}, {},
      r"'ema' has no option \['start'\]"),
     ("swa start after training", {"average_weights": {"method": "swa", "start": 4},
                                   "max_epochs": 3}, {},
-     r"start=4 must be .* an epoch number in \[1, 3\]"),
+     r"start=4 is an epoch number \(an int\) and must be in \[1, 3\]"),
+    # values that passed the checks and failed inside torch, or silently did harm
+    ("optimizer value torch refuses", {"optimizer_kwargs": {"betas": 0.9}}, {},
+     r"optimizer_kwargs=\{'betas': 0.9\} is not valid for Adam \(optimizer='adam'\)"),
+    ("optimizer value as text", {"optimizer_kwargs": {"eps": "1e-8"}}, {},
+     r"optimizer_kwargs=\{'eps': '1e-8'\} is not valid for Adam"),
+    ("optimizer_kwargs with a non-string key", {"optimizer_kwargs": {1: 2}}, {},
+     "optimizer_kwargs has 1, not an argument of Adam"),
+    ("backbone_kwargs with a non-string key", {"backbone_kwargs": {1: 2}}, {},
+     "backbone_kwargs has an unknown key 1 for 'simple_cnn'"),
+    ("negative eta_min (a negative learning rate)",
+     {"lr_schedule": {"policy": "cosine", "eta_min": -0.01}, "max_epochs": 2}, {},
+     r"lr_schedule eta_min=-0.01 must be a number >= 0"),
+    ("plateau factor torch refuses", {"lr_schedule": {"factor": 2.0}}, {},
+     r"lr_schedule=\{'factor': 2.0\} is not valid for torch's 'plateau' scheduler: "
+     r"Factor should be < 1.0"),
+    ("plateau patience as text", {"lr_schedule": {"patience": "2"}}, {},
+     r"lr_schedule=\{'patience': '2'\} is not valid for torch's 'plateau' scheduler"),
+    ("warm-up as text", {"lr_schedule": {"policy": "cosine", "warmup_epochs": "1"},
+                         "max_epochs": 2}, {}, r"warmup_epochs='1' must be >= 0"),
+    ("ema decay as text", {"average_weights": {"method": "ema", "decay": "0.9"},
+                           "max_epochs": 2}, {}, r"decay='0.9' must be a number in \(0, 1\)"),
+    ("swa start 0 as an int", {"average_weights": {"method": "swa", "start": 0},
+                               "max_epochs": 3}, {},
+     r"start=0 is an epoch number \(an int\) and must be in \[1, 3\].*give a float"),
+    ("infinite rotation (was blamed on the lr)", {"augment": {"rotation": float("inf")}}, {},
+     "augment rotation must be a finite number >= 0; got inf"),
+    ("flip as text (bool('no') is True)", {"augment": {"horizontal_flip": "no"}}, {},
+     "augment horizontal_flip must be True or False; got 'no'"),
+    ("checkpoint_dir is a file", {"checkpoint_dir": __file__}, {},
+     r"checkpoint_dir='.*test_errors.py' exists and is not a folder"),
+    ("images without pixels", {}, {"X": np.zeros((32, 1, 0, 16), np.float32)},
+     r"X has images of 0x16 pixels"),
+    ("images too small for the backbone", {"backbone": "inception_v3"}, {},
+     r"backbone='inception_v3' cannot run on images of shape \(1, 16, 16\): .*Use larger "
+     r"images"),
+    ("empty-string label", {}, {"y": np.r_[Y[:-1], [""]]},
+     r"y has empty labels \('' or only whitespace.*at rows \[31\]"),
     # sample weights, warm start, extra callbacks, devices (issue #13)
     ("sample_weight of another length", {}, {"sample_weight": np.ones(3)},
      r"sample_weight has shape \(3,\) but y has 32 labels; expected shape \(32,\)"),
@@ -588,6 +625,10 @@ ARRAYS = [
          Raises(ValueError, r"layer='head.0' outputs \(2, 8\), not a 4-D feature map")),
     Case("Grad-CAM default layer too small", "arrays", lambda ws: _cam_tiny(ws),
          Warns(UserWarning, r"layer 'trunk.layer4' outputs a 1x1 map.*using 'trunk.layer3'")),
+    Case("Grad-CAM default layer of resnet18 at 64 px is a coarse 2x2 map", "arrays",
+         lambda ws: _cam_tiny(ws, size=64),
+         Warns(UserWarning, r"layer 'trunk.layer4' outputs a 2x2 map.*cannot tell the "
+               r"border band from the chest.*layer='trunk.layer3' \(4x4\)")),
     Case("Grad-CAM explicit 1x1 layer of resnet18 at 32 px", "arrays",
          lambda ws: _cam_tiny(ws, "trunk.layer4"),
          Raises(ValueError, r"layer='trunk.layer4' outputs a 1x1 map.*layer='trunk.layer3'")),
@@ -626,9 +667,10 @@ def _fit_val(ws, Xv, yv):
     return CXRClassifier(**ws.params).fit(ws.X, ws.y, X_val=Xv, y_val=yv)
 
 
-def _cam_tiny(ws, layer=None):
-    X = np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float32)
-    clf = ws.once("resnet32", lambda: CXRClassifier(**{**ws.params, "backbone": "resnet18"})
+def _cam_tiny(ws, layer=None, size=32):
+    X = np.random.default_rng(0).random((4, 1, size, size), dtype=np.float32)
+    clf = ws.once(f"resnet{size}", lambda: CXRClassifier(**{**ws.params,
+                                                            "backbone": "resnet18"})
                   .fit(X, ws.y[:4]))
     return grad_cam(clf, X[:1], layer=layer)
 

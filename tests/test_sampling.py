@@ -82,3 +82,19 @@ def test_balanced_sampling_with_the_feature_cache(imbalanced, small_clf_params, 
                         sampling="balanced", validation_fraction=0).fit(X, y)
     assert clf._uses_cache
     assert 0.35 < np.concatenate(seen).mean() < 0.65
+
+
+def test_balanced_sampling_with_balanced_class_weight_warns(imbalanced, small_clf_params):
+    """Both corrections at once over-correct: a warning says so; either alone is quiet."""
+    import warnings
+
+    X, y = imbalanced
+    with pytest.warns(UserWarning, match="corrects the class imbalance twice"):
+        CXRClassifier(**small_clf_params, sampling="balanced",
+                      class_weight="balanced").fit(X, y)
+    for params in ({"sampling": "balanced"}, {"class_weight": "balanced"},
+                   {"sampling": "balanced", "class_weight": {"normal": 2.0}}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            CXRClassifier(**small_clf_params, **params).fit(X, y)
+        assert not [w for w in caught if "twice" in str(w.message)], params

@@ -192,3 +192,45 @@ def test_grid_search_then_retrain_on_all(split, small_clf_params):
         retrain_on_all(search, X_all, y_all)
     with pytest.raises(ValueError, match=r"metric='f1' is not one of the search's scorers"):
         retrain_on_all(search, X_all, y_all, metric="f1")
+    # sklearn's refit=callable contract: cv_results_ -> index
+    other = 1 - best
+    final = retrain_on_all(search, X_all, y_all, metric=lambda results: other)
+    assert final.neurons == search.cv_results_["params"][other]["neurons"]
+    with pytest.raises(ValueError, match=r"returned 5; expected the index of a candidate "
+                                         r"in \[0, 2\)"):
+        retrain_on_all(search, X_all, y_all, metric=lambda results: 5)
+
+
+def test_retrain_on_all_ranks_by_several_keys_in_turn():
+    """Study A's rule: accuracy, ties broken by AUC, then by sensitivity."""
+    from cxr_estimators.evaluation import _chosen_index
+
+    results = {"params": [{}] * 4,
+               "mean_test_accuracy": [0.8, 0.9, 0.9, 0.9],
+               "mean_test_roc_auc": [0.99, 0.85, 0.90, 0.90],
+               "mean_test_sensitivity": [1.0, 0.9, 0.7, 0.8]}
+    results.update({f"rank_test_{k}": None for k in ("accuracy", "roc_auc", "sensitivity")})
+    assert _chosen_index(results, ("accuracy", "roc_auc", "sensitivity")) == 3
+    assert _chosen_index(results, ["accuracy", "roc_auc"]) == 2  # tie kept in order
+    assert _chosen_index(results, "roc_auc") == 0
+    with pytest.raises(ValueError, match=r"has \['f1'\], not among the search's scorers"):
+        _chosen_index(results, ("accuracy", "f1"))
+
+
+def test_validation_set_on_another_scale_warns(split, small_clf_params):
+    """X normalised to [-1, 1], X_val left in [0, 1] (a Pipeline without
+    transform_input=["X_val"]): early stopping would watch mis-scaled images. A warning
+    says so; X_val preprocessed like X is quiet."""
+    import warnings
+
+    X, y, Xv, yv = split
+    lo, hi = X.min(), X.max()
+    unit, unit_val = (X - lo) / (hi - lo), (Xv - lo) / (hi - lo)
+    params = {**small_clf_params, "max_epochs": 1}
+    with pytest.warns(UserWarning, match=r"X_val's pixels .* are on another scale than "
+                                         r"X's .*transform_input=\['X_val'\]"):
+        CXRClassifier(**params).fit(2 * unit - 1, y, X_val=unit_val, y_val=yv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CXRClassifier(**params).fit(2 * unit - 1, y, X_val=2 * unit_val - 1, y_val=yv)
+    assert not [w for w in caught if "another scale" in str(w.message)]

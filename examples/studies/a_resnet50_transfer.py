@@ -16,8 +16,9 @@ What carries the protocol:
 * ``GridSearchCV`` with a ``PredefinedSplit``: every candidate trains on the training
   part and is scored on the validation set it early-stopped on, as in the study;
 * ``best_epoch_`` (collected per candidate by ``best_epoch_scorer``): the epoch whose
-  weights early stopping kept, so the retrain on train + validation is one
-  ``set_params(max_epochs=..., early_stopping=None, validation_fraction=0)``;
+  weights early stopping kept, so that ``evaluation.retrain_on_all`` retrains the
+  chosen candidate (``metric=pick``, the card's ranking) on train + validation for that
+  many epochs;
 * ``clinical_scorers(per_class=True)``: validation accuracy, AUC and sensitivity, per
   class for the 3-class tie-break.
 
@@ -32,12 +33,11 @@ its numbers only show that the protocol runs.
 
 import numpy as np
 import sklearn
-from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, PredefinedSplit, train_test_split
 from sklearn.pipeline import Pipeline
 
 from cxr_estimators import CXRClassifier, ImageLoader
-from cxr_estimators.evaluation import best_epoch_scorer
+from cxr_estimators.evaluation import best_epoch_scorer, retrain_on_all
 from cxr_estimators.explain import attention_outside, grad_cam, save_overlays
 from cxr_estimators.metrics import clinical_report, clinical_scorers
 
@@ -111,13 +111,17 @@ def run(task, y_all, pos_label):
     res = search.cv_results_
     classes = np.unique(y_dev)
 
-    def rank(i):
+    def rank(results, i):
         """Validation accuracy, then AUC; ties broken by sensitivity (3-class: that of
         the worst-recognised class, the minority's in the card)."""
-        tie_break = (res["mean_test_sensitivity"][i] if len(classes) == 2 else
-                     min(res[f"mean_test_sensitivity_{c}"][i] for c in classes))
-        return (round(res["mean_test_accuracy"][i], 3), round(res["mean_test_roc_auc"][i], 3),
-                tie_break)
+        tie_break = (results["mean_test_sensitivity"][i] if len(classes) == 2 else
+                     min(results[f"mean_test_sensitivity_{c}"][i] for c in classes))
+        return (round(results["mean_test_accuracy"][i], 3),
+                round(results["mean_test_roc_auc"][i], 3), tie_break)
+
+    def pick(results):
+        """The card's choice, as sklearn's refit=callable: cv_results_ -> index."""
+        return max(range(len(results["params"])), key=lambda i: rank(results, i))
 
     for i, params in enumerate(res["params"]):
         print(f"  lr {params['clf__lr']:g}, neurons {params['clf__neurons']}, dropout "
@@ -125,13 +129,9 @@ def run(task, y_all, pos_label):
               f"validation accuracy {res['mean_test_accuracy'][i]:.3f}, AUC "
               f"{res['mean_test_roc_auc'][i]:.3f}, sensitivity "
               f"{res['mean_test_sensitivity'][i]:.3f}")
-    best = max(range(len(res["params"])), key=rank)
-    epochs = int(res["mean_test_best_epoch"][best])
-
-    # the chosen configuration, retrained on train + validation for that many epochs
-    final = clone(pipe).set_params(**res["params"][best], clf__max_epochs=epochs,
-                                   clf__early_stopping=None, clf__validation_fraction=0)
-    final.fit(X_dev, y_dev)
+    # the chosen configuration, retrained on train + validation for its best epoch count
+    final = retrain_on_all(search, X_dev, y_dev, metric=pick)
+    best, epochs = pick(res), final[-1].max_epochs
     report = clinical_report(y_test, final.predict_proba(X_test), labels=final.classes_,
                              pos_label=pos_label, n_bootstraps=1000, random_state=0)
     o = report.overall

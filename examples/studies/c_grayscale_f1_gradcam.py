@@ -13,7 +13,7 @@ into the data — a near-perfect score can be shortcut learning.
 
 In ``CXRClassifier`` terms: ``early_stopping={"monitor": "f1", "patience": 7,
 "min_delta": 0.001, "pos_label": "pneumonia"}`` (the history gains ``valid_f1``),
-``augment={"rotation": 15, "zoom": (1.05, 1.15)}`` (keys left out, such as the flip, are
+``augment={"rotation": 15, "scale": (1.05, 1.15)}`` (keys left out, such as the flip, are
 off), ``backbone_kwargs`` for the five blocks. The audit uses
 :func:`cxr_estimators.audit.audit_dataset` (odd images, duplicates) and
 :func:`cxr_estimators.explain.grad_cam` with :func:`~cxr_estimators.explain.shortcut_warning`.
@@ -70,7 +70,7 @@ model = Pipeline([
         validation_fraction=0.2,  # an 80/20 train/validation split (stratified)
         early_stopping={"monitor": "f1", "patience": 7, "min_delta": 0.001,
                         "pos_label": "pneumonia"},  # on validation F1
-        augment={"rotation": 15, "zoom": (1.05, 1.15)},  # zoom in 5-15 %, no flip
+        augment={"rotation": 15, "scale": (1.05, 1.15)},  # enlarge 5-15 %, no flip
         random_state=0,
     )),
 ])
