@@ -27,15 +27,12 @@ import torch
 from skorch.callbacks import Callback
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
+from ._validation import is_finite_number
+
 __all__ = ["WeightAveraging", "check_average_weights"]
 
 METHODS = ("ema", "swa")
 _DEFAULTS = {"ema": {"decay": 0.99}, "swa": {"start": 0.75}}
-
-
-def _is_number(value):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def check_average_weights(average_weights, max_epochs):
@@ -60,7 +57,7 @@ def check_average_weights(average_weights, max_epochs):
         raise ValueError(f"average_weights={average_weights!r} averages weights across "
                          f"epochs and needs max_epochs >= 2; got max_epochs={max_epochs}")
     options = {**_DEFAULTS[method], **options}
-    if method == "ema" and not (_is_number(options["decay"]) and 0 < options["decay"] < 1):
+    if method == "ema" and not (is_finite_number(options["decay"]) and 0 < options["decay"] < 1):
         raise ValueError(f"average_weights decay={options['decay']!r} must be a number in "
                          "(0, 1)")
     if method == "swa":
@@ -71,7 +68,7 @@ def check_average_weights(average_weights, max_epochs):
                     f"average_weights start={start!r} is an epoch number (an int) and must "
                     f"be in [1, {max_epochs}]; for a fraction of max_epochs give a float in "
                     "[0, 1), e.g. 0.0")
-        elif not (_is_number(start) and 0 <= start < 1):
+        elif not (is_finite_number(start) and 0 <= start < 1):
             raise ValueError(f"average_weights start={start!r} must be a fraction in [0, 1) "
                              f"of max_epochs or an epoch number in [1, {max_epochs}]")
     return method, options

@@ -61,6 +61,7 @@ from torch.optim import lr_scheduler as torch_lr
 
 from . import distributed
 from ._averaging import WeightAveraging, check_average_weights
+from ._validation import is_finite_number
 
 #: Metrics ``early_stopping={"monitor": ...}`` accepts.
 MONITORS = ("loss", "f1", "roc_auc", "accuracy", "balanced_accuracy")
@@ -421,20 +422,15 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
                 f"lr_schedule {policy!r} has no argument {key!r}; known: {sorted(allowed)}"
                 f"{_did_you_mean(key, allowed)}")
     warmup = kwargs.get("warmup_epochs", 0)
-    if not (_is_number(warmup) and 0 <= warmup < max_epochs):
+    if not (is_finite_number(warmup) and 0 <= warmup < max_epochs):
         raise ValueError(f"lr_schedule warmup_epochs={warmup!r} must be >= 0 and below "
                          f"max_epochs={max_epochs}")
     eta_min = kwargs.get("eta_min", 0.0)
-    if not (_is_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
+    if not (is_finite_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
         raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
                          "learning rate the cosine decays to")
     _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr)
     return policy, kwargs
-
-
-def _is_number(value):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr):

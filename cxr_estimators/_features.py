@@ -98,6 +98,19 @@ def features_digest(module):
     return f"{trunk_digest(module.trunk)}/{getattr(module, 'pool', None)!r}"
 
 
+def check_cache(cache):
+    """``cache``: None/False/True, or a folder path (made at the first store); a
+    ValueError names an empty path or one that is a file, before training."""
+    if cache is None or isinstance(cache, bool):
+        return
+    path = os.fspath(cache)
+    if not path:
+        raise ValueError("cache='' is not a folder path; give a folder, True (in memory) "
+                         "or None")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"cache={path!r} exists and is not a folder")
+
+
 def trunk_features(module, X, backbone, device, batch_size, memory=True, runtime=None,
                    digest=None):
     """Features of ``X`` from ``module``'s (frozen) trunk, cached as described above.

@@ -55,6 +55,8 @@ def as_images(X, name="X"):
     if getattr(X, "dtype", np.float32) != np.float32:
         check_memory(4 * int(np.size(X)), f"converting {name} ({np.shape(X)}, {X.dtype}) to "
                      "float32", "pass float32 images or fewer of them at a time")
+    if hasattr(X, "__len__") and len(X) == 0:
+        raise ValueError(f"{name} is empty (0 images)")
     raw_dtype = getattr(X, "dtype", None)
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)

@@ -10,7 +10,6 @@ seconds; the vectorised form gives the same numbers, see ``tests/test_metrics.py
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from typing import NamedTuple
@@ -19,7 +18,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.utils import check_random_state
 
-from ._validation import check_labels, check_memory
+from ._validation import check_labels, check_memory, is_finite_number
 
 __all__ = ["ClinicalReport", "MetricEstimate", "clinical_report"]
 
@@ -231,16 +230,12 @@ def _check_missing_labels(y, name):
     check_labels(values, name, missing=True)
 
 
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_threshold(threshold, probabilities):
     """The decision threshold as a float (0.5 for None); NaN would silently predict
     every case negative, and a threshold beyond [0, 1] does so for probabilities."""
     if threshold is None:
         return 0.5
-    if not _is_real(threshold) or not math.isfinite(threshold):
+    if not is_finite_number(threshold):
         raise ValueError(f"threshold must be a finite number; got {threshold!r}")
     if probabilities and not 0 <= threshold <= 1:
         side = "negative" if threshold > 1 else "positive"
@@ -250,10 +245,9 @@ def _check_threshold(threshold, probabilities):
 
 
 def _check_bootstrap_params(n_bootstraps, confidence, n_samples, n_labels):
-    if not (isinstance(n_bootstraps, numbers.Integral) and _is_real(n_bootstraps)) \
-            or n_bootstraps < 0:
+    if not is_finite_number(n_bootstraps, integral=True) or n_bootstraps < 0:
         raise ValueError(f"n_bootstraps must be a non-negative int; got {n_bootstraps!r}")
-    if not _is_real(confidence) or not 0 < confidence < 1:
+    if not is_finite_number(confidence) or not 0 < confidence < 1:
         raise ValueError(f"confidence must be a number in (0, 1); got {confidence!r}")
     _check_bootstrap_memory(int(n_bootstraps), n_samples, n_labels)
 

@@ -83,6 +83,15 @@ def format_bytes(n):
         n /= 1024
 
 
+def is_finite_number(value, integral=False):
+    """A real (or, with ``integral``, an integer) number, finite, and not a bool: what a
+    numeric parameter must be before it is compared (``"0.5" < 1`` is a TypeError, NaN
+    passes every comparison's negation, ``bool`` is an ``int``)."""
+    kind = numbers.Integral if integral else numbers.Real
+    return (isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
 def check_memory(needed, what, hint, available=None, fraction=MEMORY_FRACTION):
     """Refuse a step that would need ``needed`` bytes when less is available."""
     available = available_memory() if available is None else available

@@ -45,13 +45,13 @@ in eval mode for validation and prediction, so nothing is augmented there.
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._validation import is_finite_number
 
 __all__ = ["Augmenter", "DEFAULT_AUGMENTATION", "make_augmenter"]
 
@@ -76,20 +76,15 @@ _KERAS_NAMES = {"flip": "horizontal_flip", "rotate": "rotation",
                 "brightness_range": "brightness", "fill_mode": "fill"}
 
 
-def _is_finite(value):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
 def _range(name, value, *, around_one):
     """``(lo, hi)`` of a float-or-pair key; floats are symmetric about 0 or 1."""
     if isinstance(value, (tuple, list)):
-        if len(value) != 2 or not all(_is_finite(v) for v in value) \
+        if len(value) != 2 or not all(is_finite_number(v) for v in value) \
                 or not 0 < value[0] <= value[1]:
             raise ValueError(f"augment {name} must be a float or a (min, max) pair with "
                              f"0 < min <= max; got {value!r}")
         return float(value[0]), float(value[1])
-    if not _is_finite(value) or not value >= 0:
+    if not is_finite_number(value) or not value >= 0:
         raise ValueError(f"augment {name} must be a finite number >= 0; got {value!r}")
     if around_one and value >= 1:
         raise ValueError(f"augment {name} as a float must be < 1 (a scale in [1 - {name}, "
@@ -131,7 +126,7 @@ class Augmenter(nn.Module):
         super().__init__()
         for name, value in [("rotation", rotation), ("shift", shift), ("shear", shear),
                             ("contrast", contrast)]:
-            if not _is_finite(value) or not value >= 0:
+            if not is_finite_number(value) or not value >= 0:
                 raise ValueError(f"augment {name} must be a finite number >= 0; got "
                                  f"{value!r}")
         if shift > 1 or contrast > 1 or shear >= 90:

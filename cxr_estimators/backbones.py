@@ -220,6 +220,8 @@ def _resolve_weights(backbone, weights):
                        or os.path.exists(os.path.expanduser(text)))
     if looks_like_path:
         path = Path(text).expanduser()
+        if path.is_dir():
+            raise ValueError(f"weights={text!r} is a folder, not a weights file")
         if not path.is_file():
             raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
         return None, path

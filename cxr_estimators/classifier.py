@@ -450,6 +450,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_lr_schedule(self.lr_schedule, self.max_epochs, self.lr)
         check_average_weights(self.average_weights, self.max_epochs)
         check_tta(self.tta, self.augment)
+        _features.check_cache(self.cache)
         augmenter = make_augmenter(self.augment)
         device = distributed.resolve_device(self.device)
         runtime = _runtime.resolve_runtime(self.backbone, device, self.precision)

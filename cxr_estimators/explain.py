@@ -34,6 +34,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._validation import is_finite_number
 from .backbones import find_last_conv, trunk_blocks
 
 __all__ = [
@@ -319,8 +320,8 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
     >>> heatmaps = grad_cam(clf, X_test[:8])                       # doctest: +SKIP
     >>> rgb = overlay(X_test[0], heatmaps[0])                      # doctest: +SKIP
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
+    if not is_finite_number(batch_size, integral=True) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     clf, X = _split_estimator(estimator, X)
     module = clf.module_
     device = next(module.parameters()).device
@@ -421,7 +422,7 @@ def overlay(image, heatmap, *, alpha=0.4, colormap="jet"):
     -------
     rgb : ndarray of shape (H, W, 3), uint8
     """
-    if not 0.0 <= alpha <= 1.0:
+    if not (is_finite_number(alpha) and 0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
     img = _display_image(image)
     colours = _colorize(_resize_heatmap(heatmap, img.shape[:2]), colormap)
@@ -464,7 +465,7 @@ def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
 def _roi_masks(shape, mask, border):
     n, h, w = shape
     if mask is None:
-        if not 0.0 <= border < 0.5:
+        if not (is_finite_number(border) and 0.0 <= border < 0.5):
             raise ValueError(f"border must be in [0, 0.5); got {border!r}")
         roi = np.zeros((h, w), dtype=bool)
         dh, dw = int(round(border * h)), int(round(border * w))
@@ -531,6 +532,8 @@ def shortcut_warning(heatmaps, mask=None, *, border=0.15, threshold=SHORTCUT_WAR
     indices : ndarray of int
         Flagged images. A ``UserWarning`` is issued when there is at least one.
     """
+    if not (is_finite_number(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a number in [0, 1]; got {threshold!r}")
     fractions = attention_outside(heatmaps, mask, border=border)
     flagged = np.flatnonzero(fractions > threshold)
     if len(flagged):

@@ -352,7 +352,11 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"normalize must be a preset name or (mean, std); got {self.normalize!r}"
                 ) from None
-            mean, std = [float(m) for m in mean], [float(s) for s in std]
+            try:
+                mean, std = [float(m) for m in mean], [float(s) for s in std]
+            except (TypeError, ValueError):
+                raise ValueError(f"normalize (mean, std) must be numbers; got "
+                                 f"{self.normalize!r}") from None
             if not np.isfinite(np.asarray(mean + std, dtype=float)).all():
                 raise ValueError(f"normalize must be finite; got mean {mean}, std {std}")
             if min(std) <= 0:

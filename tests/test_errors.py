@@ -1,6 +1,8 @@
 """Bad input to CXRClassifier.fit: exception type and a message fragment per case, and a
 previously fitted model left exactly as it was when such a fit fails."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,13 @@ BAD_FITS = [
     ("images too small for the backbone", {"backbone": "inception_v3"}, {},
      r"backbone='inception_v3' cannot run on images of shape \(1, 16, 16\): .*Use larger "
      r"images"),
+    ("weights is a folder", {"weights": str(Path(__file__).parent)}, {},
+     r"weights='.*tests' is a folder, not a weights file"),
+    ("cache an empty path", {"freeze": True, "cache": ""}, {},
+     r"cache='' is not a folder path"),
+    ("cache is a file", {"freeze": True, "cache": __file__}, {},
+     r"cache='.*test_errors.py' exists and is not a folder"),
+    ("empty X_val", {}, {"X_val": XV[:0], "y_val": YV[:0]}, r"X_val is empty \(0 images\)"),
     ("empty-string label", {}, {"y": np.r_[Y[:-1], [""]]},
      r"y has empty labels \('' or only whitespace.*at rows \[31\]"),
     # sample weights, warm start, extra callbacks, devices (issue #13)
@@ -196,7 +205,6 @@ import os
 import pickle
 import shutil
 import warnings
-from pathlib import Path
 from unittest import mock
 
 import cxr_estimators
@@ -636,7 +644,7 @@ ARRAYS = [
          Raises(ValueError, r"layer='trunk.layr4' is not a module")),
     Case("Grad-CAM batch_size=0", "arrays",
          lambda ws: grad_cam(ws.fitted(), ws.X, batch_size=0),
-         Raises(ValueError, r"batch_size must be >= 1; got 0")),
+         Raises(ValueError, r"batch_size must be an int >= 1; got 0")),
     Case("Grad-CAM target not a class", "arrays",
          lambda ws: grad_cam(ws.fitted(), ws.X[:2], target="covid"),
          Raises(ValueError, r"target 'covid' is not in classes_")),

@@ -211,6 +211,16 @@ def test_errors(square_model):
         grad_cam(clf, X[:2], target=["pos"] * 3)
     with pytest.raises(TypeError, match="CXRClassifier"):
         grad_cam(object(), X[:2])
+    for size in (None, 2.5, 0, True):
+        with pytest.raises(ValueError, match=rf"batch_size must be an int >= 1; got {size}"):
+            grad_cam(clf, X[:2], batch_size=size)
+    maps = np.zeros((2, SIZE, SIZE))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]; got '0.5'"):
+        overlay(X[0], maps[0], alpha="0.5")
+    with pytest.raises(ValueError, match=r"border must be in \[0, 0.5\); got '0.1'"):
+        attention_outside(maps, border="0.1")
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]; got nan"):
+        shortcut_warning(maps, threshold=float("nan"))
 
 
 def test_frozen_backbone():

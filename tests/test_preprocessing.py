@@ -99,6 +99,12 @@ def test_bad_inputs():
         ImageLoader(normalize="zscore").fit(None)
     with pytest.raises(ValueError, match="std must be > 0"):
         ImageLoader(normalize=([0.5], [0.0])).fit(None)
+    with pytest.raises(ValueError, match=r"normalize \(mean, std\) must be numbers; got "
+                                         r"\(None, 0.5\)"):
+        ImageLoader(normalize=(None, 0.5)).fit_transform(np.zeros((1, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"image 1 has 0x5 pixels: an empty image"):
+        ImageLoader(size=None).fit_transform([np.zeros((4, 4), np.uint8),
+                                              np.zeros((0, 5), np.uint8)])
 
 
 def test_missing_file_named(tmp_path):
