@@ -209,7 +209,6 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
         callbacks.append(("lr_schedule", make_lr_scheduler(
             lr_schedule, max_epochs, monitor_name(None, has_valid))))
     if checkpoint_dir is not None and writes_files:
-        check_checkpoint_dir(checkpoint_dir)
         kept = _KeptByEarlyStopping() if spec is not None else f"{monitor}_best"
         callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=str(checkpoint_dir),
                                                    sink=_checkpoint_sink(verbose))))

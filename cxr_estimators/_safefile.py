@@ -11,7 +11,12 @@ Used by :mod:`cxr_estimators.persistence` (model files) and
   file — an 8-byte header length, a JSON header, raw tensor bytes — into its tensors and
   its string metadata. Nothing in the format can execute code. Each way a file can be
   wrong (missing, empty, truncated, a pickle, garbage) gives :class:`SafeFileError`
-  naming the file.
+  naming the file. :func:`read_metadata` reads the header only.
+
+Only regular files are read or replaced: a directory, a FIFO, a device (``/dev/zero``,
+``/dev/null``) or a socket is refused by name before it is opened (:func:`file_size`),
+because reading one can block or never end, and ``os.replace`` over one would destroy it.
+A file is never read past the size ``stat`` gave.
 
 safetensors itself does the tensor decoding; written here: the atomic write, the header
 read (safetensors' Python API does not return the metadata of bytes it loads) and the
@@ -20,15 +25,18 @@ errors that say what the file is instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 
 import numpy as np
 import torch
 
-__all__ = ["SafeFileError", "atomic_write", "read_safetensors", "tensor_digest"]
+__all__ = ["SafeFileError", "atomic_write", "file_size", "read_metadata", "read_safetensors",
+           "tensor_digest"]
 
 #: Largest JSON header accepted (safetensors' own limit is 100 MB).
 _MAX_HEADER_BYTES = 100_000_000
@@ -36,18 +44,48 @@ _MAX_HEADER_BYTES = 100_000_000
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+#: What a file that is not a regular one is, by its ``stat`` mode.
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"))
+
 
 class SafeFileError(ValueError):
-    """A file is not a readable safetensors file; the message names the file and why."""
+    """A file is not a readable safetensors file, or not a regular file that may be read
+    or replaced; the message names the file and why."""
 
 
-def atomic_write(path, data):
+def _refuse_special(mode, name, what, doing):
+    """SafeFileError naming what ``name`` is unless ``mode`` is a regular file's."""
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _SPECIAL_KINDS if test(mode)),
+                    "of an unknown kind")
+        raise SafeFileError(f"{what} {name!r} is {kind}, not a regular file; {doing}")
+
+
+def file_size(path, *, what="file", doing="refused"):
+    """Size in bytes of the regular file ``path`` (symlinks followed), or None if nothing
+    is there. Anything else raises :class:`SafeFileError` naming it and ending with
+    ``doing`` (why that matters to the caller); other ``OSError`` s propagate."""
+    name = os.fspath(path)
+    try:
+        info = os.stat(name)
+    except FileNotFoundError:
+        return None
+    _refuse_special(info.st_mode, name, what, doing)
+    return info.st_size
+
+
+def atomic_write(path, data, *, what="file"):
     """Write ``data`` (bytes) to ``path`` atomically: all of it, or the old file unchanged.
 
     Raises the ``OSError`` of the failing step (e.g. ``ENOSPC``: no space left on device)
-    with the path and the assurance that the previous file is intact in its message.
+    with the path and the assurance that the previous file is intact in its message, and
+    :class:`SafeFileError` if ``path`` is a directory, a FIFO or a device (``what`` names
+    it), which ``os.replace`` would destroy.
     """
     path = os.fspath(path)
+    file_size(path, what=what, doing="it is left as it is: write to another path")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
@@ -98,6 +136,71 @@ def _what_is_it(head):
     return None
 
 
+#: Why a read refuses anything but a regular file.
+_NOT_READ = "not read: reading one can block or never end"
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # not on Windows, where FIFOs are not files
+
+
+@contextlib.contextmanager
+def _open_regular(name, what):
+    """``(binary file, size)`` of a regular file; a FIFO, a device or a directory is
+    refused before it is opened."""
+    try:
+        size = file_size(name, what=what, doing=_NOT_READ)
+        # non-blocking: a FIFO put in its place since the stat must not hang the open
+        fd = None if size is None else os.open(name, os.O_RDONLY | _NONBLOCK)
+    except OSError as exc:
+        raise SafeFileError(f"{what} {name!r} could not be read: {exc}") from None
+    if fd is None:
+        raise FileNotFoundError(f"{what} {name!r} does not exist")
+    with open(fd, "rb") as fh:
+        _refuse_special(os.fstat(fd).st_mode, name, what, _NOT_READ)
+        yield fh, size
+
+
+def _header_length(head, size, name, what):
+    """The JSON header's length that the first 9 bytes ``head`` of a ``size``-byte file
+    declare; a file without the safetensors layout is refused, saying what it looks like."""
+    if size == 0:
+        raise SafeFileError(f"{what} {name!r} is empty (zero bytes)")
+    # A safetensors file is an 8-byte header length, then a JSON header ("{..."). Only a
+    # file without that layout is sniffed for what else it is: the length's first byte
+    # may well be 0x80, which is also how a pickle starts (and so may a truncated file's).
+    kind = None if head[8:9] == b"{" else _what_is_it(head[:8])
+    if kind:
+        raise SafeFileError(f"{what} {name!r} is not a safetensors file: it looks like {kind}")
+    if size < 8:
+        raise SafeFileError(f"{what} {name!r} is truncated ({size} bytes)")
+    declared = int.from_bytes(head[:8], "little")
+    if declared > min(_MAX_HEADER_BYTES, size - 8):
+        raise SafeFileError(
+            f"{what} {name!r} is truncated or not a safetensors file (header of {declared} "
+            f"bytes declared, {size - 8} bytes follow)")
+    return declared
+
+
+def _metadata(header_bytes, name, what):
+    """The ``__metadata__`` dict of a JSON header."""
+    try:
+        metadata = json.loads(header_bytes).get("__metadata__") or {}
+    except (ValueError, AttributeError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise SafeFileError(f"{what} {name!r} is corrupt or not a safetensors file: "
+                            f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise SafeFileError(f"{what} {name!r} has a malformed header")
+    return metadata
+
+
+def read_metadata(path, *, what="file"):
+    """The header's ``__metadata__`` dict of a safetensors file, reading the header only
+    (not the tensors): a cheap look at what a file is. Errors as :func:`read_safetensors`."""
+    name = os.fspath(path)
+    with _open_regular(name, what) as (fh, size):
+        head = fh.read(9)
+        n = _header_length(head, size, name, what)
+        return _metadata((head[8:] + fh.read(max(n - 1, 0)))[:n], name, what)
+
+
 def read_safetensors(path, *, what="file"):
     """Return ``(tensors, metadata)`` of a safetensors file: a dict of CPU tensors and the
     header's ``__metadata__`` dict of strings. ``what`` names the file in errors
@@ -105,42 +208,18 @@ def read_safetensors(path, *, what="file"):
     from safetensors.torch import load as load_tensors
 
     name = os.fspath(path)
+    with _open_regular(name, what) as (fh, size):
+        try:
+            data = fh.read(size)  # a file growing meanwhile cannot make this read endless
+        except OSError as exc:
+            raise SafeFileError(f"{what} {name!r} could not be read: {exc}") from None
+    n = _header_length(data[:9], len(data), name, what)
+    metadata = _metadata(data[8:8 + n], name, what)
     try:
-        with open(name, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {name!r} does not exist") from None
-    except IsADirectoryError:
-        raise SafeFileError(f"{what} {name!r} is a directory") from None
-    except OSError as exc:
-        raise SafeFileError(f"{what} {name!r} could not be read: {exc}") from None
-    if not data:
-        raise SafeFileError(f"{what} {name!r} is empty (zero bytes)")
-    # A safetensors file is an 8-byte header length, then a JSON header ("{..."). Only a
-    # file without that layout is sniffed for what else it is: the length's first byte
-    # may well be 0x80, which is also how a pickle starts.
-    declared = int.from_bytes(data[:8], "little") if len(data) >= 8 else None
-    laid_out = (declared is not None and data[8:9] == b"{"
-                and declared <= min(_MAX_HEADER_BYTES, len(data) - 8))
-    kind = None if laid_out else _what_is_it(data[:8])
-    if kind:
-        raise SafeFileError(f"{what} {name!r} is not a safetensors file: it looks like {kind}")
-    if len(data) < 8:
-        raise SafeFileError(f"{what} {name!r} is truncated ({len(data)} bytes)")
-    n = int.from_bytes(data[:8], "little")
-    if n > min(_MAX_HEADER_BYTES, len(data) - 8):
-        raise SafeFileError(
-            f"{what} {name!r} is truncated or not a safetensors file (header of {n} bytes "
-            f"declared, {len(data) - 8} bytes follow)")
-    try:
-        header = json.loads(data[8:8 + n])
-        metadata = header.get("__metadata__") or {}
         tensors = load_tensors(data)
-    except Exception as exc:  # json.JSONDecodeError, SafetensorError, AttributeError
+    except Exception as exc:  # SafetensorError and whatever else bad bytes raise
         raise SafeFileError(f"{what} {name!r} is corrupt or not a safetensors file: "
                             f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise SafeFileError(f"{what} {name!r} has a malformed header")
     return tensors, metadata
 
 

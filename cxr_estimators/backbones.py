@@ -313,7 +313,11 @@ def build_trunk(backbone, weights=None, in_channels=3, *, backbone_kwargs=None):
     elif backbone in available_backbones():
         kwargs = {}
         if backbone in ("inception_v3", "googlenet"):
-            kwargs = {"aux_logits": enum is not None, "init_weights": False}
+            # torchvision turns transform_input on only with its weights; a model saved
+            # with them is rebuilt without (load reads the weights from the file), so
+            # fix it on: fit and load then give the input the same affine step
+            kwargs = {"aux_logits": enum is not None, "init_weights": False,
+                      "transform_input": True}
         kwargs.update(backbone_kwargs)
         # Downloads only when ImageNet weights are asked for and not in TORCH_HOME already.
         try:

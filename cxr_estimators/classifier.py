@@ -28,7 +28,8 @@ from sklearn.utils.validation import check_is_fitted
 from . import _feed, _features, _inputs, _runtime, distributed
 from ._averaging import check_average_weights
 from ._callbacks import (
-    best_epoch, check_lr_schedule, clone_callbacks, early_stopping_spec, raise_if_interrupted,
+    best_epoch, check_checkpoint_dir, check_lr_schedule, clone_callbacks, early_stopping_spec,
+    raise_if_interrupted,
 )
 from ._inputs import prediction_input, training_input, validation_set
 from ._rng import FitRandomness, fit_seed
@@ -451,6 +452,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_average_weights(self.average_weights, self.max_epochs)
         check_tta(self.tta, self.augment)
         _features.check_cache(self.cache)
+        if self.checkpoint_dir is not None and distributed.is_main_process():
+            check_checkpoint_dir(self.checkpoint_dir)  # made here, by fit, not by load
         augmenter = make_augmenter(self.augment)
         device = distributed.resolve_device(self.device)
         runtime = _runtime.resolve_runtime(self.backbone, device, self.precision)
@@ -529,8 +532,11 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                                         make_augmenter(self.augment),
                                         getattr(self, "input_normalization_", None))
         runtime.prepare(module)
-        # no validation pass (split=None) to size: predictions size their own batches
-        net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
+        # no validation pass (split=None) to size: predictions size their own batches;
+        # no checkpoint (skorch's would make checkpoint_dir where the model is loaded)
+        serving = copy.copy(self)
+        serving.checkpoint_dir = None
+        net = make_net(serving, module, self.classes_, np.arange(len(self.classes_)),
                        device=device, runtime=runtime, split=None, es_spec=None,
                        rng=FitRandomness(getattr(self, "_seed", 0) or 0, device))
         # a loaded model predicts uncompiled: compiling needs a C++ compiler on this machine

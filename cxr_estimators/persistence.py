@@ -18,6 +18,15 @@ same code ``fit`` uses (:meth:`CXRClassifier._initialize_net`) and gets the save
 weights, so new parameters need no change here. Anything else (a callable parameter, a
 scorer, a custom class) is refused by :func:`save` with an error naming where it is.
 
+Because the network is rebuilt from the saved parameters, :func:`save` first rebuilds it
+the same way (on the CPU, untrained) for every fitted ``CXRClassifier`` in the tree and
+refuses, naming the parameters, when the fitted weights would not fit it: a parameter
+that shapes the network (``neurons``, ``backbone``, ``pooling``, ...) changed by
+``set_params`` since the last successful fit. Parameters read only at prediction time or
+by the next fit (``tta``, ``predict_batch_size``, ``device``, ``lr``, ...) may change.
+:func:`save` replaces only a cxr_estimators model file (or an empty file): never a
+directory, FIFO or device, nor another file that happens to be at the path.
+
 Written here because neither skops (not a dependency; it would also need every skorch
 and torch type it meets declared trusted) nor skorch (``save_params`` stores one net's
 tensors, not an sklearn estimator tree) covers this.
@@ -38,7 +47,11 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 
-from ._safefile import SafeFileError, atomic_write, read_safetensors, tensor_digest
+from . import distributed
+from ._safefile import (
+    SafeFileError, atomic_write, file_size, read_metadata, read_safetensors, tensor_digest,
+)
+from ._rebuild import check_rebuildable
 
 __all__ = ["save", "load", "ModelFileError", "VersionMismatchWarning", "FORMAT"]
 
@@ -164,14 +177,18 @@ class _Encoder:
             raise TypeError(f"cannot save {where}: a fitted {cls.__name__}; save its "
                             "best_estimator_ (the refitted model) instead")
         fitted = {}
+        has_net = "net_" in state and hasattr(est, "_initialize_net")  # a CXRClassifier
         for key, value in state.items():
-            if key == "net_" and hasattr(est, "_initialize_net"):
+            if key == "net_" and has_net:
                 fitted[key] = self._net(value, f"{where}.{key}")
             else:
                 fitted[key] = self.encode(value, f"{where}.{key}")
-        return {"__estimator__": path, "id": node_id,
+        node = {"__estimator__": path, "id": node_id,
                 "params": {k: self.encode(v, f"{where}.{k}") for k, v in params.items()},
                 "fitted": fitted}
+        if has_net:  # after the params: one that is not data is the first error
+            check_rebuildable(est, where)
+        return node
 
     def _net(self, net, where):
         state = {f"{k}": self.tensor(v.detach().cpu().contiguous().clone())
@@ -331,9 +348,9 @@ def save(estimator, path):
         of such pipelines, or any tree of scikit-learn / cxr_estimators estimators whose
         parameters and fitted attributes are data (see the module docstring).
     path : str or os.PathLike
-        The file to write, e.g. ``"model.safetensors"``. It is replaced atomically: if
-        saving fails (disk full, an error, a crash) an existing file keeps its old
-        content.
+        The file to write, e.g. ``"model.safetensors"``. An existing file there is
+        replaced atomically, if it is a model file (or empty): if saving fails (disk
+        full, an error, a crash) it keeps its old content.
 
     Raises
     ------
@@ -341,6 +358,14 @@ def save(estimator, path):
         Something in the tree cannot be stored as data (the message names where, e.g.
         ``"steps[1][1].augment"``), or the estimator is a fitted search (save its
         ``best_estimator_``).
+    ValueError
+        A fitted ``CXRClassifier`` in the tree has parameters, changed by ``set_params``
+        since its last successful fit, that :func:`load` could not rebuild its network
+        from (the message names them, e.g. ``"neurons: 128 (fitted) vs 4 (now)"``): set
+        them back or refit. Or ``path`` is a directory, a FIFO or a device.
+    FileExistsError
+        ``path`` is a file that is not a cxr_estimators model file (e.g. ``notes.txt``);
+        it is left as it is.
     OSError
         The file cannot be written (the previous file is unchanged).
 
@@ -361,12 +386,34 @@ def save(estimator, path):
                         f"{type(estimator).__name__}")
     from safetensors.torch import save as save_tensors
 
+    name = os.fspath(path)
+    _check_replaceable(name)
     encoder = _Encoder()
     tree = json.dumps(encoder.encode(estimator, type(estimator).__name__), sort_keys=True)
     versions = json.dumps(_versions(), sort_keys=True)
     metadata = {"format": FORMAT, "tree": tree, "versions": versions,
                 "checksum": tensor_digest(encoder.tensors, FORMAT, tree, versions)}
-    atomic_write(path, save_tensors(encoder.tensors, metadata=metadata))
+    atomic_write(name, save_tensors(encoder.tensors, metadata=metadata), what="save target")
+
+
+def _check_replaceable(name):
+    """Refuse a path whose content save() would destroy: anything but a regular file (a
+    FIFO, ``/dev/null``), and a file that is not a model file (someone's notes). An
+    empty file may go: a path made by ``tempfile.mkstemp`` holds nothing yet."""
+    size = file_size(name, what="save target",
+                     doing="save() replaces only model files: choose another path")
+    if not size:
+        return
+    try:
+        fmt = read_metadata(name).get("format")
+    except (SafeFileError, OSError):
+        fmt, why = None, ""
+    else:
+        why = f" (a safetensors file of format {fmt!r})"
+    if not str(fmt).startswith(FORMAT.rpartition(".")[0] + "."):  # any version of ours
+        raise FileExistsError(
+            f"cannot save to {name!r}: the file exists and is not a cxr_estimators model "
+            f"file{why}, so save() does not replace it; delete it or choose another path")
 
 
 def load(path, *, device=None):
@@ -378,8 +425,9 @@ def load(path, *, device=None):
     device : None or str, default=None
         Where a ``CXRClassifier``'s network goes: None keeps the device it was trained on
         if it is available here (a CUDA model on a machine without CUDA goes to the CPU,
-        with a warning); ``"cpu"``, ``"cuda"``, ... force one. Its ``device`` parameter
-        (used by a new ``fit``) is left as saved.
+        with a warning); ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` force one (it
+        must be present), ``"auto"`` picks the best present, as ``CXRClassifier(device=)``
+        does. Its ``device`` parameter (used by a new ``fit``) is left as saved.
 
     Returns
     -------
@@ -390,9 +438,13 @@ def load(path, *, device=None):
     Raises
     ------
     ModelFileError
-        The file is not a model file (a pickle, truncated, garbage), its checksum does not
-        match (bit rot, modification), its format is unknown, or it names a class other
-        than a scikit-learn / cxr_estimators estimator. A ``ValueError``.
+        The file is not a model file (a pickle, truncated, garbage, a directory, a FIFO, a
+        device such as ``/dev/zero``: these are refused before they are opened), its
+        checksum does not match (bit rot, modification), its format is unknown, or it
+        names a class other than a scikit-learn / cxr_estimators estimator. A
+        ``ValueError``.
+    ValueError
+        ``device`` is not a device name, or names one that is not present.
     FileNotFoundError
         No file at ``path``.
 
@@ -403,6 +455,7 @@ def load(path, *, device=None):
         installed; the model loads, but check its predictions.
     """
     name = os.fspath(path)
+    device = _load_device(device)
     try:
         tensors, metadata = read_safetensors(name, what="model file")
     except SafeFileError as exc:
@@ -430,6 +483,18 @@ def load(path, *, device=None):
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ModelFileError(f"model file {name!r}: malformed estimator tree "
                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _load_device(device):
+    """``load(device=...)`` checked as ``CXRClassifier(device=...)`` is, before the file
+    is read; None stays None (the device each model was trained on)."""
+    if device is None:
+        return None
+    try:
+        return distributed.resolve_device(str(device) if isinstance(device, torch.device)
+                                          else device)
+    except ValueError as exc:
+        raise ValueError(f"load: {exc} (or None: the device it was trained on)") from None
 
 
 def _warn_versions(name, versions):

@@ -104,6 +104,27 @@ def test_imagenet_weights_resolved_without_download(monkeypatch):
     assert seen["weights"] is torchvision.models.ResNet18_Weights.DEFAULT
 
 
+@pytest.mark.parametrize("name", ["inception_v3", "googlenet"])
+def test_input_transform_same_with_and_without_weights(name, monkeypatch):
+    """torchvision turns ``transform_input`` on only when it loads its weights; ``load``
+    rebuilds a saved model without weights, so a pretrained model would have predicted
+    differently once loaded. Both builds now ask for it."""
+    import torchvision
+
+    asked = []
+    real = torchvision.models.get_model
+
+    def recording(model_name, weights=None, **kwargs):
+        asked.append(kwargs.get("transform_input"))
+        return real(model_name, weights=None, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "get_model", recording)
+    with_weights, *_ = build_trunk(name, weights="DEFAULT")  # resolved, not downloaded
+    without, *_ = build_trunk(name, weights=None)
+    assert asked == [True, True]
+    assert with_weights.transform_input and without.transform_input
+
+
 def test_imagenet_weights_from_torch_home_cache(tmp_path, monkeypatch):
     """Real Weights API path, offline: a file already in $TORCH_HOME is used, no download."""
     import os
