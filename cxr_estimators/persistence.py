@@ -11,7 +11,9 @@ header, next to the versions of the packages that wrote it and a SHA-256 checksu
 What can be in the tree is data only: None, bool, int, float, str, lists, tuples (tagged),
 dicts, paths, NumPy arrays and scalars, and estimators whose class is a scikit-learn or
 ``cxr_estimators`` :class:`~sklearn.base.BaseEstimator` (Pipelines, ``ImageLoader``,
-``CXRClassifier``, ``VotingClassifier``, ``LabelEncoder``, ...). Loading imports those
+``CXRClassifier``, ``VotingClassifier``, ``LabelEncoder``, ...), plus the members of a
+fitted ``CalibratedClassifierCV`` (a fixed sklearn class, see ``_calibrated``). Loading
+imports those
 classes by name, refuses any other, calls their ``__init__`` with the saved parameters
 and sets the saved fitted attributes. A ``CXRClassifier``'s network is rebuilt by the
 same code ``fit`` uses (:meth:`CXRClassifier._initialize_net`) and gets the saved
@@ -44,7 +46,10 @@ import warnings
 
 import numpy as np
 import torch
+import sklearn
 from sklearn.base import BaseEstimator
+from sklearn.calibration import _CalibratedClassifier
+from sklearn.isotonic import IsotonicRegression
 from sklearn.utils import Bunch
 
 from . import distributed
@@ -127,6 +132,8 @@ class _Encoder:
             return {"__random_state__": self.encode(value.get_state(legacy=True), where)}
         if type(value).__name__ == "MetadataRequest":
             return {"__metadata_request__": self.encode(value._serialize(), where)}
+        if isinstance(value, _CalibratedClassifier):  # CalibratedClassifierCV's members
+            return {"__calibrated__": self.items(vars(value), where)}
         raise TypeError(
             f"cannot save {where}: a {type(value).__module__}.{type(value).__qualname__} is "
             "not data this format stores (None, bool, int, float, str, list, tuple, dict, "
@@ -172,10 +179,14 @@ class _Encoder:
         node_id = self.ids[id(est)] = len(self.ids)
         params = est.get_params(deep=False)
         state = {k: v for k, v in vars(est).items()
-                 if k not in params and not k.startswith("__")}
+                 if k not in params and not k.startswith("__")
+                 and not (k == "f_" and isinstance(est, IsotonicRegression))}
         if "cv_results_" in state:
             raise TypeError(f"cannot save {where}: a fitted {cls.__name__}; save its "
                             "best_estimator_ (the refitted model) instead")
+        # params before fitted attributes, as load decodes them: an object shared by both
+        # (CalibratedClassifierCV's estimator) is stored in full where it is met first
+        encoded_params = {k: self.encode(v, f"{where}.{k}") for k, v in params.items()}
         fitted = {}
         has_net = "net_" in state and hasattr(est, "_initialize_net")  # a CXRClassifier
         for key, value in state.items():
@@ -183,8 +194,7 @@ class _Encoder:
                 fitted[key] = self._net(value, f"{where}.{key}")
             else:
                 fitted[key] = self.encode(value, f"{where}.{key}")
-        node = {"__estimator__": path, "id": node_id,
-                "params": {k: self.encode(v, f"{where}.{k}") for k, v in params.items()},
+        node = {"__estimator__": path, "id": node_id, "params": encoded_params,
                 "fitted": fitted}
         if has_net:  # after the params: one that is not data is the first error
             check_rebuildable(est, where)
@@ -274,6 +284,7 @@ class _Decoder:
             setattr(est, key, self.decode(value))
         if "net_" in fitted:
             self._net(est, fitted["net_"]["__net__"])
+        _rebuild_functions(est)
         return est
 
     def ref(self, node):
@@ -302,6 +313,22 @@ class _Decoder:
         est.net_ = net
 
 
+def _rebuild_functions(est):
+    """IsotonicRegression keeps a scipy function (``f_``), not data: it is saved without
+    it and rebuilt here by sklearn's own unpickling step, as ``pickle.load`` would."""
+    if isinstance(est, IsotonicRegression) and hasattr(est, "X_thresholds_"):
+        est.__setstate__({**vars(est), "_sklearn_version": sklearn.__version__})
+
+
+def _calibrated(decoder, node):
+    """A fitted ``CalibratedClassifierCV`` member: a fixed sklearn class (never one named
+    by the file) built from its saved estimator, calibrators, classes and method."""
+    fields = dict(decoder.pairs(node["__calibrated__"]))
+    if set(fields) != {"estimator", "calibrators", "classes", "method"}:
+        decoder.fail(f"calibrated classifier with fields {sorted(fields)}")
+    return _CalibratedClassifier(**fields)
+
+
 _TAGS = {
     "__estimator__": _Decoder.estimator,
     "__ref__": _Decoder.ref,
@@ -316,6 +343,7 @@ _TAGS = {
     "__tensor__": lambda d, n: d.tensor(n["__tensor__"]),
     "__random_state__": _Decoder.random_state,
     "__metadata_request__": _Decoder.metadata_request,
+    "__calibrated__": _calibrated,
 }
 
 

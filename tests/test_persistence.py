@@ -92,6 +92,27 @@ def test_lazy_pipeline_and_cached_features_roundtrip(tmp_path):
     assert loaded[-1]._uses_cache is True
 
 
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_calibrated_screening_model_roundtrip(tmp_path, method):
+    """docs/clinical_evaluation.md's "one object to deploy": a FixedThresholdClassifier
+    over CalibratedClassifierCV(FrozenEstimator(pipeline)). Its fitted members are
+    sklearn's own _CalibratedClassifier (not an estimator class) and, for isotonic, an
+    IsotonicRegression holding a scipy function; both once made save refuse the model."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import FixedThresholdClassifier
+
+    model = _pipe().fit(RAW[:16], Y8[:16])
+    calibrated = CalibratedClassifierCV(FrozenEstimator(model), method=method, cv=2)
+    screen = FixedThresholdClassifier(calibrated.fit(RAW[16:], Y8[16:]), threshold=0.3,
+                                      pos_label="pneumonia")  # fitted: used as it is
+    loaded = _roundtrip(screen, tmp_path)
+    np.testing.assert_array_equal(loaded.predict_proba(RAW), screen.predict_proba(RAW))
+    np.testing.assert_array_equal(loaded.predict(RAW), screen.predict(RAW))
+    member = loaded.estimator.calibrated_classifiers_[0]
+    assert member.method == method
+
+
 def test_every_parameter_roundtrips_generically(tmp_path):
     """Parameters are saved from get_params(), so new ones (tuples, dicts, paths) need no
     change in persistence."""
