@@ -13,23 +13,7 @@ class, reading back which epoch's weights were kept (``best_epoch_``), and the L
 below. Weight averaging (``average_weights``) is :mod:`cxr_estimators._averaging`'s
 callback, added last.
 
-LR schedules (``lr_schedule``), torch's own schedulers:
-
-* ``"plateau"``: :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` on the loss of the
-  validation set (training batches without one), stepped every epoch (a dict without
-  ``"policy"`` still means this one);
-* ``"cosine"``: :class:`~torch.optim.lr_scheduler.CosineAnnealingLR` from ``lr`` to
-  ``eta_min`` (default 0) over all batches of ``max_epochs`` epochs, after an optional
-  linear warm-up of ``warmup_epochs`` (:class:`~torch.optim.lr_scheduler.LinearLR`, chained
-  by :class:`~torch.optim.lr_scheduler.SequentialLR`);
-* ``"onecycle"``: :class:`~torch.optim.lr_scheduler.OneCycleLR` peaking at ``lr``, over all
-  batches of ``max_epochs`` epochs.
-
-skorch's ``LRScheduler`` builds its torch scheduler when training begins, before the
-validation split exists, so it cannot tell a per-batch schedule how many batches an epoch
-has: :class:`_PerBatchLR` builds it at the first epoch instead, from the length of the
-training DataLoader. Early stopping may end training before a schedule does (the learning
-rate then never reaches its end value).
+LR schedules (``lr_schedule``) are :mod:`cxr_estimators._schedules`'.
 
 The divergence guard (:class:`DivergenceGuard`: a non-finite loss stops training with an
 error naming the epoch, the batch and the likely cause — skorch would train on with NaN
@@ -41,8 +25,6 @@ which skorch's ``partial_fit`` swallows alike (:func:`mark_interrupted`,
 from __future__ import annotations
 
 import copy
-import difflib
-import inspect
 import math
 import numbers
 import os
@@ -54,25 +36,20 @@ import torch
 from sklearn.base import clone
 from sklearn.metrics import get_scorer, make_scorer, f1_score
 from skorch.callbacks import (
-    Callback, Checkpoint, EarlyStopping, EpochScoring, LRScheduler, ProgressBar,
+    Callback, Checkpoint, EarlyStopping, EpochScoring, ProgressBar,
 )
 from skorch.utils import noop
-from torch.optim import lr_scheduler as torch_lr
 
 from . import distributed
 from ._averaging import WeightAveraging, check_average_weights
-from ._validation import is_finite_number
+from ._schedules import make_lr_scheduler
+from ._validation import did_you_mean
 
 #: Metrics ``early_stopping={"monitor": ...}`` accepts.
 MONITORS = ("loss", "f1", "roc_auc", "accuracy", "balanced_accuracy")
 
 _ES_KEYS = ("patience", "monitor", "min_delta", "pos_label")
 _ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None}
-
-
-def _did_you_mean(value, options):
-    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def early_stopping_spec(early_stopping, classes):
@@ -90,7 +67,7 @@ def early_stopping_spec(early_stopping, classes):
     for key in early_stopping:
         if key not in _ES_KEYS:
             raise ValueError(f"early_stopping has an unknown key {key!r}; known: "
-                             f"{list(_ES_KEYS)}{_did_you_mean(key, _ES_KEYS)}")
+                             f"{list(_ES_KEYS)}{did_you_mean(key, _ES_KEYS)}")
     if "patience" not in early_stopping:
         raise ValueError(f"early_stopping={early_stopping!r} needs a 'patience' (int >= 1)")
     spec = {**_ES_DEFAULTS, **early_stopping}
@@ -100,7 +77,7 @@ def early_stopping_spec(early_stopping, classes):
         raise ValueError(f"early_stopping patience must be an int >= 1; got {patience!r}")
     if monitor not in MONITORS:
         raise ValueError(f"early_stopping monitor={monitor!r} is not one of "
-                         f"{list(MONITORS)}{_did_you_mean(monitor, MONITORS)}")
+                         f"{list(MONITORS)}{did_you_mean(monitor, MONITORS)}")
     if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
         raise ValueError(f"early_stopping min_delta must be a number >= 0; got {min_delta!r}")
     return {"patience": int(patience), "monitor": monitor, "min_delta": float(min_delta),
@@ -148,6 +125,29 @@ class _KeptByEarlyStopping:
     def __call__(self, net):
         stopper = dict(net.callbacks_)["early_stopping"]
         return stopper.best_epoch_ == net.history[-1, "epoch"]
+
+
+#: Subfolder of ``checkpoint_dir`` a fit writes its checkpoint files into while it runs.
+STAGING_DIR = ".incoming"
+
+
+class _PromoteCheckpoint(Callback):
+    """Move the checkpoint files of this fit from ``checkpoint_dir/.incoming`` over those
+    in ``checkpoint_dir`` when training ends (done, stopped early or interrupted: the
+    estimator then holds the same weights). A fit that crashes (divergence, an error)
+    leaves the previous fit's checkpoint where it was and its own in ``.incoming``.
+    Written here: skorch's Checkpoint writes straight into its folder."""
+
+    def __init__(self, staging):
+        self.staging = staging
+
+    def on_train_end(self, net, **kwargs):
+        if not os.path.isdir(self.staging):
+            return
+        target = os.path.dirname(self.staging)
+        for name in os.listdir(self.staging):
+            os.replace(os.path.join(self.staging, name), os.path.join(target, name))
+        os.rmdir(self.staging)
 
 
 def check_checkpoint_dir(checkpoint_dir):
@@ -210,8 +210,10 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
             lr_schedule, max_epochs, monitor_name(None, has_valid))))
     if checkpoint_dir is not None and writes_files:
         kept = _KeptByEarlyStopping() if spec is not None else f"{monitor}_best"
-        callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=str(checkpoint_dir),
+        staging = os.path.join(os.fspath(checkpoint_dir), STAGING_DIR)
+        callbacks.append(("checkpoint", Checkpoint(monitor=kept, dirname=staging,
                                                    sink=_checkpoint_sink(verbose))))
+        callbacks.append(("checkpoint_promote", _PromoteCheckpoint(staging)))
     if verbose and verbose > 1:
         callbacks.append(("progress", ProgressBar()))
     averaging = check_average_weights(average_weights, max_epochs)
@@ -376,124 +378,3 @@ def raise_if_interrupted(net):
             f"fit interrupted during epoch {net.history[-1, 'epoch']} of {net.max_epochs}: "
             f"the estimator holds the weights of epoch {best_epoch(net)} (the best so far "
             "with early stopping, else the latest) and history_[-1]['interrupted'] is True")
-# ------------------------------------------------------------------ LR schedules
-#: Names ``lr_schedule`` accepts.
-SCHEDULES = ("plateau", "cosine", "onecycle")
-
-# The arguments the package sets itself, per schedule; the user may set the others.
-_OWN_ARGS = {
-    "plateau": {"optimizer"},
-    "onecycle": {"optimizer", "max_lr", "total_steps", "epochs", "steps_per_epoch",
-                 "last_epoch"},
-}
-_COSINE_ARGS = ("warmup_epochs", "eta_min")
-
-
-def _allowed_args(policy):
-    if policy == "cosine":
-        return set(_COSINE_ARGS)
-    cls = torch_lr.ReduceLROnPlateau if policy == "plateau" else torch_lr.OneCycleLR
-    return set(inspect.signature(cls).parameters) - _OWN_ARGS[policy]
-
-
-def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
-    """Validate ``lr_schedule``; return ``(policy, kwargs)`` or None.
-
-    Raises ValueError naming an unknown schedule or argument (with the closest valid
-    name), a warm-up that does not leave at least one epoch of cosine decay, a negative
-    ``eta_min``, and any value torch's scheduler refuses when it is built and stepped on a
-    one-parameter optimizer (``factor=2``, ``patience="2"``).
-    """
-    if lr_schedule is None:
-        return None
-    if isinstance(lr_schedule, str):
-        policy, kwargs = lr_schedule, {}
-    else:
-        kwargs = dict(lr_schedule)
-        policy = kwargs.pop("policy", "plateau")
-    if policy not in SCHEDULES:
-        raise ValueError(f"lr_schedule={policy!r} is not a known schedule; known: "
-                         f"{list(SCHEDULES)}{_did_you_mean(policy, SCHEDULES)}")
-    allowed = _allowed_args(policy)
-    for key in kwargs:
-        if key not in allowed:
-            raise ValueError(
-                f"lr_schedule {policy!r} has no argument {key!r}; known: {sorted(allowed)}"
-                f"{_did_you_mean(key, allowed)}")
-    warmup = kwargs.get("warmup_epochs", 0)
-    if not (is_finite_number(warmup) and 0 <= warmup < max_epochs):
-        raise ValueError(f"lr_schedule warmup_epochs={warmup!r} must be >= 0 and below "
-                         f"max_epochs={max_epochs}")
-    eta_min = kwargs.get("eta_min", 0.0)
-    if not (is_finite_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
-        raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
-                         "learning rate the cosine decays to")
-    _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr)
-    return policy, kwargs
-
-
-def _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr):
-    """Build the torch scheduler on a one-parameter optimizer and step it twice: a value
-    torch refuses or cannot compare is then an error naming ``lr_schedule`` before
-    training, not a torch traceback after the first epoch."""
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    try:
-        if policy == "plateau":
-            scheduler = torch_lr.ReduceLROnPlateau(optimizer, **kwargs)
-            for loss in (1.0, 1.0):
-                scheduler.step(loss)
-        else:
-            build = _cosine if policy == "cosine" else _onecycle
-            scheduler = build(optimizer, 2, max_epochs, **kwargs)
-            for _ in range(2):
-                optimizer.step()
-                scheduler.step()
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
-        raise ValueError(f"lr_schedule={lr_schedule!r} is not valid for torch's {policy!r} "
-                         f"scheduler: {exc}") from exc
-
-
-def _cosine(optimizer, steps_per_epoch, n_epochs, warmup_epochs=0, eta_min=0.0):
-    total = n_epochs * steps_per_epoch
-    warm = round(warmup_epochs * steps_per_epoch)
-    cosine = torch_lr.CosineAnnealingLR(optimizer, T_max=total - warm, eta_min=eta_min)
-    if warm == 0:
-        return cosine
-    # first warm-up batch at lr / (warm + 1), reaching lr after `warm` batches
-    linear = torch_lr.LinearLR(optimizer, start_factor=1 / (warm + 1), total_iters=warm)
-    return torch_lr.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
-
-
-def _onecycle(optimizer, steps_per_epoch, n_epochs, **kwargs):
-    return torch_lr.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                               total_steps=n_epochs * steps_per_epoch, **kwargs)
-
-
-class _PerBatchLR(LRScheduler):
-    """skorch ``LRScheduler`` stepped after every training batch, whose torch scheduler
-    ``policy(optimizer, steps_per_epoch, n_epochs, **kwargs)`` is built at the first epoch,
-    when the training split and so the number of batches per epoch are known."""
-
-    def __init__(self, policy, event_name="event_lr", **kwargs):
-        super().__init__(policy=policy, event_name=event_name, step_every="batch", **kwargs)
-
-    def on_train_begin(self, net, **kwargs):
-        self.batch_idx_ = 0
-        self.lr_scheduler_ = None
-
-    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
-        if self.lr_scheduler_ is None:
-            steps = len(net.get_iterator(dataset_train, training=True))
-            self.lr_scheduler_ = self.policy_(net.optimizer_, steps, net.max_epochs,
-                                              **self.kwargs)
-
-
-def make_lr_scheduler(lr_schedule, max_epochs, monitor):
-    """The skorch callback for ``lr_schedule`` (see the module docstring), or None."""
-    checked = check_lr_schedule(lr_schedule, max_epochs)
-    if checked is None:
-        return None
-    policy, kwargs = checked
-    if policy == "plateau":
-        return LRScheduler(policy=torch_lr.ReduceLROnPlateau, monitor=monitor, **kwargs)
-    return _PerBatchLR(_cosine if policy == "cosine" else _onecycle, **kwargs)

@@ -14,6 +14,7 @@ an allocation sane, or look at the data. Those checks are here, written by hand:
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -81,6 +82,12 @@ def format_bytes(n):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+def did_you_mean(value, options):
+    """``"; did you mean 'x'?"`` for the option closest to ``value`` (difflib), or ""."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def is_finite_number(value, integral=False):

@@ -28,11 +28,11 @@ from sklearn.utils.validation import check_is_fitted
 from . import _feed, _features, _inputs, _runtime, distributed
 from ._averaging import check_average_weights
 from ._callbacks import (
-    best_epoch, check_checkpoint_dir, check_lr_schedule, clone_callbacks, early_stopping_spec,
-    raise_if_interrupted,
+    best_epoch, check_checkpoint_dir, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
 from ._inputs import prediction_input, training_input, validation_set
 from ._rng import FitRandomness, fit_seed
+from ._schedules import check_lr_schedule
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled,
     _training_data, load_warm_start, make_net, stream_proba, train_split, valid_dataset,
@@ -164,7 +164,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         at predict time, so it can be set after fit. None or 0: off. Grad-CAM is unaffected
         (:mod:`cxr_estimators._tta`).
     checkpoint_dir : str or None, default=None
-        Save the best epoch's parameters, optimizer and history there (skorch Checkpoint).
+        Save the best epoch's parameters, optimizer and history there (skorch Checkpoint:
+        ``params.pt``, ``optimizer.pt``, ``criterion.pt``, ``history.json``). They are
+        written to ``checkpoint_dir/.incoming`` during the fit and replace the folder's
+        files when training ends, so a fit that crashes leaves the previous checkpoint.
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid

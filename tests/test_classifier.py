@@ -357,6 +357,31 @@ def test_early_stopping_restores_best_and_checkpoint(tmp_path, toy_binary, small
         torch.testing.assert_close(value.cpu(), saved[name].cpu(), msg=name)
 
 
+def test_crashed_fit_leaves_the_previous_checkpoint(tmp_path, toy_binary, small_clf_params):
+    """Checkpoints are written to checkpoint_dir/.incoming and replace the folder's files
+    only when training ends: a fit that crashes in epoch 2 keeps the last good fit's."""
+    from skorch.callbacks import Callback
+
+    class Crash(Callback):
+        def on_epoch_begin(self, net, **kwargs):
+            if len(net.history) == 2:
+                raise RuntimeError("crash in epoch 2")
+
+    X, y = toy_binary
+    folder = tmp_path / "ckpt"
+    params = {**small_clf_params, "max_epochs": 3, "validation_fraction": 0.25,
+              "early_stopping": None, "checkpoint_dir": str(folder)}
+    CXRClassifier(**params).fit(X, y)
+    good = (folder / "params.pt").read_bytes()
+    assert not (folder / ".incoming").exists()
+    with pytest.raises(RuntimeError, match="crash in epoch 2"):
+        CXRClassifier(**params, callbacks=[("crash", Crash())]).fit(X, y)
+    assert (folder / "params.pt").read_bytes() == good
+    assert (folder / ".incoming" / "params.pt").is_file()  # the crashed fit's, kept aside
+    CXRClassifier(**params).set_params(random_state=1).fit(X, y)  # a good fit replaces it
+    assert (folder / "params.pt").read_bytes() != good and not (folder / ".incoming").exists()
+
+
 def test_checkpoint_that_cannot_be_written_warns(tmp_path, toy_binary, small_clf_params):
     """skorch's Checkpoint catches a failed save (a full disk) and only prints it when
     verbose: the fit still ends, with the model, and a warning says no checkpoint was
