@@ -204,6 +204,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import warnings
 from unittest import mock
 
@@ -681,6 +682,13 @@ def _cam_tiny(ws, layer=None, size=32):
                                                             "backbone": "resnet18"})
                   .fit(X, ws.y[:4]))
     return grad_cam(clf, X[:1], layer=layer)
+
+
+def _fifo(ws, name):
+    path = ws.path(name)
+    if not os.path.exists(path):
+        os.mkfifo(path)
+    return path
 
 
 def _grouped_split_losing_a_class(ws):
@@ -1166,6 +1174,25 @@ MODEL_FILES = [
     Case("save into a missing directory", "model files",
          lambda ws: cxr_estimators.save(CXRClassifier(), ws.path("no/dir/m.safetensors")),
          Raises(FileNotFoundError, r"directory .*no/dir' does not exist")),
+    Case("save after set_params changed the network", "model files",
+         lambda ws: cxr_estimators.save(ws.fitted().set_params(neurons=4),
+                                        ws.path("changed.safetensors")),
+         Raises(ValueError, r"neurons: 8 \(fitted\) vs 4 \(now\).*no file was written",
+                after=lambda ws: not Path(ws.path("changed.safetensors")).exists())),
+    Case("save over someone's text file", "model files",
+         lambda ws: cxr_estimators.save(ws.fitted(), ws.write("notes.txt", "my notes")),
+         Raises(FileExistsError, r"notes\.txt.*not a cxr_estimators model file",
+                after=lambda ws: Path(ws.path("notes.txt")).read_text() == "my notes")),
+    Case("save onto a FIFO", "model files", lambda ws: cxr_estimators.save(
+        ws.fitted(), _fifo(ws, "pipe")),
+         Raises(ValueError, r"pipe.*(FIFO|named pipe)",
+                after=lambda ws: stat.S_ISFIFO(os.lstat(ws.path("pipe")).st_mode))),
+    Case("load a FIFO (would block)", "model files",
+         lambda ws: cxr_estimators.load(_fifo(ws, "pipe_in")),
+         Raises(ValueError, r"pipe_in.*(FIFO|named pipe)")),
+    Case("load with an unknown device", "model files",
+         lambda ws: cxr_estimators.load(ws.model_file(), device="gpu"),
+         Raises(ValueError, r"device='gpu' is not one of")),
     Case("save an estimator class from outside the packages", "model files",
          lambda ws: cxr_estimators.save(_MyEstimator(), ws.path("c.safetensors")),
          Raises(TypeError, r"test_errors:_MyEstimator is not a scikit-learn or cxr_estimators")),
