@@ -684,7 +684,7 @@ def _cam_tiny(ws, layer=None, size=32):
     return grad_cam(clf, X[:1], layer=layer)
 
 
-def _fifo(ws, name):
+def _named_fifo(ws, name):
     path = ws.path(name)
     if not os.path.exists(path):
         os.mkfifo(path)
@@ -1184,11 +1184,11 @@ MODEL_FILES = [
          Raises(FileExistsError, r"notes\.txt.*not a cxr_estimators model file",
                 after=lambda ws: Path(ws.path("notes.txt")).read_text() == "my notes")),
     Case("save onto a FIFO", "model files", lambda ws: cxr_estimators.save(
-        ws.fitted(), _fifo(ws, "pipe")),
+        ws.fitted(), _named_fifo(ws, "pipe")),
          Raises(ValueError, r"pipe.*(FIFO|named pipe)",
                 after=lambda ws: stat.S_ISFIFO(os.lstat(ws.path("pipe")).st_mode))),
     Case("load a FIFO (would block)", "model files",
-         lambda ws: cxr_estimators.load(_fifo(ws, "pipe_in")),
+         lambda ws: cxr_estimators.load(_named_fifo(ws, "pipe_in")),
          Raises(ValueError, r"pipe_in.*(FIFO|named pipe)")),
     Case("load with an unknown device", "model files",
          lambda ws: cxr_estimators.load(ws.model_file(), device="gpu"),
