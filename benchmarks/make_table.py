@@ -187,7 +187,7 @@ def _pneumonia_wall_line(r):
 
 #: Commits whose ``benchmarks/results/pneumoniamnist.json`` holds an earlier result on the
 #: same test split (each selected on train/val and tested once), oldest first.
-EARLIER_PNEUMONIA_RESULTS = ("7e5a849", "3a8709e", "1947cdc")
+EARLIER_PNEUMONIA_RESULTS = ("7e5a849", "3a8709e", "1947cdc", "fbe0cab")
 
 
 def _earlier_result(commit):
@@ -259,6 +259,9 @@ def pneumonia_section(r):
                  t["roc_auc"] else "") + ". What was tried is every candidate above; the "
               "test split was not used to choose among them.\n")]
     out.append(_earlier_test_looks())
+    if r.get("why_this_run"):
+        out.append(f"Why this run looked at the test split (stated before it ran, with "
+                   f"`--why`): {r['why_this_run']}\n")
     if r.get("ablation"):
         out += ["Ablation on val (the all-tools configuration with and without each tool; "
                 "single fits, one seed: differences of a few thousandths are within the "
