@@ -179,6 +179,25 @@ def cpu_predict_batch_size(module=None, image_shape=None, amp=False):
     return min(max(1 << (fits.bit_length() - 1), lo), hi)
 
 
+def run_probe(module, x, on_output):
+    """Run ``module`` once on ``x`` in eval mode without gradients, calling
+    ``on_output(output)`` with each leaf module's output; the hooks are removed and every
+    submodule's train/eval mode is restored afterwards, also when the forward fails."""
+    modules = list(module.modules())
+    modes = [m.training for m in modules]
+    hooks = [m.register_forward_hook(lambda _, __, output: on_output(output))
+             for m in modules if not any(m.children())]
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
 _largest_activations = weakref.WeakKeyDictionary()  # module -> {image_shape: elements}
 _largest_activations_lock = threading.Lock()
 
@@ -208,25 +227,14 @@ def largest_activation_elements(module, image_shape):
         return None
     largest = [0]
 
-    def record(_, __, output):
+    def record(output):
         if torch.is_tensor(output):
             largest[0] = max(largest[0], output[0].numel())
 
     parameter = next(module.parameters(), None)
-    probe = torch.zeros((1, *image_shape),
-                        dtype=torch.float32 if parameter is None else parameter.dtype,
-                        device="cpu" if parameter is None else parameter.device)
-    modes = [m.training for m in modules]
-    hooks = [m.register_forward_hook(record) for m in modules if not any(m.children())]
-    try:
-        module.eval()
-        with torch.no_grad():
-            module(probe)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for m, mode in zip(modules, modes):
-            m.training = mode
+    run_probe(module, torch.zeros(
+        (1, *image_shape), dtype=torch.float32 if parameter is None else parameter.dtype,
+        device="cpu" if parameter is None else parameter.device), record)
     with _largest_activations_lock:
         _largest_activations.setdefault(module, {})[image_shape] = largest[0]
     return largest[0]

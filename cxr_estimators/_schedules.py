@@ -58,8 +58,18 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     Raises ValueError naming an unknown schedule or argument (with the closest valid
     name), a warm-up that does not leave at least one epoch of cosine decay, a negative
     ``eta_min``, and any value torch's scheduler refuses when it is built and stepped on a
-    one-parameter optimizer (``factor=2``, ``patience="2"``).
+    one-parameter optimizer (``factor=2``, ``patience="2"``). Run once per fit, before
+    training; :func:`make_lr_scheduler` then only parses.
     """
+    parsed = _parse(lr_schedule, max_epochs)
+    if parsed is not None:
+        _try_schedule(lr_schedule, *parsed, max_epochs, lr)
+    return parsed
+
+
+def _parse(lr_schedule, max_epochs):
+    """``(policy, kwargs)`` of ``lr_schedule`` or None, with the checks that need no
+    torch scheduler."""
     if lr_schedule is None:
         return None
     if isinstance(lr_schedule, str):
@@ -84,7 +94,6 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     if not (is_finite_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
         raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
                          "learning rate the cosine decays to")
-    _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr)
     return policy, kwargs
 
 
@@ -145,8 +154,9 @@ class _PerBatchLR(LRScheduler):
 
 
 def make_lr_scheduler(lr_schedule, max_epochs, monitor):
-    """The skorch callback for ``lr_schedule`` (see the module docstring), or None."""
-    checked = check_lr_schedule(lr_schedule, max_epochs)
+    """The skorch callback for ``lr_schedule`` (see the module docstring), or None; fit
+    has already run :func:`check_lr_schedule` on it."""
+    checked = _parse(lr_schedule, max_epochs)
     if checked is None:
         return None
     policy, kwargs = checked

@@ -14,7 +14,6 @@ Written here because skorch does none of these as we need. Device resolution is 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import inspect
 import warnings
@@ -32,7 +31,7 @@ from torch import nn
 
 from . import _feed, _runtime, distributed
 from ._callbacks import make_callbacks, mark_interrupted
-from ._validation import check_class_weights
+from ._validation import check_class_weights, did_you_mean
 from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
@@ -347,13 +346,14 @@ def class_weights(class_weight, classes, y_enc):
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def _warn_double_balancing(class_weight, sampling):
+def warn_double_balancing(class_weight, sampling):
+    """Warn at fit about ``class_weight="balanced"`` with ``sampling="balanced"``."""
     if isinstance(class_weight, str) and class_weight == "balanced" and sampling == "balanced":
         warnings.warn(
             "class_weight='balanced' with sampling='balanced' corrects the class imbalance "
             "twice: the sampler already shows each class equally often, and the weights "
             "then count the minority class's images more on top, so the model leans "
-            "towards it. Use one of the two", UserWarning, stacklevel=4)
+            "towards it. Use one of the two", UserWarning, stacklevel=3)
 
 
 def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
@@ -403,11 +403,9 @@ def optimizer_kwargs(optimizer, kwargs):
             raise ValueError(f"optimizer_kwargs has {key!r}; set the {key}= parameter "
                              "instead")
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
             raise ValueError(
                 f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
-                f"(optimizer={optimizer!r}); known: {known}"
-                + (f"; did you mean {close[0]!r}?" if close else ""))
+                f"(optimizer={optimizer!r}); known: {known}{did_you_mean(key, known)}")
     _try_optimizer(cls, optimizer, kwargs)
     return {f"optimizer__{key}": value for key, value in kwargs.items()}
 
@@ -445,18 +443,18 @@ def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
 
 
 def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
-             weighted=False, predict_batch_size=None):
+             weighted=False, predict_batch_size=None, writes_files=None):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
     ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`),
     with the layout and precision of ``runtime`` (:class:`_runtime.Runtime`);
     ``weighted``: the data will carry ``sample_weight``; ``predict_batch_size``: of the
-    validation pass (default ``batch_size``)."""
+    validation pass (default ``batch_size``); ``writes_files``: whether its callbacks
+    write checkpoints (default: on the main process; a net built to predict writes none)."""
     n_classes = len(classes)
     kwargs = {}
     weights = class_weights(est.class_weight, classes, y_enc)
     if weights is not None:
         kwargs["criterion__weight"] = weights
-        _warn_double_balancing(est.class_weight, est.sampling)
     if weighted:  # per-image losses, weighted in _Net.get_loss
         kwargs["criterion__reduction"] = "none"
     if not est.verbose:
@@ -470,7 +468,8 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
                                average_weights=est.average_weights,
                                checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
                                extra=est.callbacks, sync_ranks=distributed.is_active(),
-                               writes_files=distributed.is_main_process())
+                               writes_files=(distributed.is_main_process()
+                                             if writes_files is None else writes_files))
     net = _Net(
         module=module,
         criterion=nn.CrossEntropyLoss,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
+from ._runtime import run_probe
+
 __all__ = ["StrictParamsMixin", "available_memory", "check_labels", "check_class_weights",
            "check_fit_memory", "check_flattened", "check_image_batch", "check_memory",
            "check_not_paths", "format_bytes", "warn_unnormalised"]
@@ -223,18 +225,14 @@ def _activation_bytes(module, image_shape, probe=80, backbone=None):
     ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
     seen, total = set(), [0]
 
-    def record(mod, inputs, out):
+    def record(out):
         if isinstance(out, torch.Tensor) and out.data_ptr() not in seen:  # in-place ops once
             seen.add(out.data_ptr())
             total[0] += out.numel() * 4
 
-    leaves = [m for m in module.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(record) for m in leaves]
-    was_training = module.training
     try:
-        module.eval()
-        with torch.no_grad():
-            module(torch.zeros(1, c, ph, pw, device=next(module.parameters()).device))
+        run_probe(module, torch.zeros(1, c, ph, pw, device=next(module.parameters()).device),
+                  record)
     except Exception as exc:  # noqa: BLE001 - torch's error for too small an input varies
         if scale < 1.0:  # the probe, not the image, may be too small for this backbone
             return None
@@ -242,10 +240,6 @@ def _activation_bytes(module, image_shape, probe=80, backbone=None):
             f"backbone={backbone!r} cannot run on images of shape {tuple(image_shape)}: "
             f"{type(exc).__name__}: {exc}. Use larger images (ImageLoader(size=...))"
         ) from exc
-    finally:
-        module.train(was_training)
-        for handle in handles:
-            handle.remove()
     return total[0] * (h * w) / (ph * pw)
 
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validation import is_finite_number
+from ._validation import did_you_mean, is_finite_number
 
 __all__ = ["Augmenter", "DEFAULT_AUGMENTATION", "make_augmenter"]
 
@@ -134,9 +134,8 @@ class Augmenter(nn.Module):
                 f"augment shift must be <= 1, contrast <= 1 and shear < 90 degrees; got "
                 f"shift={shift}, contrast={contrast}, shear={shear}")
         if fill not in FILLS:
-            close = difflib.get_close_matches(str(fill), FILLS, n=1)
             raise ValueError(f"augment fill={fill!r} is not one of {list(FILLS)}"
-                             + (f"; did you mean {close[0]!r}?" if close else ""))
+                             f"{did_you_mean(fill, FILLS)}")
         self.rotation, self.shift, self.shear = float(rotation), float(shift), float(shear)
         self.zoom = (1.0, 1.0) if zoom == 0 else _range("zoom", zoom, around_one=True)
         self.scale = _scale_range(scale, self.zoom)

@@ -17,7 +17,6 @@ do, and is written here by hand:
 
 from __future__ import annotations
 
-import difflib
 import numbers
 import os
 import warnings
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 import torchvision
 
+from ._validation import did_you_mean
 from .heads import check_map, conv_map_trunk, make_head, make_pool, probe_map_shape
 from .preprocessing import InputNormalization
 
@@ -98,10 +98,9 @@ def _small_cnn(backbone, in_channels, kwargs):
     """``SimpleCNN`` / ``DeepCNN`` with ``backbone_kwargs`` checked."""
     for key in kwargs:
         if key not in _SMALL_CNN_KWARGS:
-            close = difflib.get_close_matches(str(key), _SMALL_CNN_KWARGS, n=1)
             raise ValueError(
                 f"backbone_kwargs has an unknown key {key!r} for {backbone!r}; known: "
-                f"{list(_SMALL_CNN_KWARGS)}" + (f"; did you mean {close[0]!r}?" if close else ""))
+                f"{list(_SMALL_CNN_KWARGS)}{did_you_mean(key, _SMALL_CNN_KWARGS)}")
     widths = kwargs.get("widths")
     if widths is not None and (
             isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or not widths

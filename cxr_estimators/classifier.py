@@ -36,7 +36,7 @@ from ._schedules import check_lr_schedule
 from ._training import (
     OPTIMIZERS, _check_sample_weight, _drop_training_state, _Labelled,
     _training_data, load_warm_start, make_net, stream_proba, train_split, valid_dataset,
-    warm_start_module,
+    warm_start_module, warn_double_balancing,
 )
 from ._tta import check_tta, tta_context
 from ._validation import StrictParamsMixin, check_fit_memory
@@ -455,6 +455,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         check_average_weights(self.average_weights, self.max_epochs)
         check_tta(self.tta, self.augment)
         _features.check_cache(self.cache)
+        warn_double_balancing(self.class_weight, self.sampling)
         if self.checkpoint_dir is not None and distributed.is_main_process():
             check_checkpoint_dir(self.checkpoint_dir)  # made here, by fit, not by load
         augmenter = make_augmenter(self.augment)
@@ -537,11 +538,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         runtime.prepare(module)
         # no validation pass (split=None) to size: predictions size their own batches;
         # no checkpoint (skorch's would make checkpoint_dir where the model is loaded)
-        serving = copy.copy(self)
-        serving.checkpoint_dir = None
-        net = make_net(serving, module, self.classes_, np.arange(len(self.classes_)),
+        net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
                        device=device, runtime=runtime, split=None, es_spec=None,
-                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device))
+                       rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
+                       writes_files=False)
         # a loaded model predicts uncompiled: compiling needs a C++ compiler on this machine
         net.set_params(compile=False)
         net.initialize()

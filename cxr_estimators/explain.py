@@ -114,15 +114,16 @@ def _too_small(shape, minimum=2):
     return shape is None or min(shape) < minimum
 
 
-def _default_layer(module, x):
+def _default_layer(module, x, shapes=None):
     """Last top-level trunk block whose output is a 4-D feature map of at least 2x2,
     checked by forward hooks on one image (in a VGG-style stack: its last activation
     before the final pooling). A block, not the last ``nn.Conv2d``: in multi-branch blocks
     (inception's Mixed_7c) the last convolution is one branch only. A deeper block whose
     map is smaller than 2x2 (resnet18's layer4 at 32 px is 1x1) is passed over with a
-    warning: the Grad-CAM of a 1x1 map is one constant."""
+    warning: the Grad-CAM of a 1x1 map is one constant. ``shapes``: :func:`_map_shapes`
+    of ``x``, when the caller has it."""
     prefix = {m: n for n, m in module.named_modules()}
-    shapes = _map_shapes(module, x)
+    shapes = _map_shapes(module, x) if shapes is None else shapes
     skipped = []
     name = _last_big_enough(trunk_blocks(module.trunk), prefix, shapes, skipped)
     if name is None:
@@ -156,10 +157,9 @@ def _last_big_enough(blocks, prefix, shapes, skipped, minimum=2):
     return None
 
 
-def _check_layer_size(module, layer, x):
+def _check_layer_size(module, layer, x, shapes):
     """Refuse a ``layer`` whose map is smaller than 2x2 and warn about one smaller than
     :data:`COARSE_MAP_CELLS` per side, naming a finer one where the trunk has it."""
-    shapes = _map_shapes(module, x)
     shape = shapes.get(layer)
     if shape is None or not _too_small(shape, COARSE_MAP_CELLS):
         return
@@ -167,7 +167,7 @@ def _check_layer_size(module, layer, x):
     if _too_small(shape):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            better = _default_layer(module, x)
+            better = _default_layer(module, x, shapes)
         raise ValueError(
             f"layer={layer!r} outputs a {shape[0]}x{shape[1]} map at this input size "
             f"({size}): its Grad-CAM is one constant value. Use an earlier "
@@ -334,10 +334,11 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         module.eval()
         with torch.enable_grad():
             first = layout(_rows(X, 0, 1, device))
+            shapes = _map_shapes(module, first)  # one probe for the choice and the check
             if layer is None:
-                layer = _default_layer(module, first)
+                layer = _default_layer(module, first, shapes)
             layer_module = _resolve_layer(module, layer)
-            _check_layer_size(module, layer, first)
+            _check_layer_size(module, layer, first, shapes)
             for start in range(0, len(X), int(batch_size)):
                 stop = start + int(batch_size)
                 x = layout(_rows(X, start, stop, device))

@@ -84,14 +84,24 @@ def test_balanced_sampling_with_the_feature_cache(imbalanced, small_clf_params, 
     assert 0.35 < np.concatenate(seen).mean() < 0.65
 
 
-def test_balanced_sampling_with_balanced_class_weight_warns(imbalanced, small_clf_params):
-    """Both corrections at once over-correct: a warning says so; either alone is quiet."""
+def test_balanced_sampling_with_balanced_class_weight_warns(imbalanced, small_clf_params,
+                                                            tmp_path):
+    """Both corrections at once over-correct: a warning at fit says so (not at load);
+    either alone is quiet."""
     import warnings
+
+    import cxr_estimators
 
     X, y = imbalanced
     with pytest.warns(UserWarning, match="corrects the class imbalance twice"):
-        CXRClassifier(**small_clf_params, sampling="balanced",
-                      class_weight="balanced").fit(X, y)
+        both = CXRClassifier(**small_clf_params, sampling="balanced",
+                             class_weight="balanced").fit(X, y)
+    path = tmp_path / "both.safetensors"
+    cxr_estimators.save(both, path)
+    with warnings.catch_warnings(record=True) as caught:  # a fit's warning, not load's
+        warnings.simplefilter("always")
+        cxr_estimators.load(path)
+    assert not [w for w in caught if "twice" in str(w.message)]
     for params in ({"sampling": "balanced"}, {"class_weight": "balanced"},
                    {"sampling": "balanced", "class_weight": {"normal": 2.0}}):
         with warnings.catch_warnings(record=True) as caught:
