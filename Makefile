@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench-quick
+.PHONY: install demo test test-all bench-quick docs
 
 install: $(VENV)/.installed
 
@@ -25,3 +25,14 @@ test-all: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks.run_all --quick
+
+# The documentation site (docs/_build/html/index.html), offline, warnings as errors; then the
+# docstrings' Examples as doctests (pytest --doctest-modules over the package, as in `make test`).
+docs: $(VENV)/.docs-installed
+	rm -rf docs/_build docs/api/generated docs/auto_examples
+	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	$(BIN)/python -m pytest -q cxr_estimators
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $@

@@ -11,7 +11,12 @@ Run from the repository root (about a minute on a laptop CPU)::
     python examples/plot_grad_cam.py [path/to/pneumoniamnist.npz]
 
 The data file defaults to ``../shared/data/pneumoniamnist.npz`` beside the repository.
+
+.. image:: /_static/grad_cam_pneumoniamnist.png
+   :alt: Grad-CAM overlays on PneumoniaMNIST test images, as this script saves them
 """
+
+# sphinx_gallery_thumbnail_path = "_static/grad_cam_pneumoniamnist.png"
 
 import sys
 import time

@@ -52,7 +52,7 @@ if args.quick:
 
 # %%
 # Data: binary = sick vs healthy, and 3-class where the labels say bacterial / viral
-# ---------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------
 data = load_splits(args, quick_sizes=(100, 30, 70))
 print(data.source)
 X_all, y_all = pooled(data)  # the study makes its own splits

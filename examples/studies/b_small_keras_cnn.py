@@ -1,6 +1,6 @@
 """
 Study B: a small Keras-style CNN, three classes, everything monitored on the val folder
-======================================================================================
+=======================================================================================
 
 The card (``../shared/STUDIES.md``, B): three Conv-ReLU-MaxPool blocks (32/64/128
 filters; one run doubles them) → Flatten → Dense → Dropout → softmax, trained from
@@ -44,7 +44,7 @@ SIZE, EPOCHS = (48, 3) if args.quick else (224, 100)
 
 # %%
 # Data: the Kermany train/ val/ test/ folders (PneumoniaMNIST's official splits here)
-# ----------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------
 data = load_splits(args, quick_sizes=(160, 48, 96))
 print(data.source)
 if data.three_class:

@@ -107,7 +107,7 @@ def make_model(backbone, l2, name):
 
 # %%
 # Eight models: four backbones x {no L2, L2 on the dense layer}
-# ------------------------------------------------------------
+# -------------------------------------------------------------
 def train_all():
     print(f"\n{'model':<22}{'size':>5}{'epoch':>6}{'val acc':>8}{'test acc':>9}"
           f"{'sens':>6}{'spec':>6}{'AUC':>6}")
