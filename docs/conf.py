@@ -58,7 +58,7 @@ sphinx_gallery_conf = {
     "examples_dirs": ["../examples"],
     "gallery_dirs": ["auto_examples"],
     "filename_pattern": r"/plot_",
-    "ignore_pattern": r"(__init__|/_[^/]*)\.py$",
+    "ignore_pattern": r"(^|/)_[^/]*\.py$",  # _shared.py and other helpers
     "plot_gallery": "False",  # a build does not train models
     "download_all_examples": False,
     "within_subsection_order": "FileNameSortKey",

@@ -25,21 +25,37 @@ LABELS = {"metadata_routing": ("metadata_routing.html#metadata-routing", "Metada
 TERMS = {"meta-estimator": "glossary.html#term-meta-estimator"}
 
 
-def public_modules():
-    for name in sorted(sklearn.__all__ if hasattr(sklearn, "__all__") else []):
-        if name.startswith("_"):
+#: Subpackages that are not part of the documented API.
+SKIP = ("experimental", "externals", "utils")
+
+
+def public_names(module):
+    """``__all__``, or for the few modules without one (sklearn.calibration, dummy, ...)
+    the public classes and functions defined in the module or its private submodules."""
+    if hasattr(module, "__all__"):
+        return [n for n in module.__all__ if not n.startswith("_")]
+    return [n for n, obj in vars(module).items()
+            if not n.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
+            and getattr(obj, "__module__", "").startswith(module.__name__)]
+
+
+def documented():
+    """(module, public names) for sklearn itself and each public subpackage."""
+    yield sklearn, [n for n in sklearn.__all__
+                    if not n.startswith("_") and not inspect.ismodule(getattr(sklearn, n, None))
+                    and n not in SKIP]
+    for name in sorted(sklearn.__all__):
+        if name.startswith("_") or name in SKIP:
             continue
         try:
             module = importlib.import_module(f"sklearn.{name}")
-        except ImportError:
+        except ImportError:  # a function such as sklearn.clone, listed above
             continue
-        if inspect.ismodule(module):
-            yield module
+        yield module, public_names(module)
 
 
 def entries():
-    for module in public_modules():
-        names = [n for n in getattr(module, "__all__", []) if not n.startswith("_")]
+    for module, names in documented():
         lower = [n.lower() for n in names]
         for name in names:
             if lower.count(name.lower()) > 1:
