@@ -37,6 +37,18 @@ exclude_patterns = ["_build", "_inventories", "_templates", "**.ipynb_checkpoint
 templates_path = ["_templates"]
 default_role = "literal"  # single backticks in the Markdown/reST guides are code
 
+# Every cross-reference must resolve (with -W a broken one fails the build), except those
+# to projects without an inventory in _inventories and to private modules, which the
+# docstrings name for the design but the site does not document.
+nitpicky = True
+NO_INVENTORY = ("torch", "torchvision", "skorch", "numpy", "scipy", "matplotlib", "PIL",
+                "pydicom", "dask", "distributed", "ray", "timm", "torchxrayvision",
+                "safetensors", "pandas", "joblib", "tqdm")
+nitpick_ignore_regex = [
+    (r"py:.*", rf"({'|'.join(NO_INVENTORY)})(\..*)?"),
+    (r"py:.*", r"(.*\.)?_[a-z]\w*(\..*)?"),  # private modules, functions and methods
+]
+
 # -- API reference: autosummary over each public module's __all__ --------------------
 autosummary_generate = True
 autosummary_ignore_module_all = False  # a module's __all__ is its public API
@@ -95,7 +107,9 @@ html_copy_source = False
 # -- Names the package re-exports (documented once, under ``cxr_estimators``) -----------
 TOPLEVEL = [name for name in cxr_estimators.__all__
             if not isinstance(getattr(cxr_estimators, name), type(sys))]
-autosummary_context = {"toplevel": TOPLEVEL}
+SUBMODULES = [name for name in cxr_estimators.__all__
+              if isinstance(getattr(cxr_estimators, name), type(sys))]
+autosummary_context = {"toplevel": TOPLEVEL, "submodules": SUBMODULES}
 
 
 def _check_api_index(app):
@@ -111,5 +125,24 @@ def _check_api_index(app):
                 "docs/api/index.rst", name)
 
 
+def _resolve_short_name(app, env, node, contnode):
+    """Resolve a short reference (``:func:`save```, ``:class:`CXRClassifier```) made in a
+    docstring documented away from its module's page (a re-exported class, a module
+    summary in the API index) to the one documented cxr_estimators object of that name."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    domain = env.get_domain("py")
+    matches = [name for name in domain.objects
+               if name.startswith("cxr_estimators") and name.endswith("." + target)
+               and not domain.objects[name].aliased]  # autodoc's canonical-name twins
+    if len(matches) != 1:
+        return None
+    found = domain.resolve_any_xref(env, node["refdoc"], app.builder, matches[0], node,
+                                    contnode)
+    return found[0][1] if found else None
+
+
 def setup(app):
     app.connect("builder-inited", _check_api_index)
+    app.connect("missing-reference", _resolve_short_name)

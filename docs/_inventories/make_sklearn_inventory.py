@@ -25,6 +25,8 @@ LABELS = {"metadata_routing": ("metadata_routing.html#metadata-routing", "Metada
 TERMS = {"meta-estimator": "glossary.html#term-meta-estimator"}
 
 
+#: Documented modules that ``sklearn.__all__`` does not list.
+ALSO = ("base",)
 #: Subpackages that are not part of the documented API.
 SKIP = ("experimental", "externals", "utils")
 
@@ -44,7 +46,7 @@ def documented():
     yield sklearn, [n for n in sklearn.__all__
                     if not n.startswith("_") and not inspect.ismodule(getattr(sklearn, n, None))
                     and n not in SKIP]
-    for name in sorted(sklearn.__all__):
+    for name in sorted({*sklearn.__all__, *ALSO}):
         if name.startswith("_") or name in SKIP:
             continue
         try:
