@@ -125,10 +125,45 @@ def _check_api_index(app):
                 "docs/api/index.rst", name)
 
 
+def _exists_in_package(target, context):
+    """Whether ``target`` names something in cxr_estimators, looked up from the docstring's
+    module ``context``, its parents, or any loaded cxr_estimators module."""
+    import importlib
+
+    bases = [""]
+    while context:
+        bases.append(context)
+        context = context.rpartition(".")[0]
+    bases += [name for name in sorted(sys.modules) if name.startswith("cxr_estimators")]
+    for base in bases:
+        parts = (f"{base}.{target}" if base else target).split(".")
+        if parts[0] != "cxr_estimators":
+            continue
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                break
+            return True
+    return False
+
+
 def _resolve_short_name(app, env, node, contnode):
-    """Resolve a short reference (``:func:`save```, ``:class:`CXRClassifier```) made in a
-    docstring documented away from its module's page (a re-exported class, a module
-    summary in the API index) to the one documented cxr_estimators object of that name."""
+    """A reference that Sphinx could not resolve, made in a cxr_estimators docstring:
+
+    * a short name (``:func:`save```, ``:class:`CXRClassifier```) in a docstring shown away
+      from its module's page (a re-exported class, a module summary in the API index)
+      links to the one documented object of that name;
+    * a name that exists in the package but has no page of its own (a submodule of a
+      subpackage, a constant named in prose) stays plain text;
+    * anything else (a typo, a renamed or removed function) is left to Sphinx, which
+      reports it: with -W and nitpicky, a broken reference fails the build.
+    """
     if node.get("refdomain") != "py":
         return None
     target = node["reftarget"].lstrip("~.")
@@ -136,11 +171,14 @@ def _resolve_short_name(app, env, node, contnode):
     matches = [name for name in domain.objects
                if name.startswith("cxr_estimators") and name.endswith("." + target)
                and not domain.objects[name].aliased]  # autodoc's canonical-name twins
-    if len(matches) != 1:
-        return None
-    found = domain.resolve_any_xref(env, node["refdoc"], app.builder, matches[0], node,
-                                    contnode)
-    return found[0][1] if found else None
+    if len(matches) == 1:
+        found = domain.resolve_any_xref(env, node["refdoc"], app.builder, matches[0], node,
+                                        contnode)
+        if found:
+            return found[0][1]
+    if _exists_in_package(target, node.get("py:module") or ""):
+        return contnode
+    return None
 
 
 def setup(app):
