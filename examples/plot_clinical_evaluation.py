@@ -22,15 +22,19 @@ Run from the repository root (seconds on a CPU)::
     python examples/plot_clinical_evaluation.py [path/to/pneumoniamnist.npz] [out_dir]
 
 The data file defaults to ``../shared/data/pneumoniamnist.npz`` beside the repository;
-figures go to ``out_dir`` (default: a new temporary folder). The training curves and
-ROC curve below were drawn by
+figures go to ``out_dir`` (default: a new temporary folder). The figures below are
+this script's, written there by
 ``python examples/plot_clinical_evaluation.py ../shared/data/pneumoniamnist.npz
-docs/_static/clinical_evaluation``.
+docs/_static/clinical_evaluation`` (a run that printed the numbers
+``docs/clinical_evaluation.md`` quotes).
 
 .. image:: /_static/clinical_evaluation/training_curves.png
    :alt: training and validation loss and accuracy per epoch
 .. image:: /_static/clinical_evaluation/roc.png
    :alt: ROC curve of the calibrated model on the test split
+   :width: 45%
+.. image:: /_static/clinical_evaluation/confusion_matrix.png
+   :alt: confusion matrix at the tuned threshold on the test split
    :width: 45%
 """
 
