@@ -242,6 +242,11 @@ def test_report_str_dict_frame():
     auc = report.overall["roc_auc"]
     assert f"{auc.value:.3f}  [{auc.ci_low:.3f}, {auc.ci_high:.3f}]" in text
     assert "confusion matrix" in text
+    # binary: each figure once (the per-class rows would repeat them: 19 rows -> 7)
+    rows = [line for line in text.splitlines() if line.startswith(("overall", "normal",
+                                                                   "pneumonia"))]
+    assert [r.split()[0] for r in rows] == ["overall"] * 7, rows
+    assert text.count(f"{auc.value:.3f}  [") == 1
     data = json.loads(json.dumps(report.to_dict()))
     assert data["per_class"]["normal"]["sensitivity"]["value"] == pytest.approx(
         report.per_class["normal"]["sensitivity"].value)

@@ -1,4 +1,4 @@
-"""The clinical report: :func:`clinical_report` and its :class:`ClinicalReport`.
+"""The text clinical report: :func:`clinical_report` and its :class:`ClinicalReport`.
 
 Imported by users from :mod:`cxr_estimators.metrics`. Point estimates come from
 :func:`sklearn.metrics.confusion_matrix` and :func:`sklearn.metrics.roc_auc_score`;
@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.utils import check_random_state
 
-from ._validation import check_labels, check_memory, is_finite_number
+from .._validation import check_labels, check_memory, is_finite_number
 
 __all__ = ["ClinicalReport", "MetricEstimate", "clinical_report"]
 
@@ -443,9 +443,14 @@ class ClinicalReport:
         self.per_class = per_class
         self.confusion_matrix = confusion_matrix
 
-    def _rows(self):
+    def _rows(self, once=False):
+        """(class, metric, estimate) rows. ``once``: a binary report's per-class rows
+        repeat the overall ones (the negative class's sensitivity is the specificity, ...),
+        so they are left out and each figure is printed once."""
         for metric, est in self.overall.items():
             yield "overall", metric, est
+        if once and self.pos_label is not None:
+            return
         for label, metrics in self.per_class.items():
             for metric, est in metrics.items():
                 yield label, metric, est
@@ -458,7 +463,8 @@ class ClinicalReport:
     def __str__(self):
         if self.pos_label is not None:
             head = (f"binary, positive class {self.pos_label!r}, predicted positive when "
-                    f"score >= {self.threshold:g}")
+                    f"score >= {self.threshold:g}; metrics of the positive class (each "
+                    "class's own figures are in per_class and to_dict)")
         else:
             head = f"{len(self.labels)} classes, predicted class = argmax; overall = macro"
         pct = f"{100 * self.confidence:g}%"
@@ -466,7 +472,7 @@ class ClinicalReport:
                  f"{pct} CI: percentile bootstrap, {self.n_bootstraps} resamples of cases",
                  "",
                  f"{'class':<14}{'metric':<13}{'value':>7}  {pct + ' CI':<17}{'resamples':>9}"]
-        for group, metric, est in self._rows():
+        for group, metric, est in self._rows(once=True):
             ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if est.n_resamples else "-"
             lines.append(f"{str(group)[:13]:<14}{metric:<13}{est.value:>7.3f}  {ci:<17}"
                          f"{est.n_resamples:>9}")
