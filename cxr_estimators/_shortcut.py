@@ -82,8 +82,11 @@ class ShortcutTest:
 
 
 def _split(model, X):
-    """(final estimator, X as the final estimator's input array)."""
+    """(estimator, images it takes): ``X`` itself when it is an image array, else (paths)
+    what a Pipeline's steps before the last make of it, for its last step."""
     check_is_fitted(model)
+    if isinstance(X, np.ndarray) and X.ndim >= 3 and X.dtype.kind in "uif":
+        return model, X
     if isinstance(model, Pipeline) and len(model) > 1:
         return model[-1], model[:-1].transform(X)
     return model, X
@@ -115,10 +118,11 @@ def shortcut_test(model, X, y, *, pos_label=None, mask=None, border=0.15,
     Parameters
     ----------
     model : fitted classifier or Pipeline
-        With ``predict_proba``; a Pipeline's steps before the last turn ``X`` into the
-        images its last step takes (e.g. ``ImageLoader`` paths -> arrays), and those are
-        masked.
-    X : images (n, [C,] H, W) or what the Pipeline takes
+        With ``predict_proba``.
+    X : images (n, [C,] H, W), or paths for a Pipeline
+        Image arrays are masked as given; otherwise a Pipeline's steps before the last
+        turn ``X`` into images (e.g. ``ImageLoader``: paths -> arrays), which are masked
+        and given to its last step.
     y : array-like of shape (n,)
         True labels (both classes present).
     pos_label : object, default=None
