@@ -463,8 +463,7 @@ class ClinicalReport:
     def __str__(self):
         if self.pos_label is not None:
             head = (f"binary, positive class {self.pos_label!r}, predicted positive when "
-                    f"score >= {self.threshold:g}; metrics of the positive class (each "
-                    "class's own figures are in per_class and to_dict)")
+                    f"score >= {self.threshold:g}")
         else:
             head = f"{len(self.labels)} classes, predicted class = argmax; overall = macro"
         pct = f"{100 * self.confidence:g}%"
