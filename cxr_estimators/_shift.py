@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 
-from .report._clinical import _weighted_auc
+from .report._clinical import _weighted_auc, bootstrap_weights
 from .io import read_image
 
 __all__ = ["ShiftAudit", "shift_audit", "MIN_IMAGES_PER_SET"]
@@ -272,9 +272,7 @@ def _domain_test(Z, domain, groups, n_permutations, n_bootstraps, rng):
     null_auc = _column_aucs(perms, null)
     p_value = float((1 + np.sum(null_auc >= auc)) / (1 + n_permutations))
     n = len(domain)
-    draws = rng.randint(0, n, size=(n_bootstraps, n))
-    weights = np.bincount((draws + n * np.arange(n_bootstraps)[:, None]).ravel(),
-                          minlength=n_bootstraps * n).reshape(n_bootstraps, n).astype(float)
+    weights = bootstrap_weights(n, n_bootstraps, rng)
     boot = _weighted_auc(scores, domain.astype(bool), weights, np.argsort(scores,
                                                                          kind="stable"))
     boot = boot[np.isfinite(boot)]

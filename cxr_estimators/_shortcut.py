@@ -24,7 +24,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import is_finite_number
-from .report._clinical import _implicit_pos_label, _weighted_auc
+from .report._clinical import _implicit_pos_label, _weighted_auc, bootstrap_weights
 
 __all__ = ["ShortcutTest", "shortcut_test", "MIN_AUC_DROP"]
 
@@ -164,9 +164,7 @@ def shortcut_test(model, X, y, *, pos_label=None, mask=None, border=0.15,
     after = final.predict_proba(_blank_outside(Xm, mask, border))[:, column]
     rng = check_random_state(random_state)
     n = len(y)
-    draws = rng.randint(0, n, size=(int(n_bootstraps), n))
-    weights = np.bincount((draws + n * np.arange(len(draws))[:, None]).ravel(),
-                          minlength=len(draws) * n).reshape(len(draws), n).astype(float)
+    weights = bootstrap_weights(n, int(n_bootstraps), rng)
     drops = (_weighted_auc(before, positive, weights, np.argsort(before, kind="stable"))
              - _weighted_auc(after, positive, weights, np.argsort(after, kind="stable")))
     change = np.abs(after - before)

@@ -50,8 +50,8 @@ def shift_section(ctx):
                "cross-validation) are likely optimistic for this test set.</p>"
                if audit.shifted else '<p class="ok">No shift detected between the '
                "training and test images.</p>")
-    html = (f"<p>A {audit.representation} domain classifier, cross-validated, tries to "
-            "tell test images from training images; ROC AUC 0.5 means it cannot. "
+    html = (f"<p>A domain classifier on the {audit.representation}, cross-validated, "
+            "tries to tell test images from training images; ROC AUC 0.5 means it cannot. "
             f"p-value: {audit.n_permutations} label permutations.</p>"
             + table(["images", "domain AUC", "95% CI low", "95% CI high", "p-value",
                      "train", "test"], rows) + verdict

@@ -343,9 +343,7 @@ def _bootstrap(y_idx, y_pred_idx, proba, k, pos_index, n_bootstraps, rng):
     results = []
     for start in range(0, n_bootstraps, chunk):
         b = min(chunk, n_bootstraps - start)
-        draws = rng.randint(0, n, size=(b, n))
-        weights = np.bincount((draws + n * np.arange(b)[:, None]).ravel(),
-                              minlength=b * n).reshape(b, n).astype(float)
+        weights = bootstrap_weights(n, b, rng)
         cm = (weights @ cells).reshape(b, k, k)
         rates = _per_class_rates(*_counts_from_cm(cm))
         aucs = [(_weighted_auc(proba[:, c], y_idx == c, weights, order[:, c])
@@ -360,6 +358,15 @@ def _bootstrap(y_idx, y_pred_idx, proba, k, pos_index, n_bootstraps, rng):
         chunk_out[("overall", "accuracy")] = np.trace(cm, axis1=1, axis2=2) / n
         results.append(chunk_out)
     return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+
+
+def bootstrap_weights(n, n_bootstraps, rng):
+    """Case multiplicities (n_bootstraps, n) of resamples drawn with replacement: the
+    form in which the vectorised metrics here (and in the shift audit, the shortcut
+    test and the HTML report) take a bootstrap."""
+    draws = rng.randint(0, n, size=(n_bootstraps, n))
+    return np.bincount((draws + n * np.arange(n_bootstraps)[:, None]).ravel(),
+                       minlength=n_bootstraps * n).reshape(n_bootstraps, n).astype(float)
 
 
 def _weighted_auc(score, positive, weights, order):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import average_precision_score
 
+from ._clinical import bootstrap_weights
 from ._template import escape, number_cell, table
 
 _METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "accuracy")
@@ -164,16 +165,10 @@ def model_section(ctx):
 
 
 # ---------------------------------------------------------------------------- performance
-def _bootstrap_weights(n, n_bootstraps, rng):
-    draws = rng.randint(0, n, size=(n_bootstraps, n))
-    return np.bincount((draws + n * np.arange(n_bootstraps)[:, None]).ravel(),
-                       minlength=n_bootstraps * n).reshape(n_bootstraps, n).astype(float)
-
-
 def _extra_metrics(finding, n_bootstraps, rng):
     """PR AUC and Brier score with percentile bootstrap 95 % CIs."""
     y, s = finding.y_true, finding.score
-    weights = _bootstrap_weights(len(y), n_bootstraps, rng)
+    weights = bootstrap_weights(len(y), n_bootstraps, rng)
     brier = (s - y) ** 2
     pr = [average_precision_score(y, s, sample_weight=w) for w in weights if y[w > 0].any()]
     return {"pr_auc": _with_ci(average_precision_score(y, s), pr),
