@@ -146,6 +146,10 @@ def test_report_multiclass_matches_hand_and_sklearn():
     assert report.per_class["b"]["specificity"].value == pytest.approx(5 / 7)
     assert report.per_class["c"]["ppv"].value == pytest.approx(3 / 4)
     assert report.per_class["a"]["npv"].value == pytest.approx(8 / 9)
+    # multiclass: the per-class rows are not repeats, so the table keeps them
+    firsts = [line.split()[0] for line in str(report).splitlines()
+              if len(line.split()) > 2 and line.split()[1] == "sensitivity"]
+    assert firsts == ["overall", "a", "b", "c"]
     assert report.overall["sensitivity"].value == pytest.approx(
         recall_score(Y3, P3, average="macro"))
     assert report.overall["f1"].value == pytest.approx(f1_score(Y3, P3, average="macro"))
