@@ -163,6 +163,8 @@ def test_unwritable_folder_and_multiclass(fitted, tmp_path, monkeypatch, toy_mul
                           random_state=0).fit(X3, y3)
     with pytest.raises(NotImplementedError, match="binary models"):
         report(multi, X3, y3, tmp_path / "r.html")
+    with pytest.raises(NotImplementedError, match="multi-label report"):
+        report(clf, X[80:], np.zeros((40, 2)), tmp_path / "r.html")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

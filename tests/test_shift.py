@@ -73,6 +73,14 @@ def test_groups_stay_on_one_side_and_small_classes_are_skipped():
     assert "fewer than 10" in str(audit)
 
 
+def test_a_patient_never_straddles_a_fold():
+    Z = _pixel_features(np.concatenate([_noise(30, 0), _noise(30, 1)]), "X")
+    domain = np.r_[np.zeros(30, int), np.ones(30, int)]
+    groups = np.repeat(np.arange(20), 3).astype(str)  # patient 5 has images 15, 16, 17
+    for test, train, *_ in _ridge_maps(Z, domain, groups, check_random_state(0)):
+        assert not set(groups[test]) & set(groups[train])
+
+
 def test_compact_images_and_paths(tmp_path):
     ref, new = (np.round(_noise(20, s, shift) * 255).astype(np.uint8)
                 for s, shift in ((0, 0.0), (1, 0.2)))

@@ -88,6 +88,10 @@ def _classifier(model):
 
 
 def _check_data(X_test, y_test, X_train, y_train, groups):
+    if np.ndim(y_test) == 2:
+        raise NotImplementedError(
+            f"y_test is 2-D {np.shape(y_test)}: a multi-label report (one section per "
+            "finding) is not implemented yet; use metrics.clinical_report per finding")
     if len(X_test) < MIN_TEST_IMAGES:
         raise ValueError(f"report needs at least {MIN_TEST_IMAGES} test images; X_test has "
                          f"{len(X_test)}")
