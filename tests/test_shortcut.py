@@ -7,7 +7,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from conftest import _toy_images
 from cxr_estimators import CXRClassifier
 from cxr_estimators.explain import shortcut_test
 
