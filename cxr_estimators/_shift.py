@@ -58,7 +58,8 @@ class ShiftAudit:
     auc_ci : (float, float)
         95 % percentile bootstrap interval of ``auc`` (resampling images).
     p_value : float
-        Permutation p-value of ``auc`` (domain labels shuffled, the same folds).
+        Permutation p-value of ``auc`` (domain labels shuffled between patients, or
+        between images without ``groups``; the same folds).
     n_ref, n_new : int
     representation : str
         "model features" or "pixels (16x16 pooled + histogram)".
@@ -263,11 +264,25 @@ def _column_aucs(labels, scores):
     return ((ranks * labels).sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def _shuffler(domain, groups):
+    """A function ``rng -> shuffled domain labels``: shuffled between patients (each
+    patient's images move together: under no shift, patients, not images, are
+    exchangeable), or between images when no patient has several images or one has
+    images in both sets."""
+    units, inverse = np.unique(groups, return_inverse=True)
+    per_unit = np.zeros(len(units), dtype=domain.dtype)
+    per_unit[inverse] = domain
+    if len(units) == len(domain) or not np.array_equal(per_unit[inverse], domain):
+        return lambda rng: rng.permutation(domain)
+    return lambda rng: rng.permutation(per_unit)[inverse]
+
+
 def _domain_test(Z, domain, groups, n_permutations, n_bootstraps, rng):
     maps = _ridge_maps(Z, domain, groups, rng)
     scores = _held_out_scores(maps, domain[:, None].astype(float))[:, 0]
     auc = float(roc_auc_score(domain, scores))
-    perms = np.stack([rng.permutation(domain) for _ in range(n_permutations)], 1)
+    shuffle = _shuffler(domain, groups)
+    perms = np.stack([shuffle(rng) for _ in range(n_permutations)], 1)
     null = _held_out_scores(maps, perms.astype(float))
     null_auc = _column_aucs(perms, null)
     p_value = float((1 + np.sum(null_auc >= auc)) / (1 + n_permutations))

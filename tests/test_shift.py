@@ -81,6 +81,24 @@ def test_a_patient_never_straddles_a_fold():
         assert not set(groups[test]) & set(groups[train])
 
 
+def test_permutations_move_whole_patients():
+    from cxr_estimators._shift import _shuffler
+
+    domain = np.r_[np.zeros(30, int), np.ones(30, int)]
+    groups = np.repeat(np.arange(20), 3).astype(str)
+    rng = check_random_state(0)
+    shuffle = _shuffler(domain, groups)
+    draws = [shuffle(rng) for _ in range(20)]
+    for shuffled in draws:
+        assert (shuffled.reshape(20, 3) == shuffled.reshape(20, 3)[:, :1]).all()
+    assert len({d.tobytes() for d in draws}) > 10
+    # a patient with images in both sets: images are shuffled one by one
+    mixed = groups.copy()
+    mixed[29] = mixed[30]
+    shuffled = [_shuffler(domain, mixed)(rng) for _ in range(20)]
+    assert any((s.reshape(20, 3) != s.reshape(20, 3)[:, :1]).any() for s in shuffled)
+
+
 def test_compact_images_and_paths(tmp_path):
     ref, new = (np.round(_noise(20, s, shift) * 255).astype(np.uint8)
                 for s, shift in ((0, 0.0), (1, 0.2)))
