@@ -32,6 +32,30 @@ def _pairs(split, seed):
             "train vs test": (split["train"], split["test"])}
 
 
+def shift_audit_section(r, provenance):
+    """The docs/benchmarks.md section (``provenance``: make_table's provenance line)."""
+    def cell(a):
+        low, high = a["auc_ci"]
+        return f"{a['auc']:.3f} [{low:.3f}, {high:.3f}], p = {a['p_value']:.3g}"
+
+    names = r["labels"]
+    rows = [f"| {pair} | {cell(a)} | " + " | ".join(cell(a["per_class"][k]) for k in names)
+            + " |" for pair, a in r["audits"].items()]
+    model = r["benchmark_model"]
+    return "\n".join([
+        "## Shift audit: PneumoniaMNIST's splits\n",
+        "Out-of-fold ROC AUC of a domain classifier telling the new images from the "
+        "reference ones (0.5: indistinguishable), 95 % bootstrap CI and permutation "
+        f"p-value ({r['n_permutations']} permutations); docs/honest_evaluation.md §4.\n",
+        "| reference vs new | all images | " + " | ".join(names.values()) + " |",
+        "|---|---|" + "---|" * len(names), *rows, "",
+        f"The benchmark model on val / test: specificity {model['val']['specificity']:.3f}"
+        f" / {model['test']['specificity']:.3f}, sensitivity "
+        f"{model['val']['sensitivity']:.3f} / {model['test']['sensitivity']:.3f}, ROC AUC "
+        f"{model['val']['roc_auc']:.3f} / {model['test']['roc_auc']:.3f}.\n",
+        provenance(r)])
+
+
 def main():
     args = _common.parser(__doc__.splitlines()[0]).parse_args()
     n = 99 if args.quick else 1000
