@@ -64,7 +64,10 @@ def written(fitted, tmp_path_factory):
     clf, X, y = fitted
     path = tmp_path_factory.mktemp("report") / "report.html"
     sites = np.array(["site_a", "site_b"])[np.arange(40) % 2]
+    # two images per patient; patient "p40" has images in both sets (a leak)
+    patients = np.array([f"p{i // 2}" for i in range(120)])
     data = report(clf, X[80:], y[80:], path, X_train=X[:80], y_train=y[:80], groups=sites,
+                  patients=patients[80:], patients_train=np.r_[patients[:79], ["p40"]],
                   pos_label="pneumonia", n_bootstraps=200, n_gradcam=6, random_state=0)
     return path, data
 
@@ -105,6 +108,10 @@ def test_page_parses_images_decode_and_numbers_equal_the_json(written, fitted):
     assert data["performance"]["pneumonia"]["confusion_matrix"]["counts"] == \
         rep.confusion_matrix.tolist()
     assert len(data["model"]["weights_sha256"]) == 64
+    assert data["data"]["splits"]["test"]["patients"] == 20
+    assert data["data"]["audit"]["patients_in_train_and_test"] == 1
+    assert data["data"]["audit"]["shared_patients"] == ["p40"]
+    assert "patients in both sets" in path.read_text()
     assert data["gradcam"]["pneumonia"]["images"][0]["kind"] in (
         "false negative", "false positive")
 
@@ -133,6 +140,7 @@ def test_rewrites_its_own_report_never_another_file(written, fitted, tmp_path):
     (dict(threshold=1.5), ValueError, r"threshold must be a probability in \[0, 1\]"),
     (dict(pos_label="covid"), ValueError, "pos_label='covid' is not one of"),
     (dict(groups=["a"] * 3), ValueError, "groups has 3 entries but X_test has 40"),
+    (dict(patients_train=["a"] * 3), ValueError, "patients_train has 3 entries but X_train"),
 ])
 def test_bad_input(fitted, tmp_path, change, error, match):
     clf, X, y = fitted

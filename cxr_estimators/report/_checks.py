@@ -40,6 +40,7 @@ def shift_section(ctx):
     y_ref = ctx.y_train if ctx.y_train is not None else None
     audit = shift_audit(ctx.X_train, ctx.X_test, y_ref=y_ref,
                         y_new=ctx.y_test if y_ref is not None else None, model=ctx.model,
+                        groups_ref=ctx.patients_train, groups_new=ctx.patients,
                         random_state=ctx.random_state)
     data = {"run": True, **audit.to_dict()}
     rows = [["all images", *_shift_cells(data, "shift")]]

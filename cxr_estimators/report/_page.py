@@ -36,6 +36,8 @@ class _Context:
     X_train: object
     y_train: object
     groups: object
+    patients: object
+    patients_train: object
     n_bootstraps: int
     n_gradcam: int
     random_state: int
@@ -87,7 +89,7 @@ def _classifier(model):
     return clf
 
 
-def _check_data(X_test, y_test, X_train, y_train, groups):
+def _check_data(X_test, y_test, X_train, y_train, groups, patients, patients_train):
     if np.ndim(y_test) == 2:
         raise NotImplementedError(
             f"y_test is 2-D {np.shape(y_test)}: a multi-label report (one section per "
@@ -105,6 +107,12 @@ def _check_data(X_test, y_test, X_train, y_train, groups):
     if groups is not None and len(groups) != len(X_test):
         raise ValueError(f"groups has {len(groups)} entries but X_test has {len(X_test)} "
                          "images (one group, e.g. a site, per test image)")
+    if patients is not None and len(patients) != len(X_test):
+        raise ValueError(f"patients has {len(patients)} entries but X_test has "
+                         f"{len(X_test)} images")
+    if patients_train is not None and (X_train is None or len(patients_train) != len(X_train)):
+        raise ValueError(f"patients_train has {len(patients_train)} entries but X_train has "
+                         f"{0 if X_train is None else len(X_train)} images")
 
 
 def _finding(clf, proba, y_test, pos_label, threshold):
@@ -141,7 +149,7 @@ def _nest(sections):
 
 
 def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=None,
-           threshold=None, pos_label=None, title="Evaluation report", n_bootstraps=1000,
+           patients=None, patients_train=None, threshold=None, pos_label=None, title="Evaluation report", n_bootstraps=1000,
            n_gradcam=8, random_state=0):
     """Write a one-page HTML evaluation report, and its numbers as JSON beside it.
 
@@ -168,6 +176,10 @@ def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=No
         set and the shift audit.
     groups : array-like of shape (n_test,), optional
         Site or subgroup of each test image: a subgroup table.
+    patients, patients_train : array-like, optional
+        Patient id of each test / training image: patients are counted, patients in
+        both sets are reported as leaks, and the shift audit keeps each patient on one
+        side of its folds.
     threshold : float in [0, 1], default=None (0.5)
         Predicted positive when the positive class's probability is at least this.
     pos_label : object, default=None
@@ -199,11 +211,12 @@ def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=No
     """
     path, twin = _check_path(path)
     clf = _classifier(model)
-    _check_data(X_test, y_test, X_train, y_train, groups)
+    _check_data(X_test, y_test, X_train, y_train, groups, patients, patients_train)
     y_test = np.asarray(y_test)
     finding = _finding(clf, model.predict_proba(X_test), y_test, pos_label, threshold)
     ctx = _Context(model=model, clf=clf, X_test=X_test, y_test=y_test, X_train=X_train,
                    y_train=None if y_train is None else np.asarray(y_train), groups=groups,
+                   patients=patients, patients_train=patients_train,
                    n_bootstraps=int(n_bootstraps), n_gradcam=int(n_gradcam),
                    random_state=random_state, rng=check_random_state(random_state))
     sections = [_sections.data_section(ctx), _sections.model_section(ctx),

@@ -80,38 +80,41 @@ def data_section(ctx):
     from ..audit import audit_dataset
 
     rows, data = [], {"splits": {}}
-    for split, X, y, groups in (("train", ctx.X_train, ctx.y_train, None),
-                                ("test", ctx.X_test, ctx.y_test, ctx.groups)):
+    for split, X, y, groups in (("train", ctx.X_train, ctx.y_train, ctx.patients_train),
+                                ("test", ctx.X_test, ctx.y_test, ctx.patients)):
         if X is None:
             continue
         counts = ({str(k): int(v) for k, v in zip(*np.unique(np.asarray(y),
                                                              return_counts=True))}
                   if y is not None else {})
         entry = {"images": len(X), "classes": counts,
-                 "groups": None if groups is None else len(set(map(str, groups)))}
+                 "patients": None if groups is None else len(set(map(str, groups)))}
         data["splits"][split] = entry
         rows.append([split, number_cell(len(X), f"data.splits.{split}.images")]
                     + [", ".join(f"{k}: {v}" for k, v in counts.items()) or "-",
                        "-" if groups is None else number_cell(
-                           entry["groups"], f"data.splits.{split}.groups")])
-    audit = audit_dataset(_channels_last(ctx.X_test), ctx.y_test,
-                          X_other=_channels_last(ctx.X_train))
+                           entry["patients"], f"data.splits.{split}.patients")])
+    audit = audit_dataset(_channels_last(ctx.X_test), ctx.y_test, ctx.patients,
+                          X_other=_channels_last(ctx.X_train), groups_other=ctx.patients_train)
     found = {"duplicate_groups_in_test": len(audit.duplicate_groups),
              "label_conflicts_in_test": len(audit.label_conflicts),
              "test_images_identical_to_train": len(audit.cross_duplicates),
              "odd_test_images": len(audit.odd_images)}
+    if ctx.patients is not None and ctx.patients_train is not None:
+        found["patients_in_train_and_test"] = len(audit.shared_patients)
     data["audit"] = {**found, "odd_images": {str(k): v for k, v in audit.odd_images.items()},
-                     "cross_duplicates": audit.cross_duplicates}
+                     "cross_duplicates": audit.cross_duplicates,
+                     "shared_patients": audit.shared_patients}
     audit_rows = [[k.replace("_", " "), number_cell(v, f"data.audit.{k}")]
                   for k, v in found.items()]
-    warn = found["test_images_identical_to_train"] or found["label_conflicts_in_test"]
-    note = (f'<p class="{"warn" if warn else "ok"}">'
-            + ("Test images identical to training images inflate every figure below: "
-               "remove them." if found["test_images_identical_to_train"] else
+    leaks = found["test_images_identical_to_train"] + found.get("patients_in_train_and_test", 0)
+    note = (f'<p class="{"warn" if leaks else "ok"}">'
+            + ("Test images identical to training images, or patients in both sets, "
+               "inflate every figure below: remove them." if leaks else
                "No test image is identical to a training image." if ctx.X_train is not None
                else "No training images given: leakage into the test set not checked.")
             + "</p>")
-    html = (table(["split", "images", "classes", "patients / groups"], rows)
+    html = (table(["split", "images", "classes", "patients"], rows)
             + "<h3>Audit of the test images</h3>" + table(["check", "count"], audit_rows)
             + note)
     return Section("data", "Data", html, data)
