@@ -149,8 +149,8 @@ def _nest(sections):
 
 
 def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=None,
-           patients=None, patients_train=None, threshold=None, pos_label=None, title="Evaluation report", n_bootstraps=1000,
-           n_gradcam=8, random_state=0):
+           patients=None, patients_train=None, threshold=None, pos_label=None,
+           title="Evaluation report", n_bootstraps=1000, n_gradcam=8, random_state=0):
     """Write a one-page HTML evaluation report, and its numbers as JSON beside it.
 
     The page is self-contained (figures inlined as base64 PNG, no script, no network)
