@@ -151,7 +151,8 @@ def _pixel_features(X, name):
     """Representation without a model: 16x16 average-pooled gray intensities, a
     16-bin intensity histogram, mean and standard deviation, per image."""
     if _is_paths(X):
-        images = [np.asarray(read_image(p), dtype=np.float32) for p in X]
+        # a copy: read_image hands out its cache's read-only arrays
+        images = [np.array(read_image(p), dtype=np.float32) for p in X]
         images = [im.mean(-1) if im.ndim == 3 else im for im in images]
         return np.stack([_one_image_features(torch.as_tensor(im)[None, None])[0]
                          for im in images])
