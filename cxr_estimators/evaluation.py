@@ -16,9 +16,9 @@ import numbers
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
+from ._targets import StratifiedFindingGroupKFold
 from .metrics import clinical_report
 
 __all__ = ["best_epoch_scorer", "external_validate", "grouped_cv", "retrain_on_all"]
@@ -38,7 +38,10 @@ def grouped_cv(n_splits=5, *, random_state=None):
     cv : sklearn.model_selection.StratifiedGroupKFold
         ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)``;
         pass ``groups=`` (e.g. ``Bunch.groups`` from :mod:`cxr_estimators.datasets`) to
-        ``fit``/``split``/``cross_validate``.
+        ``fit``/``split``/``cross_validate``. A multilabel ``y`` (n, k), NaN allowed, is
+        stratified on each image's rarest positive finding (a subclass,
+        :class:`cxr_estimators._targets.StratifiedFindingGroupKFold`: a light stand-in
+        for iterative stratification, without a scikit-multilearn dependency).
 
     Examples
     --------
@@ -53,7 +56,7 @@ def grouped_cv(n_splits=5, *, random_state=None):
     >>> len(scores["test_score"])
     5
     """
-    return StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)
+    return StratifiedFindingGroupKFold(n_splits, shuffle=True, random_state=random_state)
 
 
 def _unpack(name, data, classes):
