@@ -663,7 +663,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         tta = check_tta(self.tta, self.augment)
         with _runtime.thread_share():
             if tta is not None:
-                with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None),
+                                 multilabel=self._findings() is not None):
                     proba = self._stream_proba(X)
             elif getattr(self, "_uses_cache", False):
                 # frozen trunk: features of X come from the cache shared by all grid
