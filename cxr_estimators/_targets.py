@@ -243,7 +243,7 @@ class FindingsAUC:
         self.skipped_ = []
 
     def __call__(self, net, X, y):
-        proba = torch.sigmoid(torch.as_tensor(net.forward(X)).float()).numpy()
+        proba = torch.sigmoid(torch.as_tensor(net.forward(X)).detach().float()).cpu().numpy()
         aucs, skipped = per_finding_auc(y, proba)
         self.skipped_ = [self.findings[j] for j in skipped]
         if self.finding is not None:
