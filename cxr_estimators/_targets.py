@@ -105,7 +105,7 @@ def multilabel_targets(Y, uncertain=None, name="y", findings=None):
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{name} column {finding!r} has the value {column[i]!r} at row {i}; "
+                f"{name} column {finding!r} has the value {float(column[i])!r} at row {i}; "
                 "multilabel targets are 1 (present), 0 (absent), NaN (not labelled) or "
                 "-1 (uncertain)")
     policies = _policies(uncertain, names, values, name)
