@@ -84,18 +84,29 @@ def _is_number(value):
     return value is not None
 
 
-def multilabel_targets(Y, uncertain=None, name="y", findings=None):
+def _same_findings(Y, names, findings, name, against):
+    """The ``findings`` fitted on, once ``Y`` has as many columns and, for a DataFrame,
+    the same names in the same order."""
+    given = [str(f) for f in names]
+    known = [str(f) for f in np.asarray(findings).tolist()]
+    named = hasattr(Y, "columns")
+    if len(given) != len(known) or (named and given != known):
+        shown = given if named else f"{len(given)} columns"
+        raise ValueError(f"{name} has findings {shown} but {against} has {known}; give "
+                         f"{name} the same columns in the same order")
+    return np.asarray(findings)
+
+
+def multilabel_targets(Y, uncertain=None, name="y", findings=None, against="y"):
     """``(findings, Y as float32 (n, k))`` with the uncertain policy applied: NaN marks
     a label left out of the loss and of every metric.
 
-    ``findings``: the names a fitted model knows (``y_val``, a second fit); ``Y`` must
-    then have those columns. Values other than 0 / 1 / NaN / -1, and -1 without a policy,
+    ``findings``: the names ``against`` (y, the model) has; ``Y`` must then have as
+    many columns, with those names if it is a DataFrame. Values other than 0 / 1 / NaN / -1, and -1 without a policy,
     are errors naming the finding."""
     names = finding_names(Y)
-    if findings is not None and not np.array_equal(np.asarray(names, dtype=object),
-                                                   np.asarray(findings, dtype=object)):
-        raise ValueError(f"{name} has findings {list(names)} but y has "
-                         f"{list(findings)}; give {name} the same columns in the same order")
+    if findings is not None:
+        names = _same_findings(Y, names, findings, name, against)
     values = _as_float(Y, names, name)
     if len(values) < (2 if findings is None else 1):
         raise ValueError(f"n_samples={len(values)}: need at least 2 labelled images to fit")

@@ -85,7 +85,8 @@ def tune_thresholds(estimator, X, y, *, sensitivity=None, specificity=None):
     if not is_finite_number(target) or not 0 < target <= 1:
         raise ValueError(f"{name} must be a number in (0, 1]; got {target!r}")
     step = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    findings, Y = multilabel_targets(y, None, "y", findings=getattr(step, "findings_", None))
+    findings, Y = multilabel_targets(y, None, "y", findings=getattr(step, "findings_", None),
+                                     against="the model")
     proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
     if proba.shape != Y.shape:
         raise ValueError(f"predict_proba(X) has shape {proba.shape} but y has {Y.shape}: "
