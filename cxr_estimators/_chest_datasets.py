@@ -1,7 +1,8 @@
 """Loaders for the published multilabel chest X-ray label files, re-exported by
 :mod:`cxr_estimators.datasets`: NIH ChestX-ray14's ``Data_Entry_2017.csv`` and
-CheXpert's ``train.csv`` / ``valid.csv``; and :func:`label_matrix`, the parser of
-multilabel CSV cells that ``load_image_csv(label_column=[...])`` uses.
+CheXpert's ``train.csv`` / ``valid.csv``; :func:`label_matrix`, the parser of
+multilabel CSV cells that ``load_image_csv(label_column=[...])`` uses; and
+:func:`make_findings`, a generated multilabel task of planted image patterns.
 
 Written by hand: torchvision has no loader for either dataset, and torchxrayvision's
 (``NIH_Dataset``, ``CheX_Dataset``) are torch datasets that read images, relabel the
@@ -21,7 +22,7 @@ from sklearn.utils import Bunch
 from ._validation import did_you_mean
 
 __all__ = ["CHESTXRAY14_FINDINGS", "CHEXPERT_OBSERVATIONS", "label_matrix",
-           "load_chestxray14", "load_chexpert"]
+           "load_chestxray14", "load_chexpert", "make_findings"]
 
 #: The 14 findings of ChestX-ray14, in the order of the dataset's paper (Wang et al. 2017).
 CHESTXRAY14_FINDINGS = (
@@ -207,3 +208,58 @@ def load_chexpert(csv_path, root, *, view=None, on_error="raise"):
                  skipped=skipped,
                  DESCR=f"CheXpert {csv_path!r}: {len(keep)} images"
                        f"{'' if view is None else ' (' + view + ')'}, {len(skipped)} skipped.")
+
+
+def make_findings(n_samples=200, n_findings=4, *, image_size=32, missing=(0.1, 0.3),
+                  prevalence=(0.02, 0.3), patients=None, random_state=None):
+    """A generated multilabel task: each finding is a faint square planted at its own
+    place in noisy images (for tests, examples and benchmarks; not a chest X-ray).
+
+    Parameters
+    ----------
+    n_samples, n_findings : int
+    image_size : int, default=32
+        Images are (1, image_size, image_size), float32, about zero mean, unit scale.
+    missing : (float, float), default=(0.1, 0.3)
+        Each finding's fraction of NaN labels, spread evenly over this range.
+    prevalence : (float, float), default=(0.02, 0.3)
+        Each finding's prevalence, spread evenly (log scale) over this range; every
+        second finding is more likely (x3) where the one before it is present, so
+        findings co-occur as they do in chest X-rays (effusion with atelectasis).
+    patients : int or None
+        Number of patients (``groups``); None: about two images per patient.
+    random_state : int, RandomState or None
+
+    Returns
+    -------
+    data : sklearn.utils.Bunch
+        ``images`` (n, 1, S, S) float32, ``target`` (n, k) float with NaN,
+        ``target_full`` (n, k) without NaN, ``target_names`` ("finding_0", ...),
+        ``groups`` (n,) patient ids.
+    """
+    rng = np.random.default_rng(random_state if not hasattr(random_state, "randint")
+                                else random_state.randint(2 ** 31))
+    k, size = n_findings, image_size
+    rates = np.geomspace(prevalence[0], prevalence[1], k)
+    full = np.zeros((n_samples, k))
+    for j in range(k):
+        p = np.full(n_samples, rates[j])
+        if j % 2 == 1:  # co-occurs with the finding before it
+            p = np.where(full[:, j - 1] == 1, np.minimum(1, 3 * rates[j]), rates[j])
+        full[:, j] = rng.random(n_samples) < p
+    side = int(np.ceil(np.sqrt(k)))
+    cell = size // side
+    patch = max(2, cell // 2)
+    images = rng.normal(0, 1, (n_samples, 1, size, size)).astype(np.float32)
+    for j in range(k):
+        r, c = (j // side) * cell + (cell - patch) // 2, (j % side) * cell + (cell - patch) // 2
+        rows = np.flatnonzero(full[:, j])
+        strength = rng.uniform(0.8, 1.6, len(rows)).astype(np.float32)
+        images[rows, 0, r:r + patch, c:c + patch] += strength[:, None, None]
+    target = full.copy()
+    for j, frac in enumerate(np.linspace(missing[0], missing[1], k)):
+        target[rng.random(n_samples) < frac, j] = np.nan
+    n_patients = patients or max(1, n_samples // 2)
+    groups = np.sort(rng.integers(0, n_patients, n_samples)).astype(str)
+    return Bunch(images=images, target=target, target_full=full,
+                 target_names=np.asarray([f"finding_{j}" for j in range(k)]), groups=groups)

@@ -45,9 +45,9 @@ def is_multilabel(y):
         return False
     shape = getattr(y, "shape", None)
     if shape is None:
-        try:
-            shape = np.shape(y)
-        except ValueError:  # ragged rows: not an indicator matrix
+        try:  # asarray, not np.shape: sklearn's _NotAnArray refuses array functions
+            shape = np.asarray(y).shape
+        except (TypeError, ValueError):  # ragged rows: not an indicator matrix
             return False
     return len(shape) == 2 and shape[1] >= 2
 

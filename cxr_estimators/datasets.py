@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 from sklearn.utils import Bunch
 
-from ._chest_datasets import label_matrix, load_chestxray14, load_chexpert
+from ._chest_datasets import label_matrix, load_chestxray14, load_chexpert, make_findings
 from .io import ImageReadError, check_image_file, read_image
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "load_image_csv",
     "load_chestxray14",
     "load_chexpert",
+    "make_findings",
     "load_medmnist",
     "parse_kermany_filename",
     "sample_data_dir",
