@@ -186,11 +186,13 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
     ``callbacks=``, appended after ours (:func:`user_callbacks`). ``sync_ranks``: a
     data-parallel fit, whose epoch scores are averaged over the ranks before anything
     reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint);
-    ``findings``: a multilabel fit's finding names (the mean per-finding ROC AUC is
-    recorded instead of the accuracy)."""
+    ``findings``: a multilabel fit's finding names (the mean per-finding ROC AUC of the
+    validation set is recorded instead of the accuracy; of the training batches only
+    when early stopping watches it: it costs k AUCs per epoch)."""
     monitor = monitor_name(spec, has_valid)
     callbacks = [("divergence", DivergenceGuard())]
-    if findings is not None:
+    watched = spec is not None and spec["monitor"] == "roc_auc"
+    if findings is not None and (has_valid or watched):  # train AUC only when watched
         name = monitor_name({"monitor": "roc_auc"}, has_valid)
         callbacks.append((name, _targets.FindingsAUCScoring(
             _targets.FindingsAUC(findings, None if spec is None else spec["finding"]),

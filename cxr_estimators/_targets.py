@@ -131,12 +131,15 @@ def _policies(uncertain, names, values, name):
     listed = [str(f) for f in names]
     if isinstance(uncertain, dict):
         for key, policy in uncertain.items():
+            if key == "default" and "default" not in listed:
+                _check_policy(policy, "uncertain['default']")
+                continue
             if str(key) not in listed:
                 raise ValueError(f"uncertain names a finding {key!r} that y does not have; "
                                  f"findings: {listed}{did_you_mean(key, listed)}")
             _check_policy(policy, f"uncertain[{key!r}]")
         given = {str(k): v for k, v in uncertain.items()}
-        policies = [given.get(f) for f in listed]
+        policies = [given.get(f, uncertain.get("default")) for f in listed]
     else:
         if uncertain is not None:
             _check_policy(uncertain, "uncertain")

@@ -247,8 +247,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Multilabel ``y`` only (docs/multilabel.md): what an uncertain label (-1, as
         CheXpert writes it) means. "ignore": left out of the loss and the metrics, as a
         missing label (NaN) always is; "zeros" / "ones": absent / present; a dict gives a
-        policy per finding (``{"Atelectasis": "ones", "Edema": "ones"}``). A -1 without a
-        policy is an error naming the finding.
+        policy per finding (``{"Atelectasis": "ones", "Edema": "ones"}``), with the key
+        ``"default"`` for the findings it does not name. A -1 without a policy is an
+        error naming the finding.
     thresholds : None, float, array-like of shape (k,) or dict, default=None
         Multilabel ``y`` only: the probability from which ``predict`` calls a finding
         present, one for all, one per finding, or ``{finding: threshold}`` (others 0.5);

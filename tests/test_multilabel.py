@@ -247,3 +247,12 @@ def test_single_label_fit_unchanged():
     assert "train_acc" in clf.history_[-1]
 
 
+
+
+def test_uncertain_default_key():
+    from cxr_estimators._targets import multilabel_targets
+    Y = pd.DataFrame([[-1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], columns=FINDINGS)
+    _, out = multilabel_targets(Y, {"Atelectasis": "ones", "default": "zeros"})
+    np.testing.assert_array_equal(out, [[1, 0, 0], [1, 0, 0]])
+    _, out = multilabel_targets(Y, {"Effusion": "ignore", "default": "ones"})
+    np.testing.assert_array_equal(out, [[1, np.nan, 0], [1, 0, 1]])
