@@ -197,7 +197,7 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
         callbacks.append((name, _targets.FindingsAUCScoring(
             _targets.FindingsAUC(findings, None if spec is None else spec["finding"]),
             name=name, on_train=not has_valid, lower_is_better=False)))
-    else:
+    elif findings is None:
         # accuracy of the training batches as trained (dropout, augmentation), from the
         # predictions skorch already made: no extra forward pass
         callbacks.append(("train_acc", EpochScoring("accuracy", on_train=True,

@@ -11,6 +11,7 @@ findings and have no sklearn-style ``Bunch`` with patient ids.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -57,8 +58,10 @@ def label_matrix(cells, lines, findings, where):
     return out
 
 
-def _read(csv_path, required):
-    """Rows of a CSV as dicts (with their 1-based line numbers); missing columns named."""
+@contextlib.contextmanager
+def checked_csv(csv_path, required):
+    """``(csv.DictReader, column names stripped)`` of a CSV (UTF-8, BOM tolerated) that
+    has the ``required`` columns; else a ValueError naming those missing."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -67,6 +70,12 @@ def _read(csv_path, required):
             raise ValueError(f"CSV {os.fspath(csv_path)!r} lacks column(s) {missing}; "
                              f"columns found: {columns}")
         reader.fieldnames = columns
+        yield reader, columns
+
+
+def _read(csv_path, required):
+    """Rows of a CSV as dicts (with their 1-based line numbers); missing columns named."""
+    with checked_csv(csv_path, required) as (reader, _):
         return [(reader.line_num, {k: (v or "").strip() for k, v in row.items()
                                    if k is not None}) for row in reader]
 

@@ -16,6 +16,8 @@ estimates are these formulas with unit weights, checked against sklearn in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.utils import check_random_state
 
@@ -166,6 +168,7 @@ def findings_report(y_true, y_score, *, threshold=None, groups=None, n_bootstrap
         micro={k[1]: v for k, v in est.items() if k[0] == "micro"})
 
 
+@dataclass
 class FindingsReport:
     """Result of :func:`~cxr_estimators.metrics.clinical_report` on multilabel targets.
 
@@ -190,18 +193,16 @@ class FindingsReport:
         npv, f1, roc_auc, pr_auc.
     """
 
-    def __init__(self, *, findings, thresholds, n_samples, n_labelled, confidence,
-                 n_bootstraps, patients, per_finding, macro, micro):
-        self.findings = findings
-        self.thresholds = thresholds
-        self.n_samples = n_samples
-        self.n_labelled = n_labelled
-        self.confidence = confidence
-        self.n_bootstraps = n_bootstraps
-        self.patients = patients
-        self.per_finding = per_finding
-        self.macro = macro
-        self.micro = micro
+    findings: list
+    thresholds: list
+    n_samples: int
+    n_labelled: dict
+    confidence: float
+    n_bootstraps: int
+    patients: int | None
+    per_finding: dict
+    macro: dict
+    micro: dict
 
     def _rows(self):
         for finding, metrics in self.per_finding.items():

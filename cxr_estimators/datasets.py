@@ -10,7 +10,6 @@ of a split (:class:`sklearn.model_selection.StratifiedGroupKFold`).
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import warnings
@@ -18,7 +17,9 @@ import warnings
 import numpy as np
 from sklearn.utils import Bunch
 
-from ._chest_datasets import label_matrix, load_chestxray14, load_chexpert, make_findings
+from ._chest_datasets import (
+    checked_csv, label_matrix, load_chestxray14, load_chexpert, make_findings,
+)
 from .io import ImageReadError, check_image_file, read_image
 
 __all__ = [
@@ -270,14 +271,7 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
 
 
 def _read_csv_rows(csv_path, required):
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"CSV {csv_path!r} lacks column(s) {missing}; "
-                             f"columns found: {columns}")
-        reader.fieldnames = columns
+    with checked_csv(csv_path, required) as (reader, columns):
         rows = []
         for row in reader:
             if all(not (v or "").strip() for k, v in row.items() if k is not None):

@@ -256,3 +256,16 @@ def test_uncertain_default_key():
     np.testing.assert_array_equal(out, [[1, 0, 0], [1, 0, 0]])
     _, out = multilabel_targets(Y, {"Effusion": "ignore", "default": "ones"})
     np.testing.assert_array_equal(out, [[1, np.nan, 0], [1, 0, 1]])
+
+
+def test_averaging_schedule_checkpoint(tmp_path):
+    X, Y = planted(48)
+    Xv, Yv = planted(24, seed=4)
+    clf = small(max_epochs=3, average_weights="swa", lr_schedule="plateau",
+                checkpoint_dir=str(tmp_path), early_stopping={"patience": 2,
+                                                              "monitor": "roc_auc"})
+    clf.fit(X, Y, X_val=Xv, y_val=Yv)
+    assert (tmp_path / "params.pt").is_file()
+    assert np.all(np.isfinite(clf.predict_proba(Xv)))
+    ema = small(max_epochs=2, average_weights="ema", validation_fraction=0).fit(X, Y)
+    assert ema.predict_proba(X).shape == (48, 3)
