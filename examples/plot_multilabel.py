@@ -128,8 +128,9 @@ for ax, finding in zip(axes, FINDINGS):
     heatmap = grad_cam(best, files[i:i + 1], target=finding)[0]
     j = FINDINGS.index(finding)  # make_findings plants finding j in quadrant j (2 x 2)
     quadrant = heatmap[16 * (j // 2):16 * (j // 2) + 16, 16 * (j % 2):16 * (j % 2) + 16]
-    print(f"Grad-CAM {finding}: {quadrant.sum() / max(heatmap.sum(), 1e-12):.0%} of the map "
-          "in its quadrant (a flat map: 25%)")
+    print(f"Grad-CAM {finding}: " + (f"{quadrant.sum() / heatmap.sum():.0%} of the map in "
+                                     "its quadrant (a flat map: 25%)" if heatmap.any() else
+                                     "an empty map (no positive evidence in this image)"))
     image = best[:-1].transform(files[i:i + 1])[0]
     ax.imshow(overlay(image, heatmap), interpolation="bilinear")
     others = ", ".join(f[:5] + "." for f in FINDINGS if Y.iloc[i][f] == 1 and f != finding)
