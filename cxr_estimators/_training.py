@@ -484,6 +484,7 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
                                checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
                                extra=est.callbacks, sync_ranks=distributed.is_active(),
                                findings=findings,
+                               labels=None if findings is not None else (classes, y_enc),
                                writes_files=(distributed.is_main_process()
                                              if writes_files is None else writes_files))
     net = _Net(
