@@ -109,9 +109,13 @@ def measure(k, cfg, seed):
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=None, help="default 6 (quick: 1)")
+    args = p.parse_args(argv)
     cfg = ({"n_train": 120, "n_test": 80, "size": 24, "epochs": 1} if args.quick else
            {"n_train": 500, "n_test": 300, "size": 32, "epochs": 6})
+    if args.epochs:
+        cfg["epochs"] = args.epochs
     torch.set_num_threads(1)
     warm = make_findings(64, 4, image_size=cfg["size"], random_state=args.seed)
     model({**cfg, "epochs": 1}, args.seed).fit(warm.images, warm.target)  # first-call costs
