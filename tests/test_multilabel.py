@@ -206,10 +206,16 @@ def test_grouped_cv_keeps_patients_and_stratifies_findings():
 
 def test_save_load_joblib_roundtrip(fitted, tmp_path):
     clf, X, _ = fitted
-    save(clf, tmp_path / "m.safetensors")
+    clf.set_params(thresholds={"Edema": 0.3}, uncertain={"default": "ignore"})
+    try:
+        save(clf, tmp_path / "m.safetensors")
+    finally:
+        clf.set_params(thresholds=None, uncertain=None)
     loaded = load(tmp_path / "m.safetensors")
     np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)
     assert loaded.findings_.tolist() == FINDINGS
+    assert loaded.thresholds == {"Edema": 0.3}
+    np.testing.assert_array_equal(loaded.predict(X)[:, 2], clf.predict_proba(X)[:, 2] >= 0.3)
     joblib.dump(clf, tmp_path / "m.joblib")
     again = joblib.load(tmp_path / "m.joblib")
     np.testing.assert_array_equal(again.predict(X), clf.predict(X))
