@@ -228,6 +228,9 @@ def test_grad_cam_per_finding(fitted):
     assert eff.shape == (8, 16, 16) and not np.allclose(eff, ate)
     with pytest.raises(ValueError, match="did you mean 'Effusion'"):
         grad_cam(clf, X[:2], target="Efusion", layer="trunk.features.1")
+    # the shortcut check per finding: its heatmaps, scored as for one label
+    from cxr_estimators.explain import attention_outside
+    assert attention_outside(eff).shape == (8,)
 
 
 def test_tta_and_cache_and_warm_start():
