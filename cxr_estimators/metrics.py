@@ -5,7 +5,7 @@ scikit-learn does the work wherever it can: :func:`sensitivity_score` *is*
 from :func:`sklearn.metrics.confusion_matrix` and :func:`sklearn.metrics.roc_auc_score`;
 :func:`clinical_scorers` are built with :func:`sklearn.metrics.make_scorer`. Written here
 by hand, because scikit-learn lacks them: :func:`specificity_score`, and (in
-:mod:`cxr_estimators._report`, re-exported here) the PPV/NPV ratios and the percentile
+:mod:`cxr_estimators.report._clinical`, re-exported here) the PPV/NPV ratios and the percentile
 bootstrap, whose resampled confusion matrices and ROC AUCs are computed for all
 resamples at once (calling ``roc_auc_score`` a thousand times per class costs seconds;
 the vectorised form gives the same numbers, see ``tests/test_metrics.py``).
@@ -26,17 +26,17 @@ from sklearn.utils._param_validation import Options, StrOptions, validate_params
 from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
-from . import _report
-from ._findings_report import (
-    FindingsReport, brier_score_per_finding, findings_report, findings_scores,
-    log_loss_per_finding,
-)
-from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
+from .report import _clinical
+from .report._clinical import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
     ClinicalReport, MetricEstimate, _check_labels_and_scores, _check_missing_labels,
     _implicit_pos_label, _weighted_auc,
 )
 from ._targets import is_multilabel
 from ._validation import did_you_mean
+from .report._findings import (
+    FindingsReport, brier_score_per_finding, findings_report, findings_scores,
+    log_loss_per_finding,
+)
 
 __all__ = [
     "ClinicalReport",
@@ -60,7 +60,7 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
                     uncertain=None):
     """Clinical report with bootstrap CIs: one label per image, or k findings per image.
 
-    1-D ``y_true``: :func:`cxr_estimators._report.clinical_report` (documented there:
+    1-D ``y_true``: :func:`cxr_estimators.report.clinical_report` (documented there:
     sensitivity, specificity, PPV, NPV, F1, ROC AUC and accuracy with bootstrap CIs),
     returning a :class:`ClinicalReport`; ``groups`` and ``uncertain`` must then be None.
 
@@ -93,7 +93,7 @@ def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=N
     if groups is not None or uncertain is not None:
         raise ValueError("groups= and uncertain= are supported for multilabel y_true (n, "
                          "k); this y_true is 1-D")
-    return _report.clinical_report(y_true, y_score, labels=labels, pos_label=pos_label,
+    return _clinical.clinical_report(y_true, y_score, labels=labels, pos_label=pos_label,
                                    threshold=threshold, n_bootstraps=n_bootstraps,
                                    confidence=confidence, random_state=random_state)
 

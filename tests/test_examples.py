@@ -28,6 +28,12 @@ def test_demo_quick(tmp_path):
     assert list(model.classes_) == ["normal", "pneumonia"]
     assert len(list((tmp_path / "gradcam").glob("*.png"))) == 4
     assert (tmp_path / "report.txt").stat().st_size > 0
+    # make demo also writes the evaluation report and its JSON twin
+    page = (tmp_path / "report.html").read_text()
+    assert 'content="cxr_estimators evaluation report"' in page and "<img" in page
+    import json
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["performance"]["pneumonia"]["n"] == 100 and data["shift"]["run"]
 
 
 SHARED_NPZ = ROOT.parent / "shared" / "data" / "pneumoniamnist.npz"

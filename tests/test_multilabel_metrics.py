@@ -10,7 +10,7 @@ from sklearn.metrics import (
     recall_score, roc_auc_score,
 )
 
-from cxr_estimators._findings_report import _resample_weights
+from cxr_estimators.report._findings import _resample_weights
 from cxr_estimators.metrics import (
     FindingsReport, brier_score_per_finding, clinical_report, clinical_scorers,
     log_loss_per_finding,

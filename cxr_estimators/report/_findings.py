@@ -9,7 +9,7 @@ Written by hand: sklearn's metrics refuse NaN in ``y_true``, and its ``log_loss`
 ``brier_score_loss`` take a multilabel indicator for a multiclass one (a wrong number);
 no library bootstraps a per-finding report resampling patients. The bootstrap weighs
 each image by how often its patient was drawn, so all resamples are computed at once
-(the same weighted ROC AUC as :func:`cxr_estimators._report._weighted_auc`); point
+(the same weighted ROC AUC as :func:`cxr_estimators.report._clinical._weighted_auc`); point
 estimates are these formulas with unit weights, checked against sklearn in
 ``tests/test_multilabel_metrics.py``.
 """
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._report import MetricEstimate, _estimate, _per_class_rates, _weighted_auc
-from ._targets import check_thresholds, multilabel_targets
+from .._targets import check_thresholds, multilabel_targets
+from ._clinical import MetricEstimate, _estimate, _per_class_rates, _weighted_auc
 
 __all__ = ["FindingsReport", "brier_score_per_finding", "findings_report",
            "findings_scores", "log_loss_per_finding"]
