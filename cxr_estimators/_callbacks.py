@@ -40,7 +40,7 @@ from skorch.callbacks import (
 )
 from skorch.utils import noop
 
-from . import distributed
+from . import _targets, distributed
 from ._averaging import WeightAveraging, check_average_weights
 from ._schedules import make_lr_scheduler
 from ._validation import did_you_mean
@@ -48,8 +48,8 @@ from ._validation import did_you_mean
 #: Metrics ``early_stopping={"monitor": ...}`` accepts.
 MONITORS = ("loss", "f1", "roc_auc", "accuracy", "balanced_accuracy")
 
-_ES_KEYS = ("patience", "monitor", "min_delta", "pos_label")
-_ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None}
+_ES_KEYS = ("patience", "monitor", "min_delta", "pos_label", "finding")
+_ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None, "finding": None}
 
 
 def early_stopping_spec(early_stopping, classes):
@@ -81,7 +81,8 @@ def early_stopping_spec(early_stopping, classes):
     if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
         raise ValueError(f"early_stopping min_delta must be a number >= 0; got {min_delta!r}")
     return {"patience": int(patience), "monitor": monitor, "min_delta": float(min_delta),
-            "pos_index": _pos_index(monitor, spec["pos_label"], classes)}
+            "pos_index": _pos_index(monitor, spec["pos_label"], classes),
+            "finding": spec["finding"]}  # multilabel y: checked by _targets.check_monitor
 
 
 def _pos_index(monitor, pos_label, classes):
@@ -177,7 +178,7 @@ def _checkpoint_sink(verbose):
 
 def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
                    average_weights=None, checkpoint_dir=None, verbose=0, extra=None,
-                   sync_ranks=False, writes_files=True, labels=None):
+                   sync_ranks=False, writes_files=True, findings=None, labels=None):
     """The named skorch callbacks for one fit.
 
     ``spec``: :func:`early_stopping_spec` output. Without a validation set the monitored
@@ -185,14 +186,25 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
     ``callbacks=``, appended after ours (:func:`user_callbacks`). ``sync_ranks``: a
     data-parallel fit, whose epoch scores are averaged over the ranks before anything
     reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint);
-    ``labels``: ``(classes, y_enc)`` of the fit, for :class:`OneClassWatch`."""
+    ``findings``: a multilabel fit's finding names (the mean per-finding ROC AUC of the
+    validation set is recorded instead of the accuracy; of the training batches only
+    when early stopping watches it: it costs k AUCs per epoch); ``labels``:
+    ``(classes, y_enc)`` of a single-label fit, for :class:`OneClassWatch`."""
     monitor = monitor_name(spec, has_valid)
-    # accuracy of the training batches as trained (dropout, augmentation), from the
-    # predictions skorch already made: no extra forward pass
-    callbacks = [("divergence", DivergenceGuard()),
-                 ("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
-                                            lower_is_better=False))]
-    if spec is not None and spec["monitor"] != "loss":
+    callbacks = [("divergence", DivergenceGuard())]
+    watched = spec is not None and spec["monitor"] == "roc_auc"
+    if findings is not None and (has_valid or watched):  # train AUC only when watched
+        name = monitor_name({"monitor": "roc_auc"}, has_valid)
+        callbacks.append((name, _targets.FindingsAUCScoring(
+            _targets.FindingsAUC(findings, None if spec is None else spec["finding"]),
+            name=name, on_train=not has_valid, lower_is_better=False)))
+    elif findings is None:
+        # accuracy of the training batches as trained (dropout, augmentation), from the
+        # predictions skorch already made: no extra forward pass
+        callbacks.append(("train_acc", EpochScoring("accuracy", on_train=True,
+                                                    name="train_acc",
+                                                    lower_is_better=False)))
+    if spec is not None and spec["monitor"] != "loss" and findings is None:
         scoring = _scorer(spec["monitor"], n_classes, spec["pos_index"])
         callbacks.append((monitor, EpochScoring(scoring, name=monitor, on_train=not has_valid,
                                                 lower_is_better=False)))

@@ -18,7 +18,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, column_or_1d
 
-from . import _feed
+from . import _feed, _targets
 from ._validation import (check_flattened, check_image_batch, check_labels, check_memory,
                           check_not_paths, warn_unnormalised)
 from .preprocessing import CompactImages
@@ -112,9 +112,21 @@ def encode_targets(y, estimator="CXRClassifier", sampling=None):
     return encoder.classes_, encoder.transform(y).astype(np.int64)
 
 
-def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
-    """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked."""
-    classes, y_enc = encode_targets(y, estimator, sampling)
+def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None,
+                   uncertain=None):
+    """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked.
+
+    A multilabel ``y`` (n, k) gives the finding names as ``classes`` and a float32
+    ``y`` (n, k) with NaN for labels left out (:mod:`cxr_estimators._targets`)."""
+    if _targets.is_multilabel(y):
+        if sampling is not None:
+            raise ValueError(f"sampling={sampling!r} balances the classes of a 1-D y; with "
+                             "multilabel y use class_weight='balanced' (a positive weight "
+                             "per finding)")
+        classes, y_enc = _targets.multilabel_targets(y, uncertain)
+        _targets.check_training_findings(classes, y_enc)
+    else:
+        classes, y_enc = encode_targets(y, estimator, sampling)
     X = as_images(X)
     if len(X) != len(y_enc):
         raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
@@ -127,10 +139,10 @@ def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
 
 
 def validation_set(X_val, y_val, classes, fit_shape, normalization,
-                   estimator="CXRClassifier", X=None):
+                   estimator="CXRClassifier", X=None, uncertain=None, multilabel=False):
     """``(X_val, y_val encoded)`` checked against the training data ``X`` (images of
     the same shape, compact ones normalised as X, float ones on a similar scale), or
-    None."""
+    None. ``multilabel``: ``classes`` are the findings ``y_val``'s columns must be."""
     if X_val is None and y_val is None:
         return None
     if X_val is None or y_val is None:
@@ -144,6 +156,17 @@ def validation_set(X_val, y_val, classes, fit_shape, normalization,
         raise ValueError(f"X_val has images of shape {shape} but X has {fit_shape}; "
                          "preprocess both the same way (in a Pipeline: "
                          "transform_input=['X_val'])")
+    if multilabel:
+        if not _targets.is_multilabel(y_val):
+            raise ValueError(f"y_val has shape {np.shape(y_val)} but y has "
+                             f"{len(classes)} findings {list(classes)}; pass y_val with the "
+                             "same columns")
+        _, y_val = _targets.multilabel_targets(y_val, uncertain, "y_val", findings=classes)
+        if len(y_val) != len(X_val):
+            raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
+                             "rows")
+        warn_other_scale(X, X_val)
+        return X_val, y_val
     y_val = column_or_1d(y_val, warn=True)
     if len(y_val) != len(X_val):
         raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "

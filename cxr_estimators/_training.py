@@ -29,7 +29,7 @@ from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
-from . import _feed, _runtime, distributed
+from . import _feed, _runtime, _targets, distributed
 from ._callbacks import make_callbacks, mark_interrupted
 from ._validation import check_class_weights, did_you_mean
 from .heads import decay_param_groups
@@ -185,7 +185,11 @@ class _Net(NeuralNetClassifier):
         """Cross-entropy; with ``sample_weight`` the weighted mean over the batch,
         ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
         as torch's own class-weighted mean), as sklearn's ``MLPClassifier`` weights its
-        batches. A batch whose weights are all 0 has loss 0."""
+        batches. A batch whose weights are all 0 has loss 0. Multilabel targets: the
+        criterion's own masked, weighted mean (:class:`_targets.MaskedBCEWithLogitsLoss`)."""
+        if getattr(self.criterion_, "masks_missing", False):
+            weight = X.get("sample_weight") if isinstance(X, dict) else None
+            return self.criterion_(y_pred, to_tensor(y_true, device=y_pred.device), weight)
         per_image = super().get_loss(y_pred, y_true, X=X, training=training)
         if per_image.ndim == 0:  # trained without sample_weight: torch's own mean
             return per_image
@@ -214,7 +218,7 @@ def _predict_batches(net, X, batch_size):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def stream_proba(net, X, n_classes, batch_size):
+def stream_proba(net, X, n_classes, batch_size, multilabel=False):
     """Softmax probabilities (n, n_classes), float64, of ``net`` on ``X``, written batch by
     batch into one array allocated up front; written by hand for two reasons.
 
@@ -228,6 +232,7 @@ def stream_proba(net, X, n_classes, batch_size):
     run under ``inference_mode`` with its own batch size (``predict_batch_size``), and
     each batch's probabilities are copied once, into the float64 output. On CPU the
     batches run on a copy with BatchNorm folded (:meth:`_Net.inference_module`).
+    ``multilabel``: a sigmoid per output (finding) instead of the softmax.
     """
     proba = np.empty((len(X), n_classes), dtype=np.float64)
     out = torch.from_numpy(proba)
@@ -238,7 +243,9 @@ def stream_proba(net, X, n_classes, batch_size):
     with torch.inference_mode():
         for xb in _predict_batches(net, X, batch_size):
             logits = net._forward(module, xb)
-            out[start:start + len(logits)].copy_(torch.softmax(logits.float(), dim=1))
+            out[start:start + len(logits)].copy_(
+                torch.sigmoid(logits.float()) if multilabel
+                else torch.softmax(logits.float(), dim=1))
             start += len(logits)
     return proba
 
@@ -364,6 +371,8 @@ def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
     frac = validation_fraction
     if frac == 0:
         return None
+    if y_enc.ndim == 2:  # multilabel: stratified on findings (_targets)
+        return _targets.FindingsValidSplit(frac, groups, seed)
     counts = np.bincount(y_enc)
     n_valid = int(np.ceil(frac * len(y_enc)))
     too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
@@ -443,18 +452,24 @@ def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
 
 
 def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
-             weighted=False, predict_batch_size=None, writes_files=None):
+             weighted=False, predict_batch_size=None, writes_files=None, findings=None):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
     ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`),
     with the layout and precision of ``runtime`` (:class:`_runtime.Runtime`);
     ``weighted``: the data will carry ``sample_weight``; ``predict_batch_size``: of the
     validation pass (default ``batch_size``); ``writes_files``: whether its callbacks
-    write checkpoints (default: on the main process; a net built to predict writes none)."""
+    write checkpoints (default: on the main process; a net built to predict writes none);
+    ``findings``: the names of a multilabel fit's outputs (a masked BCE per finding)."""
     n_classes = len(classes)
     kwargs = {}
-    weights = class_weights(est.class_weight, classes, y_enc)
-    if weights is not None:
-        kwargs["criterion__weight"] = weights
+    if findings is not None:
+        kwargs.update(_multilabel_net_kwargs(est, findings, y_enc))
+    else:
+        weights = class_weights(est.class_weight, classes, y_enc)
+        if weights is not None:
+            kwargs["criterion__weight"] = weights
+        kwargs.update(criterion=nn.CrossEntropyLoss,
+                      criterion__label_smoothing=float(est.label_smoothing))
     if weighted:  # per-image losses, weighted in _Net.get_loss
         kwargs["criterion__reduction"] = "none"
     if not est.verbose:
@@ -468,13 +483,12 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
                                average_weights=est.average_weights,
                                checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
                                extra=est.callbacks, sync_ranks=distributed.is_active(),
-                               labels=(classes, y_enc),
+                               findings=findings,
+                               labels=None if findings is not None else (classes, y_enc),
                                writes_files=(distributed.is_main_process()
                                              if writes_files is None else writes_files))
     net = _Net(
         module=module,
-        criterion=nn.CrossEntropyLoss,
-        criterion__label_smoothing=float(est.label_smoothing),
         optimizer=OPTIMIZERS[est.optimizer],
         optimizer__weight_decay=est.weight_decay,
         lr=est.lr,
@@ -511,11 +525,27 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
     return net
 
 
-def warm_start_module(est, classes, image_shape):
+def _multilabel_net_kwargs(est, findings, Y):
+    """skorch arguments of a multilabel net: the masked BCE with per-finding positive
+    weights (``Y`` is None when the net is rebuilt to predict), no accuracy scoring."""
+    kwargs = {"criterion": _targets.MaskedBCEWithLogitsLoss,
+              "criterion__label_smoothing": float(est.label_smoothing),
+              "callbacks__valid_acc": None}
+    if Y is not None and np.ndim(Y) == 2:
+        kwargs["criterion__pos_weight"] = _targets.positive_weights(est.class_weight,
+                                                                    findings, Y)
+    return kwargs
+
+
+def warm_start_module(est, classes, image_shape, multilabel=False):
     """The fitted module ``est`` continues from (``warm_start=True``), or None; the classes
-    and image shape must be those it was fitted on."""
+    (findings, when ``multilabel``) and image shape must be those it was fitted on."""
     if not (est.warm_start and hasattr(est, "net_")):
         return None
+    fitted = getattr(est, "findings_", None)
+    if multilabel or fitted is not None:
+        _targets.check_warm_start(fitted, classes if multilabel else None)
+        classes = est.classes_  # the findings' output indices, equal by the check
     if not np.array_equal(classes, est.classes_):
         raise ValueError(f"warm_start=True: y has classes {classes.tolist()} but the "
                          f"fitted model has {est.classes_.tolist()}; fit a new model "

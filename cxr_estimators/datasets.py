@@ -10,7 +10,6 @@ of a split (:class:`sklearn.model_selection.StratifiedGroupKFold`).
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import warnings
@@ -18,12 +17,18 @@ import warnings
 import numpy as np
 from sklearn.utils import Bunch
 
+from ._chest_datasets import (
+    checked_csv, label_matrix, load_chestxray14, load_chexpert, make_findings,
+)
 from .io import ImageReadError, check_image_file, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "load_image_folder",
     "load_image_csv",
+    "load_chestxray14",
+    "load_chexpert",
+    "make_findings",
     "load_medmnist",
     "parse_kermany_filename",
     "sample_data_dir",
@@ -266,14 +271,7 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
 
 
 def _read_csv_rows(csv_path, required):
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"CSV {csv_path!r} lacks column(s) {missing}; "
-                             f"columns found: {columns}")
-        reader.fieldnames = columns
+    with checked_csv(csv_path, required) as (reader, columns):
         rows = []
         for row in reader:
             if all(not (v or "").strip() for k, v in row.items() if k is not None):
@@ -285,11 +283,12 @@ def _read_csv_rows(csv_path, required):
 
 
 def _row_problem(row, n_extra, n_columns, path_column, label_column):
-    """Why a CSV row cannot be used, or None."""
+    """Why a CSV row cannot be used, or None (``label_column`` None: several label
+    columns, whose blank cells are missing labels)."""
     if n_extra:
         return (f"{n_extra} field(s) more than the header's {n_columns} columns (an "
                 "unquoted comma in a path or label?)")
-    if not row[path_column] or not row[label_column]:
+    if not row[path_column] or (label_column is not None and not row[label_column]):
         return "empty path or label"
     return None
 
@@ -306,7 +305,10 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     image_dir : str or os.PathLike, optional
         Relative paths are resolved against it (default: the CSV's folder).
     path_column, label_column : str, default="path", "label"
-        Column names of the image path and the class label.
+        Column names of the image path and the class label. A list of label columns
+        reads multilabel targets (one column per finding: 1, 0, -1 uncertain, blank
+        missing): ``target`` is then float (n, k) with NaN for blank cells and
+        ``target_names`` the columns, ready for ``CXRClassifier.fit``.
     group_column : str, optional
         Column with patient ids, returned as ``groups``.
     on_error : {"raise", "skip"}, default="raise"
@@ -345,17 +347,21 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     _check_on_error(on_error)
     csv_path = os.fspath(csv_path)
     base = os.fspath(image_dir) if image_dir is not None else os.path.dirname(csv_path)
-    required = [path_column, label_column] + ([group_column] if group_column else [])
+    findings = list(label_column) if isinstance(label_column, (list, tuple)) else None
+    required = ([path_column] + (findings or [label_column])
+                + ([group_column] if group_column else []))
     rows, columns = _read_csv_rows(csv_path, required)
     seen, entries, skipped, dupes = {}, [], [], []
     for line, row, n_extra in rows:
         path = os.path.normpath(os.path.join(base, row[path_column]))
         where = f"CSV {csv_path!r} line {line}"
-        problem = _row_problem(row, n_extra, len(columns), path_column, label_column)
+        problem = _row_problem(row, n_extra, len(columns), path_column,
+                               None if findings else label_column)
         if problem:
             _bad_file(on_error, skipped, path, f"{where}: {problem}")
             continue
-        record = (row[label_column], row[group_column] if group_column else None)
+        record = (tuple(row[c] for c in findings) if findings else row[label_column],
+                  row[group_column] if group_column else None)
         if path in seen:
             first_line, first_record = seen[path]
             if first_record != record:
@@ -374,11 +380,20 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
         warnings.warn(f"CSV {csv_path!r}: {len(dupes)} duplicate row(s) with agreeing labels "
                       f"removed (first line, repeat line): {dupes[:10]}", UserWarning,
                       stacklevel=2)
-    _check_label_case([e[1] for e in entries], [e[3] for e in entries], f"CSV {csv_path!r}",
-                      "line")
+    if not findings:
+        _check_label_case([e[1] for e in entries], [e[3] for e in entries],
+                          f"CSV {csv_path!r}", "line")
     _warn_skipped(skipped, f"CSV {csv_path!r}")
     entries.sort(key=lambda e: e[0])
     filenames = np.asarray([e[0] for e in entries], dtype=str)
+    if findings:
+        target = label_matrix([e[1] for e in entries], [e[3] for e in entries], findings,
+                              f"CSV {csv_path!r}")
+        return Bunch(filenames=filenames, target=target, target_names=np.asarray(findings),
+                     groups=(np.asarray([e[2] for e in entries], dtype=str)
+                             if group_column else None), skipped=skipped,
+                     DESCR=f"Image CSV {csv_path!r}: {len(filenames)} images, "
+                           f"{len(findings)} findings, {len(skipped)} skipped.")
     target = np.asarray([e[1] for e in entries], dtype=str)
     groups = np.asarray([e[2] for e in entries], dtype=str) if group_column else None
     descr = (f"Image CSV {csv_path!r}: {len(filenames)} images, {len(dupes)} duplicate rows "

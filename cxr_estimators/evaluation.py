@@ -17,10 +17,10 @@ import warnings
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
 from ._callbacks import OneClassWarning
+from ._targets import StratifiedFindingGroupKFold
 from .metrics import clinical_report
 from ._thresholds import SensitivityThreshold, sensitivity_threshold
 from .report._page import report
@@ -43,7 +43,10 @@ def grouped_cv(n_splits=5, *, random_state=None):
     cv : sklearn.model_selection.StratifiedGroupKFold
         ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)``;
         pass ``groups=`` (e.g. ``Bunch.groups`` from :mod:`cxr_estimators.datasets`) to
-        ``fit``/``split``/``cross_validate``.
+        ``fit``/``split``/``cross_validate``. A multilabel ``y`` (n, k), NaN allowed, is
+        stratified on each image's rarest positive finding (a subclass,
+        :class:`cxr_estimators._targets.StratifiedFindingGroupKFold`: a light stand-in
+        for iterative stratification, without a scikit-multilearn dependency).
 
     Examples
     --------
@@ -58,7 +61,7 @@ def grouped_cv(n_splits=5, *, random_state=None):
     >>> len(scores["test_score"])
     5
     """
-    return StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)
+    return StratifiedFindingGroupKFold(n_splits, shuffle=True, random_state=random_state)
 
 
 def _unpack(name, data, classes):

@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._validation import is_finite_number
+from ._validation import did_you_mean, is_finite_number
 from .backbones import find_last_conv, trunk_blocks
 
 __all__ = [
@@ -217,8 +217,9 @@ def _rows(X, start, stop, device):
     return torch.stack([torch.as_tensor(image) for image in images]).to(device)
 
 
-def _target_indices(target, classes, n):
-    """Class indices (n,) from ``target`` (one label or one label per image), or None."""
+def _target_indices(target, classes, n, findings=False):
+    """Class indices (n,) from ``target`` (one label or one label per image), or None;
+    ``findings``: ``classes`` are a multilabel model's finding names."""
     if target is None:
         return None
     index = {c: i for i, c in enumerate(classes.tolist())}
@@ -231,7 +232,9 @@ def _target_indices(target, classes, n):
         )
     for label in labels:
         if label not in index:
-            raise ValueError(f"target {label!r} is not in classes_ {classes.tolist()}")
+            what = "findings_" if findings else "classes_"
+            raise ValueError(f"target {label!r} is not in {what} {classes.tolist()}"
+                             f"{did_you_mean(label, classes.tolist())}")
     return np.array([index[label] for label in labels], dtype=np.int64)
 
 
@@ -284,7 +287,10 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         batch by batch).
     target : label, array-like of shape (n,) or None, default=None
         Class from ``classes_`` whose logit (pre-softmax score) is explained; one label for
-        all images or one per image. None explains each image's predicted class.
+        all images or one per image. None explains each image's predicted class. A
+        multilabel model takes a finding from ``findings_`` (``target="Effusion"``, its
+        sigmoid's logit; an unknown name is an error suggesting the closest); None then
+        explains each image's most probable finding.
     layer : str or None, default=None
         Dotted module name inside ``estimator.module_`` (a
         :class:`~cxr_estimators.backbones.CXRNet`), e.g. ``"trunk.layer4"``. None picks the
@@ -327,7 +333,9 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
     device = next(module.parameters()).device
     modes = {m: m.training for m in module.modules()}
     flags = {p: p.requires_grad for p in module.parameters()}
-    targets = _target_indices(target, clf.classes_, len(X))
+    findings = getattr(clf, "findings_", None)  # multilabel: explain a finding's logit
+    targets = _target_indices(target, clf.classes_ if findings is None else findings,
+                              len(X), findings=findings is not None)
     layout = clf._runtime().layout  # a channels_last model is slow on contiguous input
     out = []
     try:
