@@ -116,6 +116,7 @@ def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
     """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked."""
     classes, y_enc = encode_targets(y, estimator, sampling)
     X = as_images(X)
+    check_float_scale(X, None, estimator)
     if len(X) != len(y_enc):
         raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
     if groups is not None:
@@ -139,6 +140,7 @@ def validation_set(X_val, y_val, classes, fit_shape, normalization,
     kind = getattr(getattr(X_val, "dtype", None), "kind", None)
     X_val = _feed.match_normalization(as_images(X_val, "X_val"), kind, normalization,
                                       estimator, "X_val")
+    check_float_scale(X_val, normalization, estimator, "X_val")
     shape = image_shape(X_val)
     if shape != fit_shape:
         raise ValueError(f"X_val has images of shape {shape} but X has {fit_shape}; "
@@ -166,7 +168,7 @@ def warn_other_scale(X, X_val):
     deviations by more than a factor of two ([0, 1] against [-1, 1] does both). Two
     samples of one preprocessing stay far inside these bounds."""
     if not (isinstance(X, np.ndarray) and isinstance(X_val, np.ndarray)) \
-            or isinstance(X, CompactImages) or isinstance(X_val, CompactImages):
+            or isinstance(X_val, CompactImages):
         return
     (m, s), (m_val, s_val) = (_pixel_stats(a) for a in (X, X_val))
     if s > 0 and s_val > 0 and (abs(m_val - m) > 0.5 * s or not 0.5 <= s_val / s <= 2):
@@ -180,8 +182,44 @@ def warn_other_scale(X, X_val):
 
 def _pixel_stats(images):
     step = max(1, len(images) // SCALE_SAMPLE)
-    sample = images[::step][:SCALE_SAMPLE].astype(np.float64)
+    sample = images[::step][:SCALE_SAMPLE]
+    if isinstance(sample, CompactImages):  # compared as the model sees them: normalised
+        sample = sample.to_float32()
+    sample = sample.astype(np.float64)
     return float(sample.mean()), float(sample.std())
+
+
+#: Normalised images stay within a few units of 0 (ImageNet's normalisation spans about
+#: [-2.1, 2.6]); 0-255 pixels held as floats reach tens or hundreds.
+RAW_PEAK, NORMALISED_PEAK = 20.0, 5.0
+
+
+def check_float_scale(X, fitted, estimator="CXRClassifier", input_name="X"):
+    """Refuse float images on the 0-255 pixel scale where normalised ones are expected:
+    for a model fitted on compact images (``fitted``: their normalisation), which takes
+    float input as already normalised; and a float array mixing both scales (e.g.
+    ``np.concatenate`` of compact and float images)."""
+    if not isinstance(X, np.ndarray) or isinstance(X, CompactImages) \
+            or X.dtype.kind != "f" or X.ndim != 4 or X.shape[2] * X.shape[3] < 4 \
+            or not X.size:
+        return
+    peaks = np.abs(X.reshape(len(X), -1)).max(axis=1)
+    raw, normalised = peaks > RAW_PEAK, peaks <= NORMALISED_PEAK
+    if raw.any() and normalised.any():
+        raise ValueError(
+            f"{input_name} mixes two scales: images {np.flatnonzero(raw)[:5].tolist()} have "
+            f"values up to {peaks[raw].max():.4g} (0-255 pixels) and images "
+            f"{np.flatnonzero(normalised)[:5].tolist()} are normalised (within "
+            f"±{NORMALISED_PEAK:g}), e.g. np.concatenate of CompactImages and float "
+            "images; convert all of them the same way (CompactImages.to_float32(), or one "
+            "ImageLoader)")
+    if fitted is not None and raw.all():
+        raise ValueError(
+            f"{estimator} was fitted on compact images (uint8/uint16, normalised inside the "
+            f"model with (mean, std) = {fitted}), but {input_name} is float with values up "
+            f"to {peaks.max():.4g}: 0-255 pixels, which the model would take as already "
+            f"normalised. Pass the compact images themselves (not .astype('float32')), or "
+            f"CompactImages(X.astype(np.uint8), *clf.input_normalization_)")
 
 
 def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):
@@ -191,6 +229,7 @@ def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):
         check_image_batch(X.shape, fit_shape)
     kind = getattr(getattr(X, "dtype", None), "kind", None)
     X = _feed.match_normalization(as_images(X), kind, normalization, estimator)
+    check_float_scale(X, normalization, estimator)
     shape = image_shape(X)
     if shape != fit_shape:
         raise ValueError(

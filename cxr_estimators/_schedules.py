@@ -63,6 +63,11 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     """
     parsed = _parse(lr_schedule, max_epochs)
     if parsed is not None:
+        eta_min = parsed[1].get("eta_min", 0.0)
+        if parsed[0] == "cosine" and is_finite_number(lr) and eta_min > lr:
+            raise ValueError(f"lr_schedule eta_min={eta_min!r} is above lr={lr!r}: the "
+                             "cosine schedule would raise the learning rate instead of "
+                             "decaying it; give eta_min <= lr")
         _try_schedule(lr_schedule, *parsed, max_epochs, lr)
     return parsed
 
@@ -94,6 +99,10 @@ def _parse(lr_schedule, max_epochs):
     if not (is_finite_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
         raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
                          "learning rate the cosine decays to")
+    if policy == "plateau" and kwargs.get("mode", "min") != "min":
+        raise ValueError(f"lr_schedule mode={kwargs['mode']!r}: the plateau schedule watches "
+                         "the loss, where lower is better, so mode must be 'min' (mode="
+                         "'max' would cut the learning rate while the loss improves)")
     return policy, kwargs
 
 
@@ -120,7 +129,8 @@ def _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr):
 
 def _cosine(optimizer, steps_per_epoch, n_epochs, warmup_epochs=0, eta_min=0.0):
     total = n_epochs * steps_per_epoch
-    warm = round(warmup_epochs * steps_per_epoch)
+    # at least one batch of cosine decay, whatever the rounding of a fractional warm-up
+    warm = min(round(warmup_epochs * steps_per_epoch), total - 1)
     cosine = torch_lr.CosineAnnealingLR(optimizer, T_max=total - warm, eta_min=eta_min)
     if warm == 0:
         return cosine

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 import warnings
 
 import numpy as np
@@ -31,7 +32,7 @@ from torch import nn
 
 from . import _feed, _runtime, distributed
 from ._callbacks import make_callbacks, mark_interrupted
-from ._validation import check_class_weights, did_you_mean
+from ._validation import check_class_weights, did_you_mean, is_finite_number
 from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
@@ -406,8 +407,34 @@ def optimizer_kwargs(optimizer, kwargs):
             raise ValueError(
                 f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
                 f"(optimizer={optimizer!r}); known: {known}{did_you_mean(key, known)}")
+    _check_kinds(cls, optimizer, kwargs)
     _try_optimizer(cls, optimizer, kwargs)
     return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _check_kinds(cls, optimizer, kwargs):
+    """Each value of the kind of its torch default: a flag must be a bool (torch reads
+    ``amsgrad="no"`` as True), a number a number, a tuple a tuple of as many numbers
+    (``betas=(0.9,)`` fails mid-step in torch)."""
+    defaults = inspect.signature(cls).parameters
+    for key, value in kwargs.items():
+        default = defaults[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, (bool, np.bool_))
+            kind = "True or False"
+        elif isinstance(default, numbers.Real):
+            ok = is_finite_number(value)
+            kind = "a finite number"
+        elif isinstance(default, tuple):
+            ok = (isinstance(value, (tuple, list)) and len(value) == len(default)
+                  and all(is_finite_number(v) for v in value))
+            kind = f"a tuple of {len(default)} numbers"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"optimizer_kwargs={{{key!r}: {value!r}}} is not valid for "
+                             f"{cls.__name__} (optimizer={optimizer!r}): {key} must be "
+                             f"{kind}, like its default {default!r}")
 
 
 def _try_optimizer(cls, optimizer, kwargs):
