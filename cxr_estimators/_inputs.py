@@ -150,12 +150,18 @@ def validation_set(X_val, y_val, classes, fit_shape, normalization,
     if len(y_val) != len(X_val):
         raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
                          "labels")
-    unseen = sorted(set(y_val.tolist()) - set(classes.tolist()), key=str)
-    if unseen:
-        raise ValueError(f"y_val has labels {unseen} not in y's classes "
-                         f"{classes.tolist()}")
+    check_known_labels(y_val, classes, "y_val", "y's classes")
     warn_other_scale(X, X_val)
     return X_val, np.searchsorted(classes, y_val).astype(np.int64)
+
+
+def check_known_labels(y, classes, name, where="classes_ (the labels seen in fit)"):
+    """Refuse labels of ``y`` that are not among ``classes``."""
+    y = column_or_1d(y, warn=True)
+    unseen = sorted(set(y.tolist()) - set(np.asarray(classes).tolist()), key=str)
+    if unseen:
+        raise ValueError(f"{name} has labels {unseen[:10]} not in {where} "
+                         f"{np.asarray(classes).tolist()}")
 
 
 #: Images per set whose pixels :func:`warn_other_scale` compares.

@@ -30,7 +30,7 @@ from ._averaging import check_average_weights
 from ._callbacks import (
     best_epoch, check_checkpoint_dir, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
-from ._inputs import prediction_input, training_input, validation_set
+from ._inputs import check_known_labels, prediction_input, training_input, validation_set
 from ._rng import FitRandomness, fit_seed
 from ._schedules import check_lr_schedule
 from ._training import (
@@ -651,6 +651,13 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         """Predicted labels, shape (n,), values from ``classes_``."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy on ``(X, y)``, as sklearn's; labels not in ``classes_`` are an error
+        (no prediction can match them, so the score would be silently low)."""
+        check_is_fitted(self, "net_")
+        check_known_labels(y, self.classes_, "score: y")
+        return super().score(X, y, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

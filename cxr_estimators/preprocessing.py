@@ -238,7 +238,8 @@ def _check_array_batch(X):
     if X.ndim == 2:
         raise ValueError(f"X has shape {X.shape}: a single (H, W) image, not a batch of "
                          "images; pass X[None] (a batch of one)")
-    if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] >= 8 * X.shape[-1]:
+    # (28, 28, 1) too: a batch of 28 images one pixel wide is no X-ray
+    if X.ndim == 3 and X.shape[-1] in (1, 3, 4) and X.shape[1] >= 8 * X.shape[-1]:
         raise ValueError(
             f"X has shape {X.shape}: a single (H, W, C) image, not a batch; as a batch it "
             f"would be {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} pixels. Pass "
