@@ -108,8 +108,28 @@ def _scorer(monitor, n_classes, pos_index):
             return make_scorer(f1_score, pos_label=pos_index)
         return get_scorer("f1_macro")
     if monitor == "roc_auc":  # binary AUC does not depend on which class is positive
-        return get_scorer("roc_auc" if n_classes == 2 else "roc_auc_ovr")
+        return _needs_every_class(get_scorer("roc_auc" if n_classes == 2 else "roc_auc_ovr"),
+                                  n_classes)
     return get_scorer(monitor)
+
+
+def _needs_every_class(scorer, n_classes):
+    """``scorer`` (AUC), with sklearn's "Number of classes in y_true not equal…" /
+    "Only one class present…" (a rare class missing from the validation set) turned into
+    an error naming the set and what to change."""
+    def score(net, X, y=None):
+        try:
+            return scorer(net, X, y)
+        except ValueError as exc:
+            present = np.unique(np.asarray(y)).tolist() if y is not None else []
+            if y is None or len(present) == n_classes:
+                raise
+            raise ValueError(
+                f"early_stopping monitor='roc_auc' cannot be computed: the validation set "
+                f"({len(y)} images) holds only class index(es) {present} "
+                f"of the {n_classes} classes. Give X_val/y_val with every class, a larger "
+                "validation_fraction, or monitor='loss'") from exc
+    return score
 
 
 def monitor_name(spec, has_valid):

@@ -132,7 +132,18 @@ class _Net(NeuralNetClassifier):
             ddp, rng = getattr(self, "ddp_", None), getattr(self, "fit_rng_", None)
             module = module if ddp is None else ddp.wrapped(module, self.device)
         with rng.global_stream() if rng is not None else contextlib.nullcontext():
-            return self._forward(module, x, **fit_params)
+            try:
+                return self._forward(module, x, **fit_params)
+            except ValueError as exc:
+                if module.training and "Expected more than 1 value per channel" in str(exc):
+                    raise ValueError(
+                        "a BatchNorm layer (head_batch_norm=True, or a trainable block of "
+                        "the trunk) cannot train on a batch of one image, and this "
+                        "training batch holds one: the training images (after any "
+                        "validation split) leave a last batch of 1 with "
+                        f"batch_size={self.batch_size}; choose a batch_size that leaves at "
+                        "least 2, or one image more or fewer") from exc
+                raise
 
     def _forward(self, module, x, **fit_params):
         # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the

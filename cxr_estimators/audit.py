@@ -34,7 +34,7 @@ COLOUR_SATURATION = 0.15
 def _is_paths(X):
     if isinstance(X, np.ndarray):
         return X.dtype.kind in "US" or X.dtype == object
-    return len(X) > 0 and all(isinstance(x, (str, os.PathLike)) for x in X)
+    return len(X) > 0 and all(isinstance(x, (str, bytes, os.PathLike)) for x in X)
 
 
 def _iter_images(X):
@@ -43,7 +43,7 @@ def _iter_images(X):
         raise ValueError("X must be a list of image paths or an array of images, not one path")
     if _is_paths(X):
         for i, path in enumerate(X):
-            yield i, read_image(path)
+            yield i, read_image(os.fsdecode(path))
         return
     X = X if isinstance(X, list) else np.asarray(X)
     if isinstance(X, np.ndarray) and X.ndim not in (3, 4):

@@ -209,7 +209,7 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
     _check_on_error(on_error)
     if label_from not in ("folder", "kermany"):
         raise ValueError(f"label_from must be 'folder' or 'kermany', got {label_from!r}")
-    root = os.fspath(root)
+    root = os.fsdecode(os.fspath(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"root {root!r} is not a directory")
     exts = tuple(e.lower() for e in extensions)
@@ -266,6 +266,16 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
 
 
 def _read_csv_rows(csv_path, required):
+    try:
+        return _csv_rows(csv_path, required)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"CSV {csv_path!r} is not UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} at "
+            f"offset {exc.start}); save it as UTF-8 (e.g. from Excel: 'CSV UTF-8'), or "
+            "convert it: iconv -f latin1 -t utf-8") from None
+
+
+def _csv_rows(csv_path, required):
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -419,7 +429,14 @@ def load_medmnist(npz_path, split="train"):
         if split not in splits:
             raise ValueError(f"split {split!r} not in {npz_path!r}; available splits: {splits}")
         images = archive[f"{split}_images"]
-        target = archive[f"{split}_labels"].reshape(len(images), -1)
+        if f"{split}_labels" not in archive.files:
+            raise ValueError(f"{npz_path!r} has {split}_images but no {split}_labels")
+        target = archive[f"{split}_labels"]
+        if len(target) != len(images):
+            raise ValueError(f"{npz_path!r} split {split!r} has {len(images)} images but "
+                             f"{len(target)} labels ({split}_labels of shape "
+                             f"{target.shape}); the archive is inconsistent")
+        target = target.reshape(len(images), -1)
         all_labels = np.unique(np.concatenate(
             [archive[f"{s}_labels"].ravel() for s in splits if f"{s}_labels" in archive.files]))
     if target.shape[1] != 1:

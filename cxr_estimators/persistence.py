@@ -475,7 +475,7 @@ def save(estimator, path, *, key=None):
                         f"{type(estimator).__name__}")
     from safetensors.torch import save as save_tensors
 
-    name = os.fspath(path)
+    name = os.fsdecode(os.fspath(path))
     _check_replaceable(name)
     encoder = _Encoder()
     tree = json.dumps(encoder.encode(estimator, type(estimator).__name__), sort_keys=True)
@@ -553,7 +553,7 @@ def load(path, *, device=None, key=None):
         The file was written with other versions of the packages (listed) than are
         installed; the model loads, but check its predictions.
     """
-    name = os.fspath(path)
+    name = os.fsdecode(os.fspath(path))
     device = _load_device(device)
     key = None if key is None else signing_key(key, "load: key")
     try:

@@ -166,8 +166,13 @@ def _is_path_list(X):
 
 
 def _frame_column(X):
-    """A one-column DataFrame (pandas, polars) → that column as an array; else X as is.
+    """A one-column DataFrame (pandas, polars) → that column as an array; a list of
+    ``bytes`` paths → str paths (``os.fsdecode``); else X as is.
     Iterating a DataFrame yields its column *names*, which would be read as paths."""
+    if isinstance(X, (list, tuple)) and X and all(isinstance(x, bytes) for x in X):
+        return [os.fsdecode(x) for x in X]
+    if isinstance(X, np.ndarray) and X.dtype.kind == "S":
+        return [os.fsdecode(x) for x in X.tolist()]
     columns, shape = getattr(X, "columns", None), getattr(X, "shape", None)
     if columns is None or shape is None or len(shape) != 2:
         return X
