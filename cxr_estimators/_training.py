@@ -104,6 +104,24 @@ class _Net(NeuralNetClassifier):
         super().on_train_begin(net, X, y, **kwargs)
         self._folded_inference = None  # holds the previous weights and their copy
 
+    def load_params(self, f_params=None, **kwargs):
+        """skorch's, with the reason named when ``f_params`` holds only the head's weights
+        (a checkpoint of a fit on cached features, ``cache=``)."""
+        try:
+            return super().load_params(f_params=f_params, **kwargs)
+        except RuntimeError as exc:
+            head = getattr(self.module_, "head", None)
+            if f_params is None or head is None or "Missing key" not in str(exc):
+                raise
+            state = torch.load(f_params, map_location="cpu", weights_only=True)
+            if set(state) != set(head.state_dict()):
+                raise
+            raise RuntimeError(
+                f"{f_params!r} holds only the head's weights: it is a checkpoint of a fit on "
+                "cached backbone features (cache=...), where only the head trains. Load it "
+                "into the head: net.module_.head.load_state_dict(torch.load(f_params, "
+                "weights_only=True))") from exc
+
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("compiled_module_", None)  # compiled code does not pickle

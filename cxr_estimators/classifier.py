@@ -168,6 +168,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ``params.pt``, ``optimizer.pt``, ``criterion.pt``, ``history.json``). They are
         written to ``checkpoint_dir/.incoming`` during the fit and replace the folder's
         files when training ends, so a fit that crashes leaves the previous checkpoint.
+        With cached features (``cache``) only the head is trained, so ``params.pt``
+        holds the head's weights only: reload it with
+        ``clf.net_.module_.head.load_state_dict(torch.load(path, weights_only=True))``.
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
