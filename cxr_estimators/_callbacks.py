@@ -114,21 +114,19 @@ def _scorer(monitor, n_classes, pos_index):
 
 
 def _needs_every_class(scorer, n_classes):
-    """``scorer`` (AUC), with sklearn's "Number of classes in y_true not equal…" /
-    "Only one class present…" (a rare class missing from the validation set) turned into
-    an error naming the set and what to change."""
+    """``scorer`` (AUC), refusing a validation set without every class (a rare class left
+    out of the split), where sklearn raises "Number of classes in y_true not equal…" or
+    returns NaN, with an error naming the set and what to change."""
     def score(net, X, y=None):
-        try:
-            return scorer(net, X, y)
-        except ValueError as exc:
-            present = np.unique(np.asarray(y)).tolist() if y is not None else []
-            if y is None or len(present) == n_classes:
-                raise
+        labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y
+        present = [] if y is None else np.unique(np.asarray(labels)).tolist()
+        if y is not None and len(present) < n_classes:
             raise ValueError(
                 f"early_stopping monitor='roc_auc' cannot be computed: the validation set "
-                f"({len(y)} images) holds only class index(es) {present} "
-                f"of the {n_classes} classes. Give X_val/y_val with every class, a larger "
-                "validation_fraction, or monitor='loss'") from exc
+                f"({len(y)} images) holds only class index(es) {present} of the "
+                f"{n_classes} classes. Give X_val/y_val with every class, a larger "
+                "validation_fraction, or monitor='loss'")
+        return scorer(net, X, y)
     return score
 
 

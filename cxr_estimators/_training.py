@@ -300,8 +300,8 @@ def _training_data(X, y, sample_weight):
 
 
 def _check_sample_weight(sample_weight, n):
-    """float32 (n,) weights, or None when absent or all equal (the weighted mean is
-    then the plain mean, so the unweighted path gives the same model)."""
+    """float32 (n,) weights scaled to mean 1, or None when absent or all equal (the
+    weighted mean is then the plain mean, so the unweighted path gives the same model)."""
     if sample_weight is None:
         return None
     try:
@@ -322,7 +322,9 @@ def _check_sample_weight(sample_weight, n):
         raise ValueError(f"sample_weight is zero for all {n} images; nothing to train on")
     if np.all(w == w[0]):
         return None
-    return w.astype(np.float32)
+    # to mean 1: the weighted mean loss does not change, and huge weights (1e38) cannot
+    # overflow float32 in its sums
+    return (w / w.mean()).astype(np.float32)
 
 
 class _GroupedValidSplit:
