@@ -14,7 +14,7 @@ it, so a deliberate edit (swapped ``classes_``, changed weights) loads. Against 
 ``save(..., key=secret)`` adds an HMAC-SHA256 under a secret key and
 ``load(..., key=secret)`` refuses a file whose HMAC does not match (or that has none).
 Whatever a file says, loading it never runs code and builds only the listed classes
-(:func:`allowed_classes`).
+(:func:`cxr_estimators._trust.allowed_classes`).
 
 What can be in the tree is data only: None, bool, int, float, str, lists, tuples (tagged),
 dicts, paths, NumPy arrays and scalars, and estimators whose class is a scikit-learn or
@@ -66,13 +66,13 @@ from ._safefile import (
     tensor_digest,
 )
 from ._rebuild import check_rebuildable
+from ._trust import allowed_classes, check_hmac, trusted_class
 
 __all__ = ["save", "load", "ModelFileError", "VersionMismatchWarning", "FORMAT"]
 
 #: Identifies the file layout; a file of another format is refused by :func:`load`.
 FORMAT = "cxr_estimators.model.v1"
 
-_TRUSTED_ROOTS = ("sklearn", "cxr_estimators")
 _PACKAGES = ("cxr_estimators", "torch", "torchvision", "sklearn", "skorch", "numpy",
              "safetensors")
 
@@ -278,7 +278,7 @@ class _Decoder:
         return request
 
     def estimator(self, node):
-        cls = _trusted_class(node["__estimator__"], self.fail)
+        cls = trusted_class(node["__estimator__"], self.fail)
         params = {k: self.decode(v) for k, v in node["params"].items()}
         try:
             est = cls(**params)
@@ -369,55 +369,6 @@ _TAGS = {
     "__metadata_request__": _Decoder.metadata_request,
     "__calibrated__": _calibrated,
 }
-
-
-def allowed_classes():
-    """The exact classes a model file may name: scikit-learn's public estimators (as
-    ``sklearn.utils.discovery.all_estimators`` lists them, plus the calibrators of
-    ``CalibratedClassifierCV``) and cxr_estimators' ``CXRClassifier`` and
-    ``ImageLoader``. A subclass, or another class reached through
-    one of their modules (a skorch net re-exported by a ``cxr_estimators._…`` module), is
-    not one of them."""
-    global _ALLOWED
-    if _ALLOWED is None:
-        from sklearn.utils.discovery import all_estimators
-
-        from .classifier import CXRClassifier
-        from .preprocessing import ImageLoader
-
-        from sklearn import calibration
-
-        # the calibrators a fitted CalibratedClassifierCV holds (private sklearn classes)
-        calibrators = [getattr(calibration, name) for name in
-                       ("_SigmoidCalibration", "_TemperatureScaling")
-                       if hasattr(calibration, name)]
-        _ALLOWED = frozenset([cls for _, cls in all_estimators()] + calibrators
-                             + [CXRClassifier, ImageLoader])
-    return _ALLOWED
-
-
-_ALLOWED = None
-
-
-def _trusted_class(path, fail):
-    """The class named ``module:qualname`` if it is one of :func:`allowed_classes`;
-    anything else fails before any module outside scikit-learn and cxr_estimators is
-    imported."""
-    module_name, _, qualname = str(path).partition(":")
-    if module_name.split(".")[0] not in _TRUSTED_ROOTS or not qualname:
-        fail(f"class {path!r} is not a scikit-learn or cxr_estimators estimator; refused")
-    try:
-        obj = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        fail(f"class {path!r} does not exist in the installed packages")
-    if not (isinstance(obj, type) and issubclass(obj, BaseEstimator)):
-        fail(f"{path!r} is not an estimator class; refused")
-    if obj not in allowed_classes():
-        fail(f"class {path!r} is not one of the scikit-learn or cxr_estimators estimator "
-             "classes a model file may name; refused")
-    return obj
 
 
 # ---------------------------------------------------------------------------- public API
@@ -574,7 +525,7 @@ def load(path, *, device=None, key=None):
             f"model file {name!r} is corrupt or was modified: its checksum is {actual[:16]}…, "
             f"the file records {str(expected)[:16]}…; restore it from a backup")
     if key is not None:
-        _check_hmac(name, metadata, tensors, key)
+        check_hmac(name, metadata, tensors, key, ModelFileError)
     _warn_versions(name, versions)
     try:
         node = json.loads(tree)
@@ -593,21 +544,6 @@ def load(path, *, device=None, key=None):
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
         raise ModelFileError(f"model file {name!r}: malformed estimator tree "
                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
-
-
-def _check_hmac(name, metadata, tensors, key):
-    import hmac
-
-    recorded = metadata.get("hmac")
-    if recorded is None:
-        raise ModelFileError(f"model file {name!r} carries no HMAC: it was saved without "
-                             "key=, so load(..., key=) cannot verify it; refused")
-    actual = tensor_digest(tensors, metadata["format"], metadata.get("tree", ""),
-                           metadata.get("versions", ""), key=key)
-    if not hmac.compare_digest(str(recorded), actual):
-        raise ModelFileError(f"model file {name!r} was modified after it was saved, or "
-                             "the key is not the one it was saved with: its HMAC does not "
-                             "match key; refused")
 
 
 def _load_device(device):
