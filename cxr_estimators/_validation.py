@@ -120,21 +120,33 @@ def _read_number(path):
     return int(text) if text.isdigit() else None  # "max": no limit
 
 
-def _cgroup_room():
-    """Memory left under this process's cgroup limit (v2 ``memory.max``, v1
-    ``memory.limit_in_bytes``); None without one."""
+def _inactive_file(folder):
     try:
-        with open("/proc/self/cgroup") as fh:
+        with open(f"{folder}/memory.stat") as fh:
+            for line in fh:
+                name, _, value = line.partition(" ")
+                if name in ("inactive_file", "total_inactive_file"):
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_room(proc_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """Memory left under this process's cgroup limit (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``) less its working set; None without one."""
+    try:
+        with open(proc_file) as fh:
             lines = fh.read().splitlines()
     except OSError:
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # v2: the unified hierarchy
-            base = "/sys/fs/cgroup" + path.rstrip("/")
+            base = root + path.rstrip("/")
             limit, used = "memory.max", "memory.current"
         elif "memory" in controllers.split(","):
-            base = "/sys/fs/cgroup/memory" + path.rstrip("/")
+            base = root + "/memory" + path.rstrip("/")
             limit, used = "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
             continue
@@ -142,7 +154,10 @@ def _cgroup_room():
         for folder in dict.fromkeys((base, root)):
             cap = _read_number(f"{folder}/{limit}")
             if cap is not None and cap < 2**60:  # v1 writes ~2**63 for "no limit"
-                return max(cap - (_read_number(f"{folder}/{used}") or 0), 0)
+                # the working set, as the kubelet counts it: page cache the kernel can drop
+                # (inactive_file) is not memory the fit competes with
+                usage = (_read_number(f"{folder}/{used}") or 0) - _inactive_file(folder)
+                return max(cap - max(usage, 0), 0)
     return None
 
 

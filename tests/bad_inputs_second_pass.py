@@ -54,7 +54,25 @@ def _imbalanced(ws):
     return _fit(ws, y=y, max_epochs=4)
 
 
+class _PushToOneClass(__import__("skorch").callbacks.Callback):
+    """At the last epoch's start, sets the output bias so that every image is predicted
+    as class 0 with a confident, wrong answer for the others: a collapse a bad optimiser
+    state would cause, made deterministic."""
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == net.max_epochs:
+            last = [m for m in net.module_.modules() if isinstance(m, torch.nn.Linear)][-1]
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.copy_(torch.tensor([30.0, -30.0]))
+
+
 DIVERGENCE = [
+    Case("a model collapsed to one class with a high loss", "faults",
+         lambda ws: _refit(ws, max_epochs=2, callbacks=[("push", _PushToOneClass())]),
+         Raises(TrainingDivergedError, r"predicts class index 0 for every training image at "
+                                       r"epoch 2 although they have 2 classes",
+                after=lambda ws: ws.kept())),
     Case("Adam lr=1e4: a finite loss that explodes", "faults",
          lambda ws: _refit(ws, lr=1e4, max_epochs=3),
          Raises(TrainingDivergedError, r"loss exploded to .* at epoch 1.*likely cause: the "
