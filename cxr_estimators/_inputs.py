@@ -115,8 +115,9 @@ def encode_targets(y, estimator="CXRClassifier", sampling=None):
 def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
     """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked."""
     classes, y_enc = encode_targets(y, estimator, sampling)
+    kind = getattr(getattr(X, "dtype", None), "kind", "f")
     X = as_images(X)
-    check_float_scale(X, None, estimator)
+    check_float_scale(X, None, estimator, kind=kind)
     if len(X) != len(y_enc):
         raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
     if groups is not None:
@@ -140,7 +141,7 @@ def validation_set(X_val, y_val, classes, fit_shape, normalization,
     kind = getattr(getattr(X_val, "dtype", None), "kind", None)
     X_val = _feed.match_normalization(as_images(X_val, "X_val"), kind, normalization,
                                       estimator, "X_val")
-    check_float_scale(X_val, normalization, estimator, "X_val")
+    check_float_scale(X_val, normalization, estimator, "X_val", kind or "f")
     shape = image_shape(X_val)
     if shape != fit_shape:
         raise ValueError(f"X_val has images of shape {shape} but X has {fit_shape}; "
@@ -200,14 +201,14 @@ def _pixel_stats(images):
 RAW_PEAK, NORMALISED_PEAK = 20.0, 5.0
 
 
-def check_float_scale(X, fitted, estimator="CXRClassifier", input_name="X"):
+def check_float_scale(X, fitted, estimator="CXRClassifier", input_name="X", kind="f"):
     """Refuse float images on the 0-255 pixel scale where normalised ones are expected:
     for a model fitted on compact images (``fitted``: their normalisation), which takes
     float input as already normalised; and a float array mixing both scales (e.g.
-    ``np.concatenate`` of compact and float images)."""
-    if not isinstance(X, np.ndarray) or isinstance(X, CompactImages) \
-            or X.dtype.kind != "f" or X.ndim != 4 or X.shape[2] * X.shape[3] < 4 \
-            or not X.size:
+    ``np.concatenate`` of compact and float images). Warn about 0-255 floats otherwise.
+    ``kind``: the dtype kind X came with (integer input has its own warning)."""
+    if kind != "f" or not isinstance(X, np.ndarray) or isinstance(X, CompactImages) \
+            or X.dtype.kind != "f" or X.ndim != 4 or min(X.shape[2:]) < 2 or not X.size:
         return
     peaks = np.abs(X.reshape(len(X), -1)).max(axis=1)
     raw, normalised = peaks > RAW_PEAK, peaks <= NORMALISED_PEAK
@@ -219,6 +220,12 @@ def check_float_scale(X, fitted, estimator="CXRClassifier", input_name="X"):
             f"±{NORMALISED_PEAK:g}), e.g. np.concatenate of CompactImages and float "
             "images; convert all of them the same way (CompactImages.to_float32(), or one "
             "ImageLoader)")
+    if fitted is None and raw.all():
+        warnings.warn(
+            f"{input_name} is float with values up to {peaks.max():.4g}: 0-255 pixels, not "
+            "normalised images, reach the network; use ImageLoader (or scale "
+            f"{input_name}) first, the same way for fit and predict", UserWarning,
+            stacklevel=4)
     if fitted is not None and raw.all():
         raise ValueError(
             f"{estimator} was fitted on compact images (uint8/uint16, normalised inside the "
@@ -235,7 +242,7 @@ def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):
         check_image_batch(X.shape, fit_shape)
     kind = getattr(getattr(X, "dtype", None), "kind", None)
     X = _feed.match_normalization(as_images(X), kind, normalization, estimator)
-    check_float_scale(X, normalization, estimator)
+    check_float_scale(X, normalization, estimator, kind=kind or "f")
     shape = image_shape(X)
     if shape != fit_shape:
         raise ValueError(

@@ -240,6 +240,10 @@ SCALES = [
          lambda ws: _compact_model(ws).predict(np.concatenate([_compact(ws)[:4],
                                                                _compact(ws)[4:].to_float32()])),
          Raises(ValueError, r"X mixes two scales: images \[0, 1, 2, 3\]")),
+    Case("0-255 floats to fit", "arrays",
+         lambda ws: _fit(ws, X=(ws.X * 255).astype(np.float32)),
+         Warns(UserWarning, r"X is float with values up to 2\d\d: 0-255 pixels, not "
+                            r"normalised images")),
     Case("compact X with a float X_val of another normalisation", "arrays",
          lambda ws: _fit(ws, X=_compact(ws), fit_kwargs={
              "X_val": _compact(ws).to_float32() * 0.3 + 2, "y_val": ws.y}),
