@@ -242,7 +242,7 @@ SCALES = [
          Raises(ValueError, r"X mixes two scales: images \[0, 1, 2, 3\]")),
     Case("0-255 floats to fit", "arrays",
          lambda ws: _fit(ws, X=(ws.X * 255).astype(np.float32)),
-         Warns(UserWarning, r"X is float with values up to 2\d\d: 0-255 pixels, not "
+         Warns(UserWarning, r"X is float with values up to \d+(\.\d+)?: 0-255 pixels, not "
                             r"normalised images")),
     Case("compact X with a float X_val of another normalisation", "arrays",
          lambda ws: _fit(ws, X=_compact(ws), fit_kwargs={
