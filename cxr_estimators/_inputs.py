@@ -125,6 +125,11 @@ def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
         if len(groups) != len(y_enc):
             raise ValueError(f"groups has {len(groups)} entries but y has "
                              f"{len(y_enc)} labels")
+        missing = [i for i, g in enumerate(groups.tolist()) if g is None or g != g]
+        if missing:  # NaN != NaN; all missing ids would become one shared "patient"
+            raise ValueError(f"groups has missing patient ids (None or NaN) at rows "
+                             f"{missing[:10]}; give every image its patient id, or "
+                             "groups=None")
     return X, classes, y_enc, groups
 
 

@@ -64,6 +64,12 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     parsed = _parse(lr_schedule, max_epochs)
     if parsed is not None:
         eta_min = parsed[1].get("eta_min", 0.0)
+        min_lr = parsed[1].get("min_lr", 0.0)
+        if parsed[0] == "plateau" and is_finite_number(lr) and is_finite_number(min_lr) \
+                and min_lr > lr:
+            raise ValueError(f"lr_schedule min_lr={min_lr!r} is above lr={lr!r}: the plateau "
+                             "schedule would raise the learning rate when the loss stalls; "
+                             "give min_lr <= lr")
         if parsed[0] == "cosine" and is_finite_number(lr) and eta_min > lr:
             raise ValueError(f"lr_schedule eta_min={eta_min!r} is above lr={lr!r}: the "
                              "cosine schedule would raise the learning rate instead of "
@@ -99,6 +105,11 @@ def _parse(lr_schedule, max_epochs):
     if not (is_finite_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
         raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
                          "learning rate the cosine decays to")
+    threshold = kwargs.get("threshold", 0.0)
+    if policy == "plateau" and is_finite_number(threshold) and threshold < 0:
+        raise ValueError(f"lr_schedule threshold={threshold!r} must be >= 0: a negative "
+                         "threshold counts a worse loss as an improvement, so the rate is "
+                         "never cut")
     if policy == "plateau" and kwargs.get("mode", "min") != "min":
         raise ValueError(f"lr_schedule mode={kwargs['mode']!r}: the plateau schedule watches "
                          "the loss, where lower is better, so mode must be 'min' (mode="

@@ -367,6 +367,10 @@ def class_weights(class_weight, classes, y_enc):
                 f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
                 f"{classes.tolist()}"
             )
+        flags = {k: v for k, v in class_weight.items() if isinstance(v, (bool, np.bool_))}
+        if flags:
+            raise ValueError(f"class_weight values must be numbers, not booleans; got "
+                             f"{flags!r} (a bool is not taken as a weight)")
         try:
             weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
         except (TypeError, ValueError):

@@ -45,11 +45,11 @@ class StrictParamsMixin:
         params = self.get_params(deep=False)
         for name, constraints in self._parameter_constraints.items():
             value = params.get(name)
-            if isinstance(value, bool) and "boolean" not in constraints and any(
-                    isinstance(c, Interval) and c.type is numbers.Integral
-                    for c in constraints):
+            kinds = {c.type for c in constraints if isinstance(c, Interval)}
+            if isinstance(value, (bool, np.bool_)) and "boolean" not in constraints and kinds:
+                kind = "an int" if numbers.Integral in kinds else "a number"
                 raise ValueError(
-                    f"The '{name}' parameter of {type(self).__name__} must be an int, not "
+                    f"The '{name}' parameter of {type(self).__name__} must be {kind}, not "
                     f"the boolean {value!r} (a bool is not taken as {int(value)})")
         for name, bound in self._param_upper_bounds.items():
             value = params.get(name)
