@@ -272,7 +272,7 @@ def _read_csv_rows(csv_path, required):
         raise ValueError(
             f"CSV {csv_path!r} is not UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} at "
             f"offset {exc.start}); save it as UTF-8 (e.g. from Excel: 'CSV UTF-8'), or "
-            "convert it: iconv -f latin1 -t utf-8") from None
+            "convert it, e.g. iconv -f latin1 -t utf-8 for a Latin-1 file") from None
 
 
 def _csv_rows(csv_path, required):
@@ -357,6 +357,8 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     base = os.fspath(image_dir) if image_dir is not None else os.path.dirname(csv_path)
     required = [path_column, label_column] + ([group_column] if group_column else [])
     rows, columns = _read_csv_rows(csv_path, required)
+    if not rows:
+        raise ValueError(f"CSV {csv_path!r} has a header {columns} but no rows of images")
     seen, entries, skipped, dupes = {}, [], [], []
     for line, row, n_extra in rows:
         path = os.path.normpath(os.path.join(base, row[path_column]))

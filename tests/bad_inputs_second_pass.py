@@ -330,6 +330,12 @@ OTHER = [
          Raises(ValueError, r"shape \(28, 28, 1\): a single \(H, W, C\) image")),
     Case("a non-UTF-8 (latin-1) CSV", "files", _latin1_csv,
          Raises(ValueError, r"latin\.csv' is not UTF-8.*offset")),
+    Case("a UTF-16 CSV", "files",
+         lambda ws: load_image_csv(ws.write("u16.csv", "path,label\na.png,x\n".encode("utf-16"))),
+         Raises(ValueError, r"u16\.csv' is not UTF-8")),
+    Case("a CSV with a header and no rows", "files",
+         lambda ws: load_image_csv(ws.write("empty.csv", "path,label\n")),
+         Raises(ValueError, r"empty\.csv' has a header \['path', 'label'\] but no rows")),
     Case("an .npz with fewer labels than images", "files", lambda ws: _npz(ws, 4, 3),
          Raises(ValueError, r"bad\.npz' split 'train' has 4 images but 3 labels")),
     Case("bytes paths to save and load", "model files",
@@ -351,6 +357,12 @@ def _fit_big_under(ws, limit, gib):
         return _fit(ws, X=X, y=ws.y[:2], backbone="resnet18")
 
 
+def _params_edit(name, value):
+    def edit(tree, meta, tensors):
+        find_node(tree, "CXRClassifier")["params"][name] = value
+    return edit
+
+
 def _huge_head_file(ws):
     def edit(tree, meta, tensors):
         find_node(tree, "CXRClassifier")["params"]["neurons"] = {
@@ -369,6 +381,16 @@ MEMORY = [
          lambda ws: _refit(ws, neurons=(65536, 65536)),
          Raises(ValueError, r"neurons=\(65536, 65536\) on \d+ features makes a head of "
                             r"4,\d+,\d+,\d+ weights \(16.0 GiB", after=lambda ws: ws.kept())),
+    Case("backbone_kwargs widths=(65536, 65536) (a 154 GB trunk)", "parameters",
+         lambda ws: _fit(ws, backbone_kwargs={"widths": (65536, 65536)}),
+         Raises(ValueError, r"widths=\(65536, 65536\) makes a simple_cnn of "
+                            r"38,\d+,\d+,\d+ conv weights")),
+    Case("a model file whose header declares a 154 GB trunk", "model files",
+         lambda ws: cxr_estimators.load(ws.retamper(ws.model_file("trunk.safetensors"),
+                                                    _params_edit("backbone_kwargs", {
+                                                        "__dict__": [["widths", {
+                                                            "__tuple__": [65536, 65536]}]]}))),
+         Raises(ModelFileError, r"trunk\.safetensors.*cannot be built.*conv weights")),
     Case("a model file whose header declares a 16 GiB head", "model files", _huge_head_file,
          Raises(ModelFileError, r"huge\.safetensors.*cannot be built.*head of")),
 ]
