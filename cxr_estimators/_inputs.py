@@ -58,6 +58,11 @@ def as_images(X, name="X"):
     if hasattr(X, "__len__") and len(X) == 0:
         raise ValueError(f"{name} is empty (0 images)")
     raw_dtype = getattr(X, "dtype", None)
+    if isinstance(X, (list, tuple)):
+        shapes = sorted({np.shape(x) for x in X}, key=str)
+        if len(shapes) > 1:
+            raise ValueError(f"{name} is a list of images of different shapes {shapes[:4]}; "
+                             "make them one size first (ImageLoader(size=...) resizes)")
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)
     warn_unnormalised(X, raw_dtype, name)

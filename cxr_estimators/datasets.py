@@ -10,10 +10,12 @@ of a split (:class:`sklearn.model_selection.StratifiedGroupKFold`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
 import warnings
+import zipfile
 
 import numpy as np
 from sklearn.utils import Bunch
@@ -426,7 +428,15 @@ def load_medmnist(npz_path, split="train"):
     npz_path = os.fspath(npz_path)
     if not os.path.isfile(npz_path):
         raise FileNotFoundError(f"MedMNIST archive {npz_path!r} does not exist")
-    with np.load(npz_path) as archive:
+    try:
+        archive = np.load(npz_path)  # allow_pickle=False: a pickle inside is refused
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{npz_path!r} is not a MedMNIST .npz archive of arrays: "
+                         f"{exc}") from None
+    if not hasattr(archive, "files"):  # a single .npy array
+        raise ValueError(f"{npz_path!r} is a single NumPy array, not a MedMNIST .npz "
+                         "archive of <split>_images / <split>_labels")
+    with archive, _named_errors(npz_path):
         splits = sorted(k[: -len("_images")] for k in archive.files if k.endswith("_images"))
         if split not in splits:
             raise ValueError(f"split {split!r} not in {npz_path!r}; available splits: {splits}")
@@ -452,6 +462,18 @@ def load_medmnist(npz_path, split="train"):
     descr = (f"MedMNIST archive {os.path.basename(npz_path)!r}, split {split!r}: "
              f"{len(images)} images of shape {images.shape[1:]}, classes {target_names}.")
     return Bunch(images=images, target=target, target_names=target_names, DESCR=descr)
+
+
+@contextlib.contextmanager
+def _named_errors(npz_path):
+    """An array of the archive NumPy refuses to read (object arrays need pickle) as an
+    error naming the file."""
+    try:
+        yield
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        if str(npz_path) in str(exc):
+            raise
+        raise ValueError(f"{npz_path!r}: {exc}") from None
 
 
 def sample_data_dir():

@@ -133,6 +133,8 @@ def external_validate(estimator, datasets, *, pos_label=None, n_bootstraps=1000,
     for name, data in datasets.items():
         X, y = _unpack(name, data, classes)
         y = np.asarray(y)
+        if hasattr(X, "__len__") and len(X) != len(y):
+            raise ValueError(f"dataset {name!r} has {len(X)} images but {len(y)} labels")
         unknown = sorted(set(np.unique(y).tolist()) - set(classes.tolist()), key=str)
         if unknown:
             raise ValueError(f"dataset {name!r} has label(s) {unknown} that the model does "

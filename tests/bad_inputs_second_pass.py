@@ -309,10 +309,10 @@ def _latin1_csv(ws):
     return load_image_csv(path)
 
 
-def _npz(ws, n_images, n_labels):
+def _npz(ws, n_images, n_labels, labels=None):
     path = ws.path("bad.npz")
     np.savez(path, train_images=np.zeros((n_images, 4, 4), np.uint8),
-             train_labels=np.zeros((n_labels, 1), np.uint8))
+             train_labels=np.zeros((n_labels, 1), np.uint8) if labels is None else labels)
     return load_medmnist(path, "train")
 
 
@@ -336,6 +336,19 @@ OTHER = [
     Case("a CSV with a header and no rows", "files",
          lambda ws: load_image_csv(ws.write("empty.csv", "path,label\n")),
          Raises(ValueError, r"empty\.csv' has a header \['path', 'label'\] but no rows")),
+    Case("a pickle named .npz", "files",
+         lambda ws: load_medmnist(ws.write("pickled.npz", __import__("pickle").dumps([1, 2]))),
+         Raises(ValueError, r"pickled\.npz' is not a MedMNIST \.npz archive of arrays")),
+    Case("an .npz with object-array labels", "files",
+         lambda ws: _npz(ws, 2, 2, labels=np.array([{"a": 1}, {"b": 2}], dtype=object)),
+         Raises(ValueError, r"bad\.npz': Object arrays cannot be loaded")),
+    Case("fit on a list of images of different sizes", "arrays",
+         lambda ws: _fit(ws, X=[ws.X[0], ws.X[1, :, :8, :8]] * 8),
+         Raises(ValueError, r"X is a list of images of different shapes")),
+    Case("external_validate with fewer labels than images", "labels",
+         lambda ws: external_validate(ws.fitted(), {"site_b": (ws.X, ws.y[:3])},
+                                      pos_label="pneumonia", n_bootstraps=10),
+         Raises(ValueError, r"dataset 'site_b' has 16 images but 3 labels")),
     Case("an .npz with fewer labels than images", "files", lambda ws: _npz(ws, 4, 3),
          Raises(ValueError, r"bad\.npz' split 'train' has 4 images but 3 labels")),
     Case("bytes paths to save and load", "model files",
