@@ -336,7 +336,7 @@ OTHER = [
     Case("a CSV with a header and no rows", "files",
          lambda ws: load_image_csv(ws.write("empty.csv", "path,label\n")),
          Raises(ValueError, r"empty\.csv' has a header \['path', 'label'\] but no rows")),
-    Case("a pickle named .npz", "files",
+    Case("serialised Python objects named .npz", "files",
          lambda ws: load_medmnist(ws.write("pickled.npz", __import__("pickle").dumps([1, 2]))),
          Raises(ValueError, r"pickled\.npz' is not a MedMNIST \.npz archive of arrays")),
     Case("an .npz with object-array labels", "files",
