@@ -24,7 +24,6 @@ early stopping's own ``KeyboardInterrupt``, which skorch's ``partial_fit`` swall
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 import os
 import tempfile
@@ -78,7 +77,8 @@ def early_stopping_spec(early_stopping, classes):
     if monitor not in MONITORS:
         raise ValueError(f"early_stopping monitor={monitor!r} is not one of "
                          f"{list(MONITORS)}{did_you_mean(monitor, MONITORS)}")
-    if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
+    if not isinstance(min_delta, numbers.Real) or isinstance(min_delta, (bool, np.bool_)) \
+            or not min_delta >= 0:
         raise ValueError(f"early_stopping min_delta must be a number >= 0; got {min_delta!r}")
     return {"patience": int(patience), "monitor": monitor, "min_delta": float(min_delta),
             "pos_index": _pos_index(monitor, spec["pos_label"], classes)}

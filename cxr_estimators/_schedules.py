@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 from skorch.callbacks import LRScheduler
 from torch.optim import lr_scheduler as torch_lr
@@ -78,6 +79,15 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     return parsed
 
 
+def _default(policy, key):
+    """The default of ``key`` in the torch scheduler of ``policy`` (None if unknown)."""
+    if policy == "cosine":
+        return None
+    cls = torch_lr.ReduceLROnPlateau if policy == "plateau" else torch_lr.OneCycleLR
+    param = inspect.signature(cls).parameters.get(key)
+    return None if param is None else param.default
+
+
 def _parse(lr_schedule, max_epochs):
     """``(policy, kwargs)`` of ``lr_schedule`` or None, with the checks that need no
     torch scheduler."""
@@ -97,6 +107,11 @@ def _parse(lr_schedule, max_epochs):
             raise ValueError(
                 f"lr_schedule {policy!r} has no argument {key!r}; known: {sorted(allowed)}"
                 f"{did_you_mean(key, allowed)}")
+    flags = [k for k, v in kwargs.items()
+             if isinstance(v, (bool, np.bool_)) and not isinstance(_default(policy, k), bool)]
+    if flags:  # torch reads patience=True as 1
+        raise ValueError(f"lr_schedule {flags[0]}={kwargs[flags[0]]!r} must be a number, not "
+                         "a boolean")
     warmup = kwargs.get("warmup_epochs", 0)
     if not (is_finite_number(warmup) and 0 <= warmup < max_epochs):
         raise ValueError(f"lr_schedule warmup_epochs={warmup!r} must be >= 0 and below "

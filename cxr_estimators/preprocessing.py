@@ -358,6 +358,9 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"normalize must be a preset name or (mean, std); got {self.normalize!r}"
                 ) from None
+            if any(isinstance(v, (bool, np.bool_)) for v in mean + std):
+                raise ValueError(f"normalize (mean, std) must be numbers, not booleans; got "
+                                 f"{self.normalize!r}")
             try:
                 mean, std = [float(m) for m in mean], [float(s) for s in std]
             except (TypeError, ValueError):

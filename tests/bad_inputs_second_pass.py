@@ -231,6 +231,16 @@ PARAMETERS = [
              ws.X, ws.y, groups=np.r_[np.arange(12.0), [np.nan] * 4]),
          Raises(ValueError, r"groups has missing patient ids \(None or NaN\) at rows "
                             r"\[12, 13, 14, 15\]")),
+    Case("early_stopping min_delta=True", "parameters",
+         lambda ws: _fit(ws, early_stopping={"patience": 2, "min_delta": True}),
+         Raises(ValueError, r"min_delta must be a number >= 0; got True")),
+    Case("plateau patience=True", "parameters",
+         lambda ws: _fit(ws, lr_schedule={"patience": True}),
+         Raises(ValueError, r"lr_schedule patience=True must be a number, not a boolean")),
+    Case("ImageLoader normalize=(True, True)", "parameters",
+         lambda ws: ImageLoader(normalize=(True, True)).fit_transform(
+             np.zeros((2, 8, 8), np.uint8)),
+         Raises(ValueError, r"normalize \(mean, std\) must be numbers, not booleans")),
     Case("fixed brightness factor (1.5, 1.5) is applied", "parameters",
          lambda ws: Augmenter(brightness=(1.5, 1.5))(torch.from_numpy(ws.X[:2])),
          Handled(lambda out, ws: not torch.equal(out, torch.from_numpy(ws.X[:2])))),
