@@ -436,8 +436,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Raises
         ------
         TrainingDivergedError
-            The loss became NaN or inf; the message names the epoch, the batch and the
-            likely cause. A previously fitted model is left as it was (as for any error).
+            The loss became NaN or inf, exploded (finite but a million times its start),
+            or the model collapsed to one class with a high loss (rules:
+            :mod:`cxr_estimators._divergence`); the message names the epoch and the
+            likely cause (lr, sample or class weights, augmentation, input). A previously fitted model is left as it was (as for any error).
         KeyboardInterrupt
             Ctrl-C during training, re-raised after the estimator was left usable with the
             weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
