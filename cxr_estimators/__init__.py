@@ -12,7 +12,7 @@ from . import (
     audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
     plotting,
 )
-from ._callbacks import TrainingDivergedError
+from ._callbacks import OneClassWarning, TrainingDivergedError
 from ._runtime import tune_cpu_malloc
 from .classifier import CXRClassifier
 from .persistence import load, save
@@ -28,6 +28,7 @@ __all__ = [
     "save",
     "load",
     "TrainingDivergedError",
+    "OneClassWarning",
     "tune_cpu_malloc",
     "audit",
     "augment",

@@ -443,7 +443,8 @@ def _method_attribute(tree, meta, tensors):
 
 def _search_with_nan_epoch():
     return types.SimpleNamespace(
-        cv_results_={"mean_test_best_epoch": np.array([np.nan]), "params": [{"lr": 1e4}]},
+        cv_results_={"mean_test_best_epoch": np.array([np.nan, 3.0]),
+                     "params": [{"lr": 1e4}, {"lr": 1e-3}]},
         refit=False, best_index_=0, estimator=CXRClassifier())
 
 
