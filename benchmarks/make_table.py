@@ -15,6 +15,7 @@ from benchmarks import _common
 from benchmarks._cpu_tables import (cpu_layout_section, cpu_malloc_section,
                                     cpu_predict_batch_section, cpu_speed_section,
                                     cpu_threads_section)
+from benchmarks.shift_audit import shift_audit_section
 
 INTRO = """\
 # Benchmarks
@@ -573,7 +574,8 @@ def main(argv=None):
                 ("memory_lazy_10k", lambda r: memory_section(
                     r, "## Memory of lazy `predict_proba` on 10,000 images, measured\n")),
                 ("scale_out", scale_out_section),
-                ("robustness", robustness_section)]
+                ("robustness", robustness_section),
+                ("shift_audit", lambda r: shift_audit_section(r, _provenance))]
     for name, render in sections:
         r = _load(args.results, name)
         if r is not None:

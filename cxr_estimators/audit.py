@@ -375,3 +375,8 @@ def audit_dataset(X, y=None, groups=None, *, X_other=None, groups_other=None):
         report.shared_patients = sorted(
             _patient_ids(groups, "groups") & _patient_ids(groups_other, "groups_other"))
     return report
+
+
+from ._shift import MIN_IMAGES_PER_SET, ShiftAudit, shift_audit  # noqa: E402  (re-export)
+
+__all__ += ["shift_audit", "ShiftAudit", "MIN_IMAGES_PER_SET"]

@@ -23,8 +23,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._callbacks import OneClassWarning
 from .metrics import clinical_report
+from ._thresholds import SensitivityThreshold, sensitivity_threshold
+from .report._page import report
 
-__all__ = ["best_epoch_scorer", "external_validate", "grouped_cv", "retrain_on_all"]
+__all__ = ["SensitivityThreshold", "best_epoch_scorer", "external_validate", "grouped_cv",
+           "report", "retrain_on_all", "sensitivity_threshold"]
 
 
 def grouped_cv(n_splits=5, *, random_state=None):

@@ -435,8 +435,16 @@ def overlay(image, heatmap, *, alpha=0.4, colormap="jet"):
     return np.round(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
-    """Write one overlay PNG per image into ``directory`` (created if needed).
+def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4,
+                  true_labels=None, predicted_labels=None, probabilities=None, grid=False,
+                  annotate=True):
+    """Write one Grad-CAM figure per image into ``directory`` (created if needed).
+
+    With matplotlib (``annotate=True``, the default) each file is a figure drawn by
+    :func:`cxr_estimators.plotting.plot_heatmap`: the image at its own resolution, the
+    heatmap in a colormap transparent where attention is low, a colour bar, and a title
+    with the true and predicted label and the probability when given. ``annotate=False``
+    (or no matplotlib) writes the bare :func:`overlay` array at the image's size.
 
     Parameters
     ----------
@@ -447,6 +455,12 @@ def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
     prefix : str, default="gradcam"
         Files are named ``{prefix}_{i:03d}.png``.
     alpha : float, default=0.4
+        Heatmap weight of the bare overlay (``annotate=False``).
+    true_labels, predicted_labels, probabilities : sequences of length n, optional
+        Shown in each figure's title.
+    grid : bool, default=False
+        Grid lines every 8 pixels.
+    annotate : bool, default=True
 
     Returns
     -------
@@ -456,12 +470,29 @@ def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
 
     if len(images) != len(heatmaps):
         raise ValueError(f"{len(images)} images but {len(heatmaps)} heatmaps")
+    for name, values in (("true_labels", true_labels), ("predicted_labels", predicted_labels),
+                         ("probabilities", probabilities)):
+        if values is not None and len(values) != len(images):
+            raise ValueError(f"{name} has {len(values)} entries but there are "
+                             f"{len(images)} images")
+    try:
+        from .plotting import plot_heatmap
+    except ImportError:  # pragma: no cover - plotting itself imports without matplotlib
+        annotate = False
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (image, heatmap) in enumerate(zip(images, heatmaps)):
         path = directory / f"{prefix}_{i:03d}.png"
-        Image.fromarray(overlay(image, heatmap, alpha=alpha)).save(path)
+        try:
+            if not annotate:
+                raise ImportError
+            plot_heatmap(image, heatmap, grid=grid, path=path,
+                         **{key: None if values is None else values[i] for key, values in (
+                             ("true_label", true_labels), ("predicted_label", predicted_labels),
+                             ("probability", probabilities))})
+        except ImportError:  # no matplotlib: the bare overlay
+            Image.fromarray(overlay(image, heatmap, alpha=alpha)).save(path)
         paths.append(os.fspath(path))
     return paths
 
@@ -555,3 +586,8 @@ def shortcut_warning(heatmaps, mask=None, *, border=0.15, threshold=SHORTCUT_WAR
             stacklevel=2,
         )
     return flagged
+
+
+from ._shortcut import MIN_AUC_DROP, ShortcutTest, shortcut_test  # noqa: E402  (re-export)
+
+__all__ += ["MIN_AUC_DROP", "ShortcutTest", "shortcut_test"]

@@ -5,7 +5,7 @@ scikit-learn does the work wherever it can: :func:`sensitivity_score` *is*
 from :func:`sklearn.metrics.confusion_matrix` and :func:`sklearn.metrics.roc_auc_score`;
 :func:`clinical_scorers` are built with :func:`sklearn.metrics.make_scorer`. Written here
 by hand, because scikit-learn lacks them: :func:`specificity_score`, and (in
-:mod:`cxr_estimators._report`, re-exported here) the PPV/NPV ratios and the percentile
+:mod:`cxr_estimators.report._clinical`, re-exported here) the PPV/NPV ratios and the percentile
 bootstrap, whose resampled confusion matrices and ROC AUCs are computed for all
 resamples at once (calling ``roc_auc_score`` a thousand times per class costs seconds;
 the vectorised form gives the same numbers, see ``tests/test_metrics.py``).
@@ -26,7 +26,7 @@ from sklearn.utils._param_validation import Options, StrOptions, validate_params
 from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
-from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
+from .report._clinical import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
     ClinicalReport, MetricEstimate, _check_labels_and_scores, _check_missing_labels,
     _implicit_pos_label, _weighted_auc, clinical_report,
 )
