@@ -542,8 +542,9 @@ def robustness_section(r):
            f"Goal ({r['goal']}): **{'met' if r['goal_met'] else 'not met'}**."
            + ("" if not failing else " Not passing: " + "; ".join(
                f"{x['id']} ({x['outcome']})" for x in failing) + ".") + "\n",
-           "These are the cases we wrote (most from the inputs of issue #11); a case no one "
-           "has thought of yet is not counted.\n",
+           "These are the cases we wrote (from the inputs of issue #11, and one or more per "
+           "category of the hostile tester's findings of issue #27, whose own cases stay "
+           "with the tester); a case no one has thought of yet is not counted.\n",
            _provenance(r)]
     return "\n".join(out)
 

@@ -62,15 +62,22 @@ def label_matrix(cells, lines, findings, where):
 def checked_csv(csv_path, required):
     """``(csv.DictReader, column names stripped)`` of a CSV (UTF-8, BOM tolerated) that
     has the ``required`` columns; else a ValueError naming those missing."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"CSV {os.fspath(csv_path)!r} lacks column(s) {missing}; "
-                             f"columns found: {columns}")
-        reader.fieldnames = columns
-        yield reader, columns
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ValueError(f"CSV {os.fspath(csv_path)!r} lacks column(s) {missing}; "
+                                 f"columns found: {columns}")
+            reader.fieldnames = columns
+            yield reader, columns  # the caller's reading of rows raises here too
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"CSV {os.fspath(csv_path)!r} is not UTF-8 (byte "
+            f"{exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}); save it as "
+            "UTF-8 (e.g. from Excel: 'CSV UTF-8'), or convert it, e.g. iconv -f latin1 "
+            "-t utf-8 for a Latin-1 file") from None
 
 
 def _read(csv_path, required):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 import warnings
 
 import numpy as np
@@ -31,7 +32,7 @@ from torch import nn
 
 from . import _feed, _runtime, _targets, distributed
 from ._callbacks import make_callbacks, mark_interrupted
-from ._validation import check_class_weights, did_you_mean
+from ._validation import check_class_weights, did_you_mean, is_finite_number
 from .heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
@@ -103,6 +104,24 @@ class _Net(NeuralNetClassifier):
         super().on_train_begin(net, X, y, **kwargs)
         self._folded_inference = None  # holds the previous weights and their copy
 
+    def load_params(self, f_params=None, **kwargs):
+        """skorch's, with the reason named when ``f_params`` holds only the head's weights
+        (a checkpoint of a fit on cached features, ``cache=``)."""
+        try:
+            return super().load_params(f_params=f_params, **kwargs)
+        except RuntimeError as exc:
+            head = getattr(self.module_, "head", None)
+            if f_params is None or head is None or "Missing key" not in str(exc):
+                raise
+            state = torch.load(f_params, map_location="cpu", weights_only=True)
+            if set(state) != set(head.state_dict()):
+                raise
+            raise RuntimeError(
+                f"{f_params!r} holds only the head's weights: it is a checkpoint of a fit on "
+                "cached backbone features (cache=...), where only the head trains. Load it "
+                "into the head: net.module_.head.load_state_dict(torch.load(f_params, "
+                "weights_only=True))") from exc
+
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("compiled_module_", None)  # compiled code does not pickle
@@ -131,7 +150,18 @@ class _Net(NeuralNetClassifier):
             ddp, rng = getattr(self, "ddp_", None), getattr(self, "fit_rng_", None)
             module = module if ddp is None else ddp.wrapped(module, self.device)
         with rng.global_stream() if rng is not None else contextlib.nullcontext():
-            return self._forward(module, x, **fit_params)
+            try:
+                return self._forward(module, x, **fit_params)
+            except ValueError as exc:
+                if module.training and "Expected more than 1 value per channel" in str(exc):
+                    raise ValueError(
+                        "a BatchNorm layer (head_batch_norm=True, or a trainable block of "
+                        "the trunk) cannot train on a batch of one image, and this "
+                        "training batch holds one: the training images (after any "
+                        "validation split) leave a last batch of 1 with "
+                        f"batch_size={self.batch_size}; choose a batch_size that leaves at "
+                        "least 2, or one image more or fewer") from exc
+                raise
 
     def _forward(self, module, x, **fit_params):
         # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
@@ -277,8 +307,8 @@ def _training_data(X, y, sample_weight):
 
 
 def _check_sample_weight(sample_weight, n):
-    """float32 (n,) weights, or None when absent or all equal (the weighted mean is
-    then the plain mean, so the unweighted path gives the same model)."""
+    """float32 (n,) weights scaled to mean 1, or None when absent or all equal (the
+    weighted mean is then the plain mean, so the unweighted path gives the same model)."""
     if sample_weight is None:
         return None
     try:
@@ -299,7 +329,9 @@ def _check_sample_weight(sample_weight, n):
         raise ValueError(f"sample_weight is zero for all {n} images; nothing to train on")
     if np.all(w == w[0]):
         return None
-    return w.astype(np.float32)
+    # to mean 1: the weighted mean loss does not change, and huge weights (1e38) cannot
+    # overflow float32 in its sums
+    return (w / w.mean()).astype(np.float32)
 
 
 class _GroupedValidSplit:
@@ -342,6 +374,10 @@ def class_weights(class_weight, classes, y_enc):
                 f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
                 f"{classes.tolist()}"
             )
+        flags = {k: v for k, v in class_weight.items() if isinstance(v, (bool, np.bool_))}
+        if flags:
+            raise ValueError(f"class_weight values must be numbers, not booleans; got "
+                             f"{flags!r} (a bool is not taken as a weight)")
         try:
             weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
         except (TypeError, ValueError):
@@ -415,8 +451,34 @@ def optimizer_kwargs(optimizer, kwargs):
             raise ValueError(
                 f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
                 f"(optimizer={optimizer!r}); known: {known}{did_you_mean(key, known)}")
+    _check_kinds(cls, optimizer, kwargs)
     _try_optimizer(cls, optimizer, kwargs)
     return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _check_kinds(cls, optimizer, kwargs):
+    """Each value of the kind of its torch default: a flag must be a bool (torch reads
+    ``amsgrad="no"`` as True), a number a number, a tuple a tuple of as many numbers
+    (``betas=(0.9,)`` fails mid-step in torch)."""
+    defaults = inspect.signature(cls).parameters
+    for key, value in kwargs.items():
+        default = defaults[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, (bool, np.bool_))
+            kind = "True or False"
+        elif isinstance(default, numbers.Real):
+            ok = is_finite_number(value)
+            kind = "a finite number"
+        elif isinstance(default, tuple):
+            ok = (isinstance(value, (tuple, list)) and len(value) == len(default)
+                  and all(is_finite_number(v) for v in value))
+            kind = f"a tuple of {len(default)} numbers"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"optimizer_kwargs={{{key!r}: {value!r}}} is not valid for "
+                             f"{cls.__name__} (optimizer={optimizer!r}): {key} must be "
+                             f"{kind}, like its default {default!r}")
 
 
 def _try_optimizer(cls, optimizer, kwargs):

@@ -28,7 +28,9 @@ from torch import nn
 import torchvision
 
 from ._validation import did_you_mean
-from .heads import check_map, conv_map_trunk, make_head, make_pool, probe_map_shape
+from .heads import (
+    MAX_HEAD_PARAMETERS, check_map, conv_map_trunk, make_head, make_pool, probe_map_shape,
+)
 from .preprocessing import InputNormalization
 
 __all__ = [
@@ -111,6 +113,13 @@ def _small_cnn(backbone, in_channels, kwargs):
     if "batch_norm" in kwargs and not isinstance(kwargs["batch_norm"], bool):
         raise ValueError(f"backbone_kwargs batch_norm must be True or False; got "
                          f"{kwargs['batch_norm']!r}")
+    if widths:  # bounded before any allocation, as the head is (heads.check_head_size)
+        chans = (in_channels, *map(int, widths))
+        count = sum(9 * a * b for a, b in zip(chans, chans[1:]))
+        if count > MAX_HEAD_PARAMETERS:
+            raise ValueError(f"backbone_kwargs widths={tuple(widths)!r} makes a {backbone} of "
+                             f"{count:,} conv weights ({count * 4 / 2**30:.1f} GiB of float32), "
+                             f"above the limit of {MAX_HEAD_PARAMETERS:,}; use narrower blocks")
     kwargs = {**kwargs, **({"widths": tuple(int(w) for w in widths)} if widths else {})}
     return (SimpleCNN if backbone == "simple_cnn" else DeepCNN)(in_channels, **kwargs)
 

@@ -30,7 +30,7 @@ from ._averaging import check_average_weights
 from ._callbacks import (
     best_epoch, check_checkpoint_dir, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
-from ._inputs import prediction_input, training_input, validation_set
+from ._inputs import check_known_labels, prediction_input, training_input, validation_set
 from ._rng import FitRandomness, fit_seed
 from ._schedules import check_lr_schedule
 from ._training import (
@@ -168,6 +168,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ``params.pt``, ``optimizer.pt``, ``criterion.pt``, ``history.json``). They are
         written to ``checkpoint_dir/.incoming`` during the fit and replace the folder's
         files when training ends, so a fit that crashes leaves the previous checkpoint.
+        With cached features (``cache``) only the head is trained, so ``params.pt``
+        holds the head's weights only: reload it with
+        ``clf.net_.module_.head.load_state_dict(torch.load(path, weights_only=True))``.
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
@@ -464,8 +467,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Raises
         ------
         TrainingDivergedError
-            The loss became NaN or inf; the message names the epoch, the batch and the
-            likely cause. A previously fitted model is left as it was (as for any error).
+            The loss became NaN or inf, exploded (finite but a million times its start),
+            or the model collapsed to one class with a high loss (rules:
+            :mod:`cxr_estimators._divergence`); the message names the epoch and the
+            likely cause (lr, sample or class weights, augmentation, input). A previously fitted model is left as it was (as for any error).
         KeyboardInterrupt
             Ctrl-C during training, re-raised after the estimator was left usable with the
             weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
@@ -710,6 +715,13 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             cut = _targets.check_thresholds(self.thresholds, self._findings())
             return (proba >= cut[None, :]).astype(np.int64)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy on ``(X, y)``, as sklearn's; labels not in ``classes_`` are an error
+        (no prediction can match them, so the score would be silently low)."""
+        check_is_fitted(self, "net_")
+        check_known_labels(y, self.classes_, "score: y")
+        return super().score(X, y, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

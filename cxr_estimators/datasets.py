@@ -10,9 +10,11 @@ of a split (:class:`sklearn.model_selection.StratifiedGroupKFold`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
+import zipfile
 
 import numpy as np
 from sklearn.utils import Bunch
@@ -214,7 +216,7 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
     _check_on_error(on_error)
     if label_from not in ("folder", "kermany"):
         raise ValueError(f"label_from must be 'folder' or 'kermany', got {label_from!r}")
-    root = os.fspath(root)
+    root = os.fsdecode(os.fspath(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"root {root!r} is not a directory")
     exts = tuple(e.lower() for e in extensions)
@@ -351,6 +353,8 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     required = ([path_column] + (findings or [label_column])
                 + ([group_column] if group_column else []))
     rows, columns = _read_csv_rows(csv_path, required)
+    if not rows:
+        raise ValueError(f"CSV {csv_path!r} has a header {columns} but no rows of images")
     seen, entries, skipped, dupes = {}, [], [], []
     for line, row, n_extra in rows:
         path = os.path.normpath(os.path.join(base, row[path_column]))
@@ -429,12 +433,27 @@ def load_medmnist(npz_path, split="train"):
     npz_path = os.fspath(npz_path)
     if not os.path.isfile(npz_path):
         raise FileNotFoundError(f"MedMNIST archive {npz_path!r} does not exist")
-    with np.load(npz_path) as archive:
+    try:
+        archive = np.load(npz_path)  # allow_pickle=False: a pickle inside is refused
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{npz_path!r} is not a MedMNIST .npz archive of arrays: "
+                         f"{exc}") from None
+    if not hasattr(archive, "files"):  # a single .npy array
+        raise ValueError(f"{npz_path!r} is a single NumPy array, not a MedMNIST .npz "
+                         "archive of <split>_images / <split>_labels")
+    with archive, _named_errors(npz_path):
         splits = sorted(k[: -len("_images")] for k in archive.files if k.endswith("_images"))
         if split not in splits:
             raise ValueError(f"split {split!r} not in {npz_path!r}; available splits: {splits}")
         images = archive[f"{split}_images"]
-        target = archive[f"{split}_labels"].reshape(len(images), -1)
+        if f"{split}_labels" not in archive.files:
+            raise ValueError(f"{npz_path!r} has {split}_images but no {split}_labels")
+        target = archive[f"{split}_labels"]
+        if len(target) != len(images):
+            raise ValueError(f"{npz_path!r} split {split!r} has {len(images)} images but "
+                             f"{len(target)} labels ({split}_labels of shape "
+                             f"{target.shape}); the archive is inconsistent")
+        target = target.reshape(len(images), -1)
         all_labels = np.unique(np.concatenate(
             [archive[f"{s}_labels"].ravel() for s in splits if f"{s}_labels" in archive.files]))
     if target.shape[1] != 1:
@@ -448,6 +467,18 @@ def load_medmnist(npz_path, split="train"):
     descr = (f"MedMNIST archive {os.path.basename(npz_path)!r}, split {split!r}: "
              f"{len(images)} images of shape {images.shape[1:]}, classes {target_names}.")
     return Bunch(images=images, target=target, target_names=target_names, DESCR=descr)
+
+
+@contextlib.contextmanager
+def _named_errors(npz_path):
+    """An array of the archive NumPy refuses to read (object arrays need pickle) as an
+    error naming the file."""
+    try:
+        yield
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        if str(npz_path) in str(exc):
+            raise
+        raise ValueError(f"{npz_path!r}: {exc}") from None
 
 
 def sample_data_dir():

@@ -263,6 +263,10 @@ def _cam_batch(module, layer_module, layer, x, targets):
         handle.remove()
     targets = logits.argmax(1) if targets is None else torch.as_tensor(targets, device=x.device)
     score = logits.gather(1, targets[:, None]).sum()
+    if "A" not in captured:
+        raise ValueError(f"layer={layer!r} does not run when the model predicts (the "
+                         "augmentation runs only in training), so it has no feature map to "
+                         "explain; choose a layer of the trunk (layer=None picks one)")
     act = captured["A"]
     (grads,) = torch.autograd.grad(score, act)
     weights = grads.float().mean(dim=(2, 3), keepdim=True)

@@ -131,16 +131,36 @@ def _widths(neurons):
     return widths
 
 
+#: Most weights a head may have (1 GiB of float32): each width of ``neurons`` is bounded,
+#: but their products are not (``neurons=(65536, 65536)`` is a 16 GiB layer).
+MAX_HEAD_PARAMETERS = 2**28
+
+
+def check_head_size(n_features, n_classes, widths, neurons):
+    """Refuse, before any allocation, a head with more than :data:`MAX_HEAD_PARAMETERS`
+    weights (fit builds it, and so does :func:`cxr_estimators.load` from a file's
+    header)."""
+    sizes = (int(n_features),) + tuple(int(w) for w in widths) + (int(n_classes),)
+    count = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    if count > MAX_HEAD_PARAMETERS:
+        raise ValueError(
+            f"neurons={neurons!r} on {n_features} features makes a head of {count:,} "
+            f"weights ({count * 4 / 2**30:.1f} GiB of float32), above the limit of "
+            f"{MAX_HEAD_PARAMETERS:,}; use narrower layers")
+
+
 def make_head(n_features, n_classes, neurons=128, dropout=0.5, *, batch_norm=False,
               input_dropout=0.0):
     """``[Dropout(input_dropout)] → (Linear → [BatchNorm1d] → ReLU → Dropout)`` per entry
     of ``neurons`` ``→ Linear(n_classes)``. Defaults give today's
     ``Linear → ReLU → Dropout → Linear`` with the same layer indices."""
+    widths = _widths(neurons)
+    check_head_size(n_features, n_classes, widths, neurons)
     layers = []
     if input_dropout:
         layers.append(nn.Dropout(input_dropout))
     width = n_features
-    for out in _widths(neurons):
+    for out in widths:
         layers.append(nn.Linear(width, out))
         if batch_norm:
             layers.append(nn.BatchNorm1d(out))
