@@ -42,7 +42,7 @@ from ._tta import check_tta, tta_context
 from ._validation import StrictParamsMixin, check_fit_memory
 from .augment import make_augmenter
 from .backbones import build_model, check_frozen_features
-from .heads import POOLINGS
+from .backbones.heads import POOLINGS
 
 __all__ = ["CXRClassifier"]
 
@@ -87,15 +87,22 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Width of the dense layer of the head; a tuple gives several dense layers.
     head_batch_norm : bool, default=False
         BatchNorm after each dense layer (``Linear → BatchNorm → ReLU → Dropout``).
+    head_order : {"bn_act", "act_bn"}, default="bn_act"
+        With ``head_batch_norm``: "bn_act" is ``Linear → BatchNorm → ReLU`` (Keras'
+        ``Dense → BatchNormalization → Activation``); "act_bn" is ``Linear → ReLU →
+        BatchNorm`` (Keras' ``Dense(activation="relu") → BatchNormalization``).
     dropout : float in [0, 1), default=0.5
         Dropout after each dense layer.
     input_dropout : float in [0, 1), default=0.0
         Dropout on the head's input, before the first dense layer.
     weight_decay : float, default=0.0
         L2 penalty passed to the optimizer.
-    weight_decay_scope : {"all", "head"}, default="all"
+    weight_decay_scope : {"all", "head"} or list of str, default="all"
         "all": ``weight_decay`` on every parameter (torch's behaviour); "head": only on
-        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them).
+        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them);
+        a list of fnmatch patterns of parameter names (``module_.named_parameters()``):
+        only on those, e.g. ``["head.0.weight"]`` for the first dense layer only; a
+        pattern matching no parameter is an error.
     optimizer : {"adam", "rmsprop", "sgd"}, default="adam"
     optimizer_kwargs : dict or None, default=None
         Further arguments of the torch optimizer, e.g. ``{"betas": (0.9, 0.999)}``,
@@ -141,6 +148,11 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
+    valid_class_weight : bool, default=False
+        Whether the validation loss (``valid_loss`` in ``history_``, which early
+        stopping and checkpoints watch) applies ``class_weight``. False, as Keras'
+        ``val_loss``: class weights correct the training gradients; the validation loss
+        estimates the loss on images as they come.
     sampling : None or "balanced", default=None
         "balanced": every epoch draws as many training images as there are, each class
         equally often, with replacement (torch's ``WeightedRandomSampler``), so minority
@@ -296,7 +308,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "input_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "weight_decay_scope": [StrOptions({"all", "head"})],
+        "weight_decay_scope": [StrOptions({"all", "head"}), list, tuple],
+        "head_order": [StrOptions({"bn_act", "act_bn"})],
+        "valid_class_weight": ["boolean"],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "optimizer_kwargs": [dict, None],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -337,7 +351,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                  num_workers=0, data_device="auto", random_state=None,
                  verbose=0, callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
                  head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
-                 optimizer_kwargs=None, sampling=None):
+                 optimizer_kwargs=None, sampling=None, head_order="bn_act",
+                 valid_class_weight=False):
         self.backbone = backbone
         self.backbone_kwargs = backbone_kwargs
         self.weights = weights
@@ -345,6 +360,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.pooling = pooling
         self.neurons = neurons
         self.head_batch_norm = head_batch_norm
+        self.head_order = head_order
         self.dropout = dropout
         self.input_dropout = input_dropout
         self.weight_decay = weight_decay
@@ -361,6 +377,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.average_weights = average_weights
         self.validation_fraction = validation_fraction
         self.class_weight = class_weight
+        self.valid_class_weight = valid_class_weight
         self.augment = augment
         self.tta = tta
         self.checkpoint_dir = checkpoint_dir
@@ -387,6 +404,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             augment=augmenter, pooling=self.pooling, head_batch_norm=self.head_batch_norm,
             input_dropout=self.input_dropout, backbone_kwargs=self.backbone_kwargs,
             image_size=tuple(image_shape[1:]), normalization=normalization,
+            head_order=self.head_order,
         )
 
     # ------------------------------------------------------------------ public API
