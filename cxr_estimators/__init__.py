@@ -16,6 +16,7 @@ from ._callbacks import TrainingDivergedError
 from ._runtime import tune_cpu_malloc
 from .classifier import CXRClassifier
 from .persistence import load, save
+from .backbones import WeightsUnavailableError
 from .preprocessing import CompactImages, ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "save",
     "load",
     "TrainingDivergedError",
+    "WeightsUnavailableError",
     "tune_cpu_malloc",
     "audit",
     "augment",

@@ -311,3 +311,25 @@ def test_warm_start_continues_from_the_fitted_weights(toy_binary, small_clf_para
 
 
 # Bad sample weights, callbacks, devices and warm starts: tests/test_errors.py
+
+
+@pytest.mark.parametrize("valid_class_weight", [False, True])
+def test_validation_loss_class_weights_only_when_asked(toy_binary, small_clf_params,
+                                                       valid_class_weight):
+    """Keras' val_loss ignores class_weight: so does valid_loss by default; with
+    valid_class_weight=True it is the class-weighted mean, like the training loss."""
+    from sklearn.metrics import log_loss
+
+    X, y = toy_binary
+    weights = {"normal": 1.0, "pneumonia": 4.0}
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, class_weight=weights,
+                        valid_class_weight=valid_class_weight, precision="float32",
+                        early_stopping=None).fit(X[:32], y[:32], X_val=X[32:], y_val=y[32:])
+    proba = clf.predict_proba(X[32:])
+    w = np.array([weights[label] for label in y[32:]]) if valid_class_weight else None
+    expected = log_loss(y[32:], proba, labels=clf.classes_, sample_weight=w)
+    assert clf.history_[-1, "valid_loss"] == pytest.approx(expected, abs=1e-4)
+    other = log_loss(y[32:], proba, labels=clf.classes_,
+                     sample_weight=None if valid_class_weight else
+                     np.array([weights[label] for label in y[32:]]))
+    assert abs(clf.history_[-1, "valid_loss"] - other) > 1e-3

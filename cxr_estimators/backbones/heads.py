@@ -208,7 +208,7 @@ def _matched_patterns(module, prefix, patterns):
             full = [f"{'' if prefix else 'head.'}{n}" for n in names]
             raise ValueError(
                 f"weight_decay_scope pattern {pattern!r} matches no parameter of the model"
-                f"{did_you_mean(pattern, full)}; parameter names look like {full[:2]} ... "
+                f"{did_you_mean(pattern, full)}. Parameter names look like {full[:2]} ... "
                 f"{full[-2:]} (see [n for n, _ in clf.module_.named_parameters()])")
         kept.append(local)
     return kept

@@ -67,9 +67,10 @@ def _weights_args(name, weights):
 
 def _unavailable(full, exc):
     timm = _timm()
-    cfg = timm.models.get_pretrained_cfg(full) if "." in full else None
-    cfg = cfg or timm.models.get_pretrained_cfg(timm.models.get_arch_name(full) + ".")
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    try:
+        hub = getattr(timm.models.get_pretrained_cfg(full), "hf_hub_id", None)
+    except RuntimeError:
+        hub = None
     from huggingface_hub import constants
 
     where = (f"the Hugging Face cache {constants.HF_HUB_CACHE} (as huggingface_hub "
@@ -78,28 +79,36 @@ def _unavailable(full, exc):
     return WeightsUnavailableError(
         f"timm weights {full!r} are not available offline ({type(exc).__name__}: {exc}). "
         f"Place them in {where} and pass weights='/path/to/model.safetensors' (or "
-        "'/path/to/file.pth')")
+        "'/path/to/file.pth'). With HF_HUB_OFFLINE=1 huggingface_hub does not retry the "
+        "network first")
 
 
 def _first_mismatch(name, path, in_channels):
-    """ValueError naming the first tensor of a timm weights file that does not fit."""
-    own = _timm().create_model(name, pretrained=False, num_classes=0,
-                               in_chans=in_channels).state_dict()
+    """ValueError naming the first tensor of the model that a timm weights file lacks or
+    holds in another shape (timm itself loads such a file non-strictly, with a log line,
+    leaving the model random); None when it fits. The first conv may differ in input
+    channels (timm adapts it) and the classifier is not compared (it is removed)."""
+    fresh = _timm().create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+    first_conv = (fresh.pretrained_cfg or {}).get("first_conv") or ""
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
         state = load_file(str(path))
     else:
         state = load_checkpoint(path)
-    for key, tensor in own.items():
-        if key not in state or state[key].shape != tensor.shape:
-            why = ("is not in the file" if key not in state else
-                   f"has shape {tuple(state[key].shape)} in the file, "
-                   f"{tuple(tensor.shape)} in the model")
-            return ValueError(
-                f"weights file {str(path)!r} does not fit backbone 'timm:{name}': the first "
-                f"mismatched tensor {key!r} {why} (file's first keys: {list(state)[:3]}); "
-                "was it saved from another architecture?")
+    for key, tensor in fresh.state_dict().items():
+        found = state.get(key)
+        if found is not None and (found.shape == tensor.shape or (
+                key == f"{first_conv}.weight" and found.ndim == tensor.ndim
+                and found.shape[:1] + found.shape[2:] == tensor.shape[:1] + tensor.shape[2:])):
+            continue
+        why = ("is not in the file" if found is None else
+               f"has shape {tuple(found.shape)} in the file, {tuple(tensor.shape)} in the "
+               "model")
+        return ValueError(
+            f"weights file {str(path)!r} does not fit backbone 'timm:{name}': the first "
+            f"mismatched tensor {key!r} {why} (file's first keys: {list(state)[:3]}); "
+            "was it saved from another architecture?")
     return None
 
 
@@ -108,6 +117,10 @@ def build(name, weights, in_channels, kwargs):
     timm = _timm()
     check_name(_FAMILY, timm.models.get_arch_name(name) if "." in name else name, names())
     full, weight_kwargs, source = _weights_args(name, weights)
+    if "pretrained_cfg_overlay" in weight_kwargs:
+        mismatch = _first_mismatch(name, source, in_channels)
+        if mismatch is not None:
+            raise mismatch
     try:
         model = timm.create_model(full, num_classes=0, in_chans=in_channels,
                                   **weight_kwargs, **kwargs)
@@ -116,9 +129,6 @@ def build(name, weights, in_channels, kwargs):
                          f"{exc}") from exc
     except Exception as exc:  # noqa: BLE001 - hub and file errors of several libraries
         if "pretrained_cfg_overlay" in weight_kwargs:
-            mismatch = _first_mismatch(name, source, in_channels)
-            if mismatch is not None:
-                raise mismatch from exc
             raise ValueError(f"weights file {source!r} could not be loaded into "
                              f"'timm:{name}': {exc}") from exc
         if weights is None or isinstance(exc, ValueError):
