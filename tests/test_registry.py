@@ -170,3 +170,11 @@ def test_grid_search_fails_before_any_training(offline, toy_binary, monkeypatch)
     with pytest.raises(WeightsUnavailableError, match="hub/checkpoints"):
         search.fit(X, y)
     assert trained == [] and len(offline) == 1
+
+
+def test_weights_file_for_another_channel_count(tmp_path):
+    torch.save(build_backbone("simple_cnn", in_channels=3).module.state_dict(),
+               tmp_path / "rgb.pth")
+    with pytest.raises(ValueError, match=r"'features\.0\.0\.weight' takes 3 input "
+                                         r"channel\(s\) and the model 1.*channels=3"):
+        build_backbone("simple_cnn", str(tmp_path / "rgb.pth"), in_channels=1)

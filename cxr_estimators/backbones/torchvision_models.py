@@ -109,11 +109,11 @@ def resolve_weights(backbone, weights):
     """``weights`` as (torchvision Weights entry or None, local path or None)."""
     if weights is None:
         return None, None
-    if looks_like_path(weights):
+    enum = torchvision.models.get_model_weights(backbone)
+    if looks_like_path(weights, ["DEFAULT"] + [w.name for w in enum]):
         return None, local_weights_path(weights)
     if not isinstance(weights, str):
         raise ValueError(f"weights must be None, a weights name or a file path; got {weights!r}")
-    enum = torchvision.models.get_model_weights(backbone)
     try:
         return (enum.DEFAULT if weights == "DEFAULT" else enum[weights]), None
     except KeyError:
@@ -153,7 +153,7 @@ def preprocessing(name, weights):
     """(normalization, input size, interpolation, centre-crop fraction) that the weights
     ``weights`` of ``name`` declare (their ``transforms()``; metadata, nothing is
     downloaded); Nones for ``weights=None`` or a file."""
-    entry, _ = resolve_weights(name, weights) if not looks_like_path(weights) else (None, None)
+    entry, _ = resolve_weights(name, weights)
     normalization, size, mode = _transforms_info(entry)
     resize = getattr(entry.transforms(), "resize_size", None) if entry is not None else None
     crop = size[0] / resize[0] if size and resize else None

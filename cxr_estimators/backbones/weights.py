@@ -45,17 +45,20 @@ def unavailable(what, place, cause=None):
         "weights='/path/to/file.pth'")
 
 
-def looks_like_path(weights):
-    """Whether ``weights`` names a file rather than a library's weights name.
+def looks_like_path(weights, names=("DEFAULT",)):
+    """Whether ``weights`` names a file rather than one of the library's weights
+    ``names``.
 
-    Paths are recognised by their form only (a path-like object, a separator, a
-    checkpoint suffix): a file or folder called ``DEFAULT`` in the working directory
-    does not change what ``weights="DEFAULT"`` means."""
+    A path-like object, a separator or a checkpoint suffix make a path; so does an
+    existing file of another name (``weights="cxr_model"``). A weights name stays a name:
+    a file or folder called ``DEFAULT`` in the working directory does not change what
+    ``weights="DEFAULT"`` means."""
     if isinstance(weights, os.PathLike):
         return True
-    return isinstance(weights, str) and (
-        os.sep in weights or (os.altsep or os.sep) in weights or weights.startswith("~")
-        or weights.lower().endswith(_WEIGHT_SUFFIXES))
+    if not isinstance(weights, str) or weights in names:
+        return False
+    return (os.sep in weights or (os.altsep or os.sep) in weights or weights.startswith("~")
+            or weights.lower().endswith(_WEIGHT_SUFFIXES) or os.path.isfile(weights))
 
 
 def local_weights_path(weights):
