@@ -104,3 +104,18 @@ def test_image_loader_gives_the_xrv_range_and_a_frozen_trunk_trains_our_head(
     assert clf.predict_proba(images[:3]).shape == (3, 2)
     with pytest.raises(ValueError, match=r"X has 3 channels .* takes 1.*channels=1"):
         CXRClassifier(backbone=f"xrv:{NAME}", max_epochs=1).fit(np.repeat(images, 3, 1), y)
+
+
+def test_feature_cache_keeps_features_and_pathologies_apart(toy_binary):
+    """Same weights, other outputs: the frozen-feature cache must not mix them up."""
+    X, y = toy_binary
+    images = ImageLoader(size=32, channels=1, normalize="xrv").fit_transform(X)
+    common = dict(backbone=f"xrv:{NAME}", freeze=True, cache=True, max_epochs=1,
+                  batch_size=16, random_state=0)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        features = CXRClassifier(**common).fit(images, y)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        pathologies = CXRClassifier(**common,
+                                    backbone_kwargs={"outputs": "pathologies"}).fit(images, y)
+    assert features.module_.head[0].in_features == 1024
+    assert pathologies.module_.head[0].in_features == 18

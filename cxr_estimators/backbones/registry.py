@@ -200,5 +200,5 @@ def loader_params(backbone, weights="DEFAULT"):
         crop = spec.extras.get("pretrained_cfg", {}).get("crop_pct")
     params = {"size": tuple(size) if size else None, "channels": channels,
               "normalize": normalization, "interpolation": mode,
-              "center_crop": round(crop, 4) if crop and crop < 1 else None}
+              "center_crop": crop if crop and crop < 1 else None}
     return {k: v for k, v in params.items() if v is not None}

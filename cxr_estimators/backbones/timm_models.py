@@ -43,6 +43,9 @@ class TimmTrunk(nn.Module):
         self.model = model
         self.pooled = pooled
 
+    def extra_repr(self):
+        return f"pooled={self.pooled}"
+
     def forward(self, x):
         return self.model(x) if self.pooled else self.model.forward_features(x)
 

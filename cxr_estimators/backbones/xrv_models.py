@@ -63,6 +63,9 @@ class XRVTrunk(nn.Module):
         self.outputs = outputs
         self.pathologies = list(pathologies)
 
+    def extra_repr(self):
+        return f"outputs={self.outputs!r}"
+
     def _map(self, x):
         if hasattr(self.model, "features") and isinstance(self.model.features, nn.Module):
             return F.relu(self.model.features(x))  # DenseNet: features, then a ReLU
