@@ -55,21 +55,31 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     backbone : str, default="resnet18"
         Any torchvision classification model name (``torchvision.models.list_models``),
         e.g. "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16",
-        "inception_v3"; or a small from-scratch CNN, "simple_cnn" (3 conv blocks) or
-        "deep_cnn" (5 conv blocks with BatchNorm).
+        "inception_v3"; "timm:<name>" (any timm model, extra ``[timm]``);
+        "xrv:<name>" (torchxrayvision's chest-X-ray models, e.g.
+        "xrv:densenet121-res224-all", extra ``[xrv]``); "resnet50v2" (Keras'); or a small
+        from-scratch CNN, "simple_cnn" (3 conv blocks) or "deep_cnn" (5 conv blocks with
+        BatchNorm). :func:`~cxr_estimators.backbones.list_backbones` lists them;
+        docs/backbones.md describes the registry.
     backbone_kwargs : dict or None, default=None
         Passed to the backbone's builder. Small CNNs: ``widths`` (channels per conv
         block, one block each, e.g. ``(64, 128, 256)``) and ``batch_norm``; torchvision
-        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet).
+        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet);
+        timm: of ``timm.create_model``; torchxrayvision: ``{"outputs": "pathologies"}``
+        makes its 18 pathology logits the head's input.
     weights : None, str or path, default=None
         None: random init. A torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...):
-        loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``).
-        A path to a local ``state_dict`` / checkpoint of the backbone (or of a whole model
-        saved from this package).
+        loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``);
+        "DEFAULT" or a pretrained tag for timm; "DEFAULT" for torchxrayvision (its cache
+        folder). A path to a local ``state_dict`` / checkpoint of the backbone (or of a
+        whole model saved from this package). Weights that cannot be had raise
+        :class:`~cxr_estimators.WeightsUnavailableError` before any training, naming the
+        file to place.
     freeze : bool or int, default=False
         True: train only the head; False: fine-tune everything; int k: train the head and
-        the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
-        children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
+        the last k blocks of the backbone (0 = True). Blocks are the registry's (for
+        torchvision, the trunk's top-level children with parameters,
+        :func:`~cxr_estimators.backbones.trunk_blocks`; for timm, ``feature_info``): a
         resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
         transitions, a VGG's ``features`` and ``classifier`` (with ``pooling`` set, the
         layers of its conv base); k above their number is an error. Frozen BatchNorm

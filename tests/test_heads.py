@@ -274,3 +274,19 @@ def test_head_order_places_batchnorm_after_the_relu():
         "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
     with pytest.raises(ValueError, match="head_order='relu_bn' is not one of"):
         make_head(8, 2, 4, batch_norm=True, order="relu_bn")
+
+
+def test_scope_patterns_and_head_order_survive_save_and_load(toy_binary, small_clf_params,
+                                                             tmp_path):
+    from cxr_estimators import load, save
+
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, head_batch_norm=True,
+                        head_order="act_bn", weight_decay=1e-3,
+                        weight_decay_scope=["head.0.weight"]).fit(X, y)
+    save(clf, tmp_path / "m.cxr")
+    again = load(tmp_path / "m.cxr")
+    assert again.weight_decay_scope == ["head.0.weight"] and again.head_order == "act_bn"
+    assert isinstance(again.module_.head[1], nn.ReLU)
+    np.testing.assert_allclose(again.predict_proba(X[:4]), clf.predict_proba(X[:4]),
+                               atol=1e-6)
