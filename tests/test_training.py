@@ -142,12 +142,15 @@ def test_weighted_batch_loss_is_the_weighted_mean(toy_binary, small_clf_params):
     net = clf.net_
     logits = net.module_(torch.as_tensor(X[:16]))
     y_enc = torch.as_tensor((y[:16] == "pneumonia").astype(np.int64))
-    got = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": w[:16]})
+    # training=True: the training loss (valid_loss leaves class weights out by default)
+    got = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": w[:16]},
+                       training=True)
     per_image = torch.nn.functional.cross_entropy(logits, y_enc, reduction="none")
     c = torch.where(y_enc == 1, 3.0, 1.0)
     expected = (torch.as_tensor(w[:16]) * c * per_image).sum() / (torch.as_tensor(w[:16]) * c).sum()
     torch.testing.assert_close(got, expected)
-    zero = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": np.zeros(16)})
+    zero = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": np.zeros(16)},
+                        training=True)
     assert float(zero.detach()) == 0.0
 
 
