@@ -12,7 +12,7 @@ from . import (
     audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
     plotting,
 )
-from ._callbacks import TrainingDivergedError
+from ._callbacks import OneClassWarning, TrainingDivergedError
 from ._runtime import tune_cpu_malloc
 from .classifier import CXRClassifier
 from .persistence import load, save
@@ -29,7 +29,11 @@ __all__ = [
     "save",
     "load",
     "TrainingDivergedError",
+<<<<<<< HEAD
     "WeightsUnavailableError",
+=======
+    "OneClassWarning",
+>>>>>>> main
     "tune_cpu_malloc",
     "audit",
     "augment",

@@ -177,14 +177,15 @@ def _checkpoint_sink(verbose):
 
 def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
                    average_weights=None, checkpoint_dir=None, verbose=0, extra=None,
-                   sync_ranks=False, writes_files=True):
+                   sync_ranks=False, writes_files=True, labels=None):
     """The named skorch callbacks for one fit.
 
     ``spec``: :func:`early_stopping_spec` output. Without a validation set the monitored
     values are those of the training batches (``train_<metric>``). ``extra``: the user's
     ``callbacks=``, appended after ours (:func:`user_callbacks`). ``sync_ranks``: a
     data-parallel fit, whose epoch scores are averaged over the ranks before anything
-    reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint)."""
+    reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint);
+    ``labels``: ``(classes, y_enc)`` of the fit, for :class:`OneClassWatch`."""
     monitor = monitor_name(spec, has_valid)
     # accuracy of the training batches as trained (dropout, augmentation), from the
     # predictions skorch already made: no extra forward pass
@@ -195,6 +196,8 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
         scoring = _scorer(spec["monitor"], n_classes, spec["pos_index"])
         callbacks.append((monitor, EpochScoring(scoring, name=monitor, on_train=not has_valid,
                                                 lower_is_better=False)))
+    if labels is not None and has_valid:  # training batches vary under dropout
+        callbacks += one_class_watch(*labels)
     if sync_ranks:  # after the scoring callbacks, before those that read the scores
         callbacks.append(("sync_ranks", distributed.SyncEpochScores()))
     if spec is not None:
@@ -349,6 +352,63 @@ def _likely_cause(net, batch):
     return (f"the learning rate: lr={lr:g} ({opt}) is too high"
             + (" — the weights have become NaN or inf" if broken else "")
             + "; try a learning rate 10 to 100 times smaller")
+
+
+class OneClassWarning(UserWarning):
+    """A fit whose model predicted a single class for every image at every epoch while
+    its labels hold several: what it learned separates nothing, and ``best_epoch_`` (or
+    a search's winner) was chosen among equally useless epochs (or candidates)."""
+
+
+#: History key of :class:`OneClassWatch`'s per-epoch record.
+SINGLE_CLASS_KEY = "single_class"
+
+
+def _single_class(net, X, y):
+    """Encoded index of the one class predicted for every image of ``X``, or -1 when
+    several are (from the predictions skorch cached for the epoch: no extra pass)."""
+    predicted = np.unique(np.asarray(net.predict_proba(X)).argmax(axis=1))
+    return float(predicted[0]) if len(predicted) == 1 else -1.0
+
+
+class OneClassWatch(Callback):
+    """Warn (:class:`OneClassWarning`) at the end of a fit in which every epoch's
+    predictions of the validation images were a single class while
+    the labels hold several, naming the class or classes seen and the epoch count.
+
+    Written here because skorch records scores, not what they mean: a model stuck on
+    one class has a finite, even improving, loss and raises nothing. The per-epoch
+    record is an :class:`~skorch.callbacks.EpochScoring` (``valid_single_class``) that
+    reuses the epoch's cached predictions."""
+
+    def __init__(self, key, classes, n_labelled_classes):
+        self.key = key
+        self.classes = classes
+        self.n_labelled_classes = n_labelled_classes
+
+    def on_train_end(self, net, **kwargs):
+        seen = [row.get(self.key) for row in net.history]
+        if (self.n_labelled_classes < 2 or not seen
+                or any(v is None or v < 0 for v in seen)):
+            return
+        names = sorted({str(self.classes[int(v)]) for v in seen})
+        warnings.warn(
+            f"the model predicted a single class ({' or '.join(repr(n) for n in names)}) "
+            f"for every validation image at each of its {len(seen)} epoch(s), while the "
+            f"labels hold "
+            f"{self.n_labelled_classes} classes: it separates nothing (sensitivity 1 and "
+            "specificity 0, or the reverse), so best_epoch_ and any search ranking are "
+            "meaningless. Try more epochs, another lr, class_weight='balanced', "
+            "pretrained weights, or freeze=False", OneClassWarning, stacklevel=2)
+
+
+def one_class_watch(classes, y_enc):
+    """The ``(name, callback)`` pairs that record and warn about one-class models (on
+    the validation set: training batches are predicted under dropout and augmentation)."""
+    key = f"valid_{SINGLE_CLASS_KEY}"
+    return [(key, EpochScoring(_single_class, name=key, lower_is_better=False)),
+            ("one_class_watch", OneClassWatch(key, list(np.asarray(classes).tolist()),
+                                              len(np.unique(np.asarray(y_enc)))))]
 
 
 # ---------------------------------------------------------------------------- interrupts

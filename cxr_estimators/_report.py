@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.utils import check_random_state
 
-from ._validation import check_labels, check_memory, is_finite_number
+from ._validation import check_labels, check_memory, did_you_mean, is_finite_number
 
 __all__ = ["ClinicalReport", "MetricEstimate", "clinical_report"]
 
@@ -202,7 +202,8 @@ def _check_report_inputs(y_true, y_score, labels, pos_label, threshold):
     if pos_label is None:
         pos_label = _implicit_pos_label(labels, "clinical_report")
     elif pos_label not in labels:
-        raise ValueError(f"pos_label={pos_label!r} is not one of labels {labels}")
+        raise ValueError(f"pos_label={pos_label!r} is not one of labels {labels}"
+                         f"{did_you_mean(pos_label, labels)}")
     else:  # the labels' own (plain Python) value, e.g. str rather than numpy.str_
         pos_label = labels[labels.index(pos_label)]
     threshold = _check_threshold(threshold, probabilities=y_score.ndim == 2)

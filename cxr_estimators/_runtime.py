@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 __all__ = ["FoldedInference", "Runtime", "check_compile", "cpu_has_native_bf16", "cpu_policy",
-           "fold_batch_norm", "refresh_thread_share", "resolve_runtime", "thread_share",
+           "fold_batch_norm", "onednn_allows_bf16", "refresh_thread_share", "resolve_runtime", "thread_share",
            "tune_cpu_malloc"]
 
 #: Per backbone family on CPU: (name patterns, channels_last, bf16 autocast under
@@ -86,10 +86,43 @@ class Runtime:
         return module
 
 
+#: oneDNN's ``ONEDNN_MAX_CPU_ISA`` values, lowest first (oneDNN's "CPU dispatcher
+#: control" page; the AVX10 names are aliases of the AVX512_CORE_* ones). Those from
+#: AVX512_CORE_BF16 on let oneDNN use bf16 instructions.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+               "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+               "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2")
+_ONEDNN_ALIASES = {"AVX10_1_512": "AVX512_CORE_FP16", "AVX10_1_512_AMX": "AVX512_CORE_AMX",
+                   "AVX10_1_512_AMX_FP16": "AVX512_CORE_AMX_FP16"}
+
+
+def onednn_allows_bf16(value=None):
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (``value``, default: the environment's) lets oneDNN
+    run bf16 instructions: unset, ``ALL``/``DEFAULT``, or AVX512_CORE_BF16 and above.
+    An unknown value counts as a cap (float32 then, the same on every CPU)."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))\
+        if value is None else value
+    isa = value.strip().upper()
+    if isa in ("", "ALL", "DEFAULT"):
+        return True
+    isa = _ONEDNN_ALIASES.get(isa, isa)
+    return isa in ONEDNN_ISAS and (ONEDNN_ISAS.index(isa)
+                                   >= ONEDNN_ISAS.index("AVX512_CORE_BF16"))
+
+
 def cpu_has_native_bf16():
-    """Whether this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16)."""
+    """Whether torch computes bf16 in hardware on this CPU: the CPU has AMX-BF16 or
+    AVX512-BF16 (``torch.cpu.get_capabilities()``, which reads the hardware), *and*
+    neither of the standard switches that make torch run as a lesser CPU is set below
+    it: torch's ``ATEN_CPU_CAPABILITY`` (as ``torch.backends.cpu.get_cpu_capability()``
+    reports it: AVX512 needed) and oneDNN's ``ONEDNN_MAX_CPU_ISA``
+    (:func:`onednn_allows_bf16`). So ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
+    runs the package as an AVX2-only CPU would: float32 under ``precision="auto"``."""
     caps = torch.cpu.get_capabilities()
-    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    if not (caps.get("amx_bf16") or caps.get("avx512_bf16")):
+        return False
+    return (torch.backends.cpu.get_cpu_capability() == "AVX512"
+            and onednn_allows_bf16())
 
 
 def cpu_policy(backbone):

@@ -482,6 +482,7 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
                                average_weights=est.average_weights,
                                checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
                                extra=est.callbacks, sync_ranks=distributed.is_active(),
+                               labels=(classes, y_enc),
                                writes_files=(distributed.is_main_process()
                                              if writes_files is None else writes_files))
     net = _Net(

@@ -87,7 +87,12 @@ def format_bytes(n):
 
 
 def did_you_mean(value, options):
-    """``"; did you mean 'x'?"`` for the option closest to ``value`` (difflib), or ""."""
+    """``"; did you mean 'x'?"`` for the option closest to ``value``: one equal but for
+    case first (``'pneumonia'`` vs Kaggle's folder name ``'PNEUMONIA'``), else difflib's
+    closest, else ""."""
+    same_but_case = [o for o in options if str(o).casefold() == str(value).casefold()]
+    if same_but_case:
+        return f"; did you mean {same_but_case[0]!r}? (names are case-sensitive)"
     close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -656,7 +656,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                                                  self.device_, self._trunk_digest)
                 head = self.module_.head.eval()
                 with torch.inference_mode(), runtime.autocast():
-                    logits = head(torch.from_numpy(features).to(self.device_))
+                    # a copy: cached features are read-only, shared by every fit
+                    logits = head(torch.tensor(features, device=self.device_))
                 proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(
                     np.float64)
             else:

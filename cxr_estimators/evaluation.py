@@ -13,12 +13,14 @@ again, on an internal split).
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
+from ._callbacks import OneClassWarning
 from .metrics import clinical_report
 
 __all__ = ["best_epoch_scorer", "external_validate", "grouped_cv", "retrain_on_all"]
@@ -185,6 +187,36 @@ def _chosen_index(results, metric):
     return int(order[0])
 
 
+def _check_chosen_candidate(results, best, metric):
+    """Refuse a choice made on NaN scores, and warn (:class:`OneClassWarning`) when the
+    chosen candidate predicted one class on every validation split: sklearn's searches
+    accept both silently (a scorer error becomes a NaN score and a warning)."""
+    keys = ([metric] if isinstance(metric, str) else
+            list(metric) if metric is not None and not callable(metric) else [])
+    nan = [k for k in keys + ["best_epoch"]
+           if not np.isfinite(np.asarray(results[f"mean_test_{k}"], dtype=float)).any()]
+    if nan:
+        raise ValueError(
+            f"every candidate's mean_test_{nan[0]} is NaN: the search's scorers failed on "
+            "every split (sklearn then warns 'Scoring failed' and scores NaN), so there is "
+            "no winner to retrain. Fit the search with error_score='raise' to see the "
+            "error, e.g. a pos_label that is not one of the classes")
+    if "split0_test_sensitivity" not in results or "split0_test_specificity" not in results:
+        return
+    n_splits = sum(1 for k in results if k.startswith("split") and
+                   k.endswith("_test_sensitivity"))
+    pairs = [(float(results[f"split{i}_test_sensitivity"][best]),
+              float(results[f"split{i}_test_specificity"][best])) for i in range(n_splits)]
+    if all(pair in ((1.0, 0.0), (0.0, 1.0)) for pair in pairs):
+        seen = ", ".join(f"{a:.3f} / {b:.3f}" for a, b in pairs)
+        warnings.warn(
+            f"the chosen candidate {results['params'][best]} predicted one class on every "
+            f"validation split (sensitivity / specificity {seen}): it separates nothing, "
+            "and so, probably, did the others it was ranked against. Retraining it "
+            "gives a model that calls every image the same", OneClassWarning,
+            stacklevel=3)
+
+
 def retrain_on_all(search, X, y, *, metric=None, **fit_params):
     """Retrain a search's best candidate on all of ``X``, ``y`` for its best epoch count.
 
@@ -242,6 +274,7 @@ def retrain_on_all(search, X, y, *, metric=None, **fit_params):
     else:
         raise ValueError("retrain_on_all needs metric= (the scoring key that ranks the "
                          "candidates) for a search fitted with refit=False")
+    _check_chosen_candidate(results, best, metric)
     epochs = max(1, int(round(float(results["mean_test_best_epoch"][best]))))
     prefix, _ = _classifier_step(search.estimator)
     estimator = clone(search.estimator).set_params(**results["params"][best])

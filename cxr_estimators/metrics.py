@@ -30,6 +30,7 @@ from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: 
     ClinicalReport, MetricEstimate, _check_labels_and_scores, _check_missing_labels,
     _implicit_pos_label, _weighted_auc, clinical_report,
 )
+from ._validation import did_you_mean
 
 __all__ = [
     "ClinicalReport",
@@ -284,8 +285,13 @@ class _ClinicalScorer(_RequestsSampleWeight):
         if self.pos_label is None:
             return _implicit_pos_label(classes.tolist(), f"{self!r}")
         if self.pos_label not in classes.tolist():
-            raise ValueError(f"pos_label={self.pos_label!r} is not one of the estimator's "
-                             f"classes {classes.tolist()}")
+            # inside a search sklearn turns this error into a NaN score and a warning
+            # (error_score=np.nan): say so, since every candidate then scores NaN
+            raise ValueError(
+                f"{self!r}: pos_label={self.pos_label!r} is not one of the estimator's "
+                f"classes {classes.tolist()}{did_you_mean(self.pos_label, classes.tolist())}"
+                ". In a grid search every score of this scorer would be NaN: pass "
+                "error_score='raise' to the search to stop at the first such error")
         return self.pos_label
 
     def _one_vs_rest_scorer(self, classes):

@@ -25,6 +25,7 @@ The data file defaults to ``../shared/data/pneumoniamnist.npz`` beside the repos
 figures go to ``out_dir`` (default: a new temporary folder).
 """
 
+import json
 import sys
 import tempfile
 import time
@@ -68,8 +69,10 @@ X_val, y_val = as_xy(load_medmnist(DATA, "val"))
 X_test, y_test = as_xy(load_medmnist(DATA, "test"))
 # Three in four training images show pneumonia; balanced class weights keep the short
 # training run from settling on "always pneumonia".
+# float32: docs/clinical_evaluation.md quotes this run, and precision="auto" would
+# train in bf16 on a CPU with native bf16, giving other numbers there.
 cnn = CXRClassifier(backbone="simple_cnn", max_epochs=3, class_weight="balanced",
-                    random_state=0).fit(X_train, y_train)
+                    precision="float32", random_state=0).fit(X_train, y_train)
 print(f"trained on {len(y_train)} images in {time.perf_counter() - start:.0f} s")
 
 # %%
@@ -78,8 +81,9 @@ print(f"trained on {len(y_train)} images in {time.perf_counter() - start:.0f} s"
 # ``clinical_report`` resamples the test cases 1000 times; each metric's CI comes from
 # the resamples in which it is defined.
 proba_test = cnn.predict_proba(X_test)
-print(clinical_report(y_test, proba_test, labels=cnn.classes_, pos_label="pneumonia",
-                      random_state=0))
+report_default = clinical_report(y_test, proba_test, labels=cnn.classes_,
+                                 pos_label="pneumonia", random_state=0)
+print(report_default)
 
 # %%
 # Calibrate on one half of the validation split
@@ -91,8 +95,9 @@ X_cal, X_thr, y_cal, y_thr = train_test_split(X_val, y_val, test_size=0.5,
 calibrated = CalibratedClassifierCV(FrozenEstimator(cnn), method="sigmoid").fit(X_cal, y_cal)
 proba_cal = calibrated.predict_proba(X_test)
 is_pneumonia = y_test == "pneumonia"
-print(f"Brier score on test: raw {brier_score_loss(is_pneumonia, proba_test[:, 1]):.3f}, "
-      f"calibrated {brier_score_loss(is_pneumonia, proba_cal[:, 1]):.3f}")
+brier = {"raw": brier_score_loss(is_pneumonia, proba_test[:, 1]),
+         "calibrated": brier_score_loss(is_pneumonia, proba_cal[:, 1])}
+print(f"Brier score on test: raw {brier['raw']:.3f}, calibrated {brier['calibrated']:.3f}")
 
 
 # %%
@@ -129,6 +134,20 @@ assert np.array_equal(screen.predict(X_test) == "pneumonia",
 scores = {name: scorer(screen, X_test, y_test)
           for name, scorer in clinical_scorers(pos_label="pneumonia").items()}
 print("clinical_scorers on test:", {name: round(value, 3) for name, value in scores.items()})
+
+
+def rounded(report):
+    """A report's figures as docs/clinical_evaluation.md quotes them."""
+    return {"metrics": {name: [round(v, 3) for v in m[:3]]
+                        for name, m in report.overall.items()},
+            "confusion_matrix": report.confusion_matrix.tolist()}
+
+
+# every number docs/clinical_evaluation.md quotes, in one line its test reads
+print("quoted numbers:", json.dumps({
+    "default": rounded(report_default), "tuned": rounded(report),
+    "brier": {k: round(v, 3) for k, v in brier.items()}, "threshold": round(threshold, 3),
+    "scorers": {name: round(value, 3) for name, value in scores.items()}}))
 
 # %%
 # Figures

@@ -4,16 +4,19 @@ Where does the model look? Grad-CAM on PneumoniaMNIST
 
 Train a small CNN on 1,000 PneumoniaMNIST chest X-rays, compute Grad-CAM heatmaps for
 test images, check how much of the attention falls outside the central chest region, and
-save a grid of overlays to ``docs/_static/grad_cam_pneumoniamnist.png``.
+save a grid of overlays to ``<out_dir>/grad_cam_pneumoniamnist.png``.
 
 Run from the repository root (about a minute on a laptop CPU)::
 
-    python examples/plot_grad_cam.py [path/to/pneumoniamnist.npz]
+    python examples/plot_grad_cam.py [path/to/pneumoniamnist.npz] [out_dir]
 
-The data file defaults to ``../shared/data/pneumoniamnist.npz`` beside the repository.
+The data file defaults to ``../shared/data/pneumoniamnist.npz`` beside the repository;
+the figure goes to ``out_dir`` (default: a new temporary folder). The figure in the docs
+is this script's, written there on purpose with ``out_dir`` = ``docs/_static``.
 """
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +29,8 @@ from cxr_estimators.explain import attention_outside, grad_cam, overlay, shortcu
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/data/pneumoniamnist.npz"
-OUTPUT = ROOT / "docs/_static/grad_cam_pneumoniamnist.png"
+OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp(prefix="cxr_gradcam_"))
+OUTPUT = OUT / "grad_cam_pneumoniamnist.png"
 CLASSES = np.array(["normal", "pneumonia"])
 
 torch.set_num_threads(min(4, torch.get_num_threads()))
@@ -45,7 +49,8 @@ print(f"training images: {len(y_train)}, {np.mean(y_train == 'pneumonia'):.0%} p
 # A small CNN trained from scratch; the pipeline takes raw uint8 arrays
 model = Pipeline([
     ("load", ImageLoader(size=64, channels=1)),
-    ("clf", CXRClassifier(backbone="simple_cnn", max_epochs=5, random_state=0, device="cpu")),
+    ("clf", CXRClassifier(backbone="simple_cnn", max_epochs=5, random_state=0, device="cpu",
+                          precision="float32")),
 ])
 model.fit(X_train, y_train)
 y_pred = model.predict(X_test)
@@ -80,5 +85,5 @@ fig.suptitle("Grad-CAM, simple_cnn on PneumoniaMNIST (64 px)", fontsize=10)
 fig.tight_layout()
 OUTPUT.parent.mkdir(parents=True, exist_ok=True)
 fig.savefig(OUTPUT, dpi=80)
-print(f"wrote {OUTPUT.relative_to(ROOT)} ({OUTPUT.stat().st_size / 1024:.0f} KB) "
+print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size / 1024:.0f} KB) "
       f"in {time.perf_counter() - start:.0f} s")

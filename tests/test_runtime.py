@@ -4,8 +4,11 @@
 Speed is measured in ``benchmarks/cpu_speed.py`` and ``benchmarks/cpu_layout.py``, not here.
 """
 
+import os
 import pickle
 import platform
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -73,6 +76,41 @@ def test_precision_resolution(monkeypatch):
     assert not resolve_runtime("simple_cnn", "mps").channels_last
     with pytest.raises(ValueError, match="precision='bfloat16'.*'mps'"):
         resolve_runtime("simple_cnn", "mps", "bfloat16")
+
+
+@pytest.mark.parametrize("hardware, aten, onednn, expected", [
+    ({"amx_bf16": True}, "AVX512", None, True),
+    ({"avx512_bf16": True}, "AVX512", "AVX512_CORE_BF16", True),
+    ({"amx_bf16": True}, "AVX512", "avx10_1_512_amx", True),  # alias, any case
+    ({"amx_bf16": True}, "AVX2", None, False),            # ATEN_CPU_CAPABILITY=avx2
+    ({"amx_bf16": True}, "AVX512", "AVX2", False),        # ONEDNN_MAX_CPU_ISA=AVX2
+    ({"amx_bf16": True}, "AVX512", "AVX512_CORE_VNNI", False),
+    ({"amx_bf16": True}, "AVX512", "NOT_AN_ISA", False),  # unknown: a cap, float32
+    ({"avx2": True}, "AVX2", None, False),                # an AVX2-only CPU
+])
+def test_native_bf16_honours_the_standard_cpu_switches(monkeypatch, hardware, aten, onednn,
+                                                       expected):
+    """The two documented switches make torch run as a lesser CPU; precision="auto"
+    follows them, so `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` runs as AVX2."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: hardware)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    assert _runtime.cpu_has_native_bf16() is expected
+    assert resolve_runtime("simple_cnn", "cpu").amp is expected
+
+
+def test_aten_cpu_capability_reaches_the_decision_in_a_fresh_process():
+    """Not a monkeypatch: torch itself reads ATEN_CPU_CAPABILITY at start-up."""
+    code = ("import torch; from cxr_estimators import _runtime; "
+            "print(torch.backends.cpu.get_cpu_capability(), _runtime.cpu_has_native_bf16())")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["AVX2", "False"]
 
 
 def test_precision_auto_follows_the_cpu(toy_binary, small_clf_params, monkeypatch):

@@ -56,7 +56,58 @@ def test_study_runs_quick_and_docs_quote_it(script, tmp_path):
     assert set(quoted) == set(printed)
     for key, value in printed.items():
         # float noise across CPUs and thread counts; fabricated numbers are further off
-        assert quoted[key] == pytest.approx(value, abs=0.05), key
+        assert quoted[key] == pytest.approx(value, abs=TOLERANCE), key
+    for line in _quoted_block(letter).splitlines():
+        _assert_printed(line, out.stdout)
+
+
+#: What docs/studies.md allows between a quoted and a printed number (it says so).
+TOLERANCE = 0.05
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])|…")
+
+
+def _quoted_block(letter):
+    """The ```text block of study ``letter``'s section of docs/studies.md: every line in
+    it is a line the quick run prints."""
+    section = re.search(rf"^## {letter.upper()}\. .*?(?=^## |\Z)", DOCS.read_text(),
+                        re.M | re.S)
+    assert section, f"docs/studies.md has no section '## {letter.upper()}.'"
+    block = re.search(r"^```text\n(.*?)^```", section.group(0), re.M | re.S)
+    assert block, f"study {letter.upper()}'s section quotes no ```text block"
+    return block.group(1)
+
+
+def _skeleton(line):
+    """The line with its numbers (and a quoted '…', an elided number) as '#', blanks
+    collapsed; and its numbers, None for '…'."""
+    numbers = [None if m == "…" else float(m) for m in _NUMBER.findall(line)]
+    return " ".join(_NUMBER.sub("#", line).split()), numbers
+
+
+def _assert_printed(quoted_line, stdout):
+    """``quoted_line`` is a printed line, every number within TOLERANCE."""
+    shape, quoted = _skeleton(quoted_line)
+    candidates = [_skeleton(line)[1] for line in stdout.splitlines()
+                  if _skeleton(line)[0] == shape]
+    assert candidates, f"docs/studies.md quotes a line the run did not print:\n{quoted_line}"
+    for printed in candidates:
+        if all(q is None or abs(q - p) <= TOLERANCE for q, p in zip(quoted, printed)):
+            return
+    raise AssertionError(f"docs/studies.md quotes\n{quoted_line}\nbut the run printed "
+                         f"numbers {candidates} (tolerance {TOLERANCE})")
+
+
+def test_the_doc_check_catches_a_changed_number():
+    """_assert_printed is no rubber stamp: one number off by more than the tolerance, or
+    a line never printed, fails it; an elided number ('…') matches any."""
+    printed = "  lr 0.001, neurons 128: best epoch 2, validation accuracy 0.688\ntook 3.2 s"
+    _assert_printed("lr 0.001, neurons 128: best epoch 2, validation accuracy 0.700", printed)
+    _assert_printed("took … s", printed)
+    with pytest.raises(AssertionError, match="but the run printed"):
+        _assert_printed("lr 0.001, neurons 128: best epoch 2, validation accuracy 0.312",
+                        printed)
+    with pytest.raises(AssertionError, match="did not print"):
+        _assert_printed("lr 0.001, neurons 256: chosen", printed)
 
 
 def _fake_kermany(root, n_per_split=(60, 24, 36), seed=0):

@@ -64,6 +64,10 @@ def parse_args(doc, *, other=False):
         args.weights = "DEFAULT"
     if args.weights in ("none", "None", ""):
         args.weights = None
+    # Quick runs compute in float32 on every CPU, so that docs/studies.md's numbers hold
+    # on any machine: under precision="auto" a CPU with native bf16 (AMX, AVX512-BF16)
+    # trains in bf16 autocast and a near-chance quick model can flip its predictions.
+    args.precision = "float32" if args.quick else "auto"
     name = Path(sys.argv[0]).stem
     args.out = args.out or ROOT / "study_output" / name
     args.out.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ pipe = Pipeline([
         sampling="balanced",  # classes drawn equally each epoch (the minority recurs)
         augment={"rotation": 15, "shift": 0.05, "zoom": 0.1, "horizontal_flip": True,
                  "brightness": (0.8, 1.2), "fill": "nearest"},  # train batches only
-        random_state=0,
+        random_state=0, precision=args.precision,  # float32 in quick runs
     ).set_fit_request(X_val=True, y_val=True)),
 ], transform_input=["X_val"])
 

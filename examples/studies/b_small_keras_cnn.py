@@ -73,7 +73,7 @@ pipe = Pipeline([
         checkpoint_dir=str(args.out / "checkpoint"),  # ModelCheckpoint on the val loss
         augment={"horizontal_flip": True, "rotation": 10, "zoom": 0.1,
                  "contrast": 0.1},  # train only; keys left out are off
-        random_state=0,
+        random_state=0, precision=args.precision,  # float32 in quick runs
     ).set_fit_request(X_val=True, y_val=True)),
 ], transform_input=["X_val"])
 

@@ -78,7 +78,7 @@ SHARED = dict(
     batch_size=32, max_epochs=EPOCHS, early_stopping=None,  # fixed epochs, no stopping
     augment={"rotation": 40, "shift": 0.2, "shear": 0.2, "zoom": 0.3,
              "horizontal_flip": True},  # ImageDataGenerator's, train batches only
-    random_state=0,
+    random_state=0, precision=args.precision,  # float32 in quick runs
 )
 TRANSFER = dict(weights=args.weights, freeze=True,  # conv base frozen
                 pooling="flatten", neurons=256, dropout=0.0)  # Flatten -> Dense 256 -> out
