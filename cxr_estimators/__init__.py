@@ -29,11 +29,8 @@ __all__ = [
     "save",
     "load",
     "TrainingDivergedError",
-<<<<<<< HEAD
-    "WeightsUnavailableError",
-=======
     "OneClassWarning",
->>>>>>> main
+    "WeightsUnavailableError",
     "tune_cpu_malloc",
     "audit",
     "augment",
