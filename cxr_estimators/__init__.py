@@ -10,7 +10,7 @@ and read model files that cannot run code (:mod:`cxr_estimators.persistence`);
 
 from . import (
     audit, augment, backbones, datasets, distributed, evaluation, explain, io, metrics,
-    plotting,
+    plotting, thresholds,
 )
 from ._callbacks import OneClassWarning, TrainingDivergedError
 from ._runtime import tune_cpu_malloc
@@ -42,5 +42,6 @@ __all__ = [
     "io",
     "metrics",
     "plotting",
+    "thresholds",
     "__version__",
 ]

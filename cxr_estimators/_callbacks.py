@@ -15,17 +15,15 @@ callback, added last.
 
 LR schedules (``lr_schedule``) are :mod:`cxr_estimators._schedules`'.
 
-The divergence guard (:class:`DivergenceGuard`: a non-finite loss stops training with an
-error naming the epoch, the batch and the likely cause — skorch would train on with NaN
-weights) and telling a user's Ctrl-C from early stopping's own ``KeyboardInterrupt``,
-which skorch's ``partial_fit`` swallows alike (:func:`mark_interrupted`,
-:func:`raise_if_interrupted`), are here too.
+The divergence guard (a non-finite or exploding loss stops training with an error naming
+the likely cause) is :mod:`cxr_estimators._divergence`'s. Telling a user's Ctrl-C from
+early stopping's own ``KeyboardInterrupt``, which skorch's ``partial_fit`` swallows alike
+(:func:`mark_interrupted`, :func:`raise_if_interrupted`), is here.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 import os
 import tempfile
@@ -40,16 +38,17 @@ from skorch.callbacks import (
 )
 from skorch.utils import noop
 
-from . import distributed
+from . import _targets, distributed
 from ._averaging import WeightAveraging, check_average_weights
+from ._divergence import DivergenceGuard, TrainingDivergedError  # noqa: F401 (re-export)
 from ._schedules import make_lr_scheduler
 from ._validation import did_you_mean
 
 #: Metrics ``early_stopping={"monitor": ...}`` accepts.
 MONITORS = ("loss", "f1", "roc_auc", "accuracy", "balanced_accuracy")
 
-_ES_KEYS = ("patience", "monitor", "min_delta", "pos_label")
-_ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None}
+_ES_KEYS = ("patience", "monitor", "min_delta", "pos_label", "finding")
+_ES_DEFAULTS = {"monitor": "loss", "min_delta": 0.0, "pos_label": None, "finding": None}
 
 
 def early_stopping_spec(early_stopping, classes):
@@ -78,10 +77,12 @@ def early_stopping_spec(early_stopping, classes):
     if monitor not in MONITORS:
         raise ValueError(f"early_stopping monitor={monitor!r} is not one of "
                          f"{list(MONITORS)}{did_you_mean(monitor, MONITORS)}")
-    if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
+    if not isinstance(min_delta, numbers.Real) or isinstance(min_delta, (bool, np.bool_)) \
+            or not min_delta >= 0:
         raise ValueError(f"early_stopping min_delta must be a number >= 0; got {min_delta!r}")
     return {"patience": int(patience), "monitor": monitor, "min_delta": float(min_delta),
-            "pos_index": _pos_index(monitor, spec["pos_label"], classes)}
+            "pos_index": _pos_index(monitor, spec["pos_label"], classes),
+            "finding": spec["finding"]}  # multilabel y: checked by _targets.check_monitor
 
 
 def _pos_index(monitor, pos_label, classes):
@@ -108,8 +109,26 @@ def _scorer(monitor, n_classes, pos_index):
             return make_scorer(f1_score, pos_label=pos_index)
         return get_scorer("f1_macro")
     if monitor == "roc_auc":  # binary AUC does not depend on which class is positive
-        return get_scorer("roc_auc" if n_classes == 2 else "roc_auc_ovr")
+        return _needs_every_class(get_scorer("roc_auc" if n_classes == 2 else "roc_auc_ovr"),
+                                  n_classes)
     return get_scorer(monitor)
+
+
+def _needs_every_class(scorer, n_classes):
+    """``scorer`` (AUC), refusing a validation set without every class (a rare class left
+    out of the split), where sklearn raises "Number of classes in y_true not equal…" or
+    returns NaN, with an error naming the set and what to change."""
+    def score(net, X, y=None):
+        labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y
+        present = [] if y is None else np.unique(np.asarray(labels)).tolist()
+        if y is not None and len(present) < n_classes:
+            raise ValueError(
+                f"early_stopping monitor='roc_auc' cannot be computed: the validation set "
+                f"({len(y)} images) holds only class index(es) {present} of the "
+                f"{n_classes} classes. Give X_val/y_val with every class, a larger "
+                "validation_fraction, or monitor='loss'")
+        return scorer(net, X, y)
+    return score
 
 
 def monitor_name(spec, has_valid):
@@ -177,7 +196,7 @@ def _checkpoint_sink(verbose):
 
 def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
                    average_weights=None, checkpoint_dir=None, verbose=0, extra=None,
-                   sync_ranks=False, writes_files=True, labels=None):
+                   sync_ranks=False, writes_files=True, findings=None, labels=None):
     """The named skorch callbacks for one fit.
 
     ``spec``: :func:`early_stopping_spec` output. Without a validation set the monitored
@@ -185,14 +204,25 @@ def make_callbacks(spec, *, n_classes, has_valid, max_epochs, lr_schedule=None,
     ``callbacks=``, appended after ours (:func:`user_callbacks`). ``sync_ranks``: a
     data-parallel fit, whose epoch scores are averaged over the ranks before anything
     reads them; ``writes_files``: False on DDP ranks other than 0 (no checkpoint);
-    ``labels``: ``(classes, y_enc)`` of the fit, for :class:`OneClassWatch`."""
+    ``findings``: a multilabel fit's finding names (the mean per-finding ROC AUC of the
+    validation set is recorded instead of the accuracy; of the training batches only
+    when early stopping watches it: it costs k AUCs per epoch); ``labels``:
+    ``(classes, y_enc)`` of a single-label fit, for :class:`OneClassWatch`."""
     monitor = monitor_name(spec, has_valid)
-    # accuracy of the training batches as trained (dropout, augmentation), from the
-    # predictions skorch already made: no extra forward pass
-    callbacks = [("divergence", DivergenceGuard()),
-                 ("train_acc", EpochScoring("accuracy", on_train=True, name="train_acc",
-                                            lower_is_better=False))]
-    if spec is not None and spec["monitor"] != "loss":
+    callbacks = [("divergence", DivergenceGuard())]
+    watched = spec is not None and spec["monitor"] == "roc_auc"
+    if findings is not None and (has_valid or watched):  # train AUC only when watched
+        name = monitor_name({"monitor": "roc_auc"}, has_valid)
+        callbacks.append((name, _targets.FindingsAUCScoring(
+            _targets.FindingsAUC(findings, None if spec is None else spec["finding"]),
+            name=name, on_train=not has_valid, lower_is_better=False)))
+    elif findings is None:
+        # accuracy of the training batches as trained (dropout, augmentation), from the
+        # predictions skorch already made: no extra forward pass
+        callbacks.append(("train_acc", EpochScoring("accuracy", on_train=True,
+                                                    name="train_acc",
+                                                    lower_is_better=False)))
+    if spec is not None and spec["monitor"] != "loss" and findings is None:
         scoring = _scorer(spec["monitor"], n_classes, spec["pos_index"])
         callbacks.append((monitor, EpochScoring(scoring, name=monitor, on_train=not has_valid,
                                                 lower_is_better=False)))
@@ -298,62 +328,7 @@ def best_epoch(net):
     return int(net.history[-1, "epoch"])
 
 
-# ---------------------------------------------------------------------------- divergence
-class TrainingDivergedError(FloatingPointError):
-    """Training produced a non-finite loss. The message names the epoch, the batch and the
-    likely cause. A previously fitted model is left as it was."""
-
-
-class DivergenceGuard(Callback):
-    """Raise :class:`TrainingDivergedError` at the first batch whose loss is NaN or inf.
-
-    Reads the loss skorch has already recorded (no extra device sync); only on failure
-    does it look at the batch and the weights to name the likely cause. On CUDA the net
-    keeps each batch's loss on the device until the epoch ends (``_Net.run_single_epoch``,
-    no host sync per step); those losses are checked at the epoch's end, before any other
-    of our callbacks (checkpoint, early stopping) sees it."""
-
-    def on_batch_end(self, net, batch=None, training=None, **kwargs):
-        key = "train_loss" if training else "valid_loss"
-        batches = net.history[-1]["batches"]
-        loss = batches[-1].get(key)
-        if loss is None or isinstance(loss, torch.Tensor) or math.isfinite(loss):
-            return  # a tensor: still on the device, checked in on_epoch_end
-        self._raise(net, key, loss, sum(1 for b in batches if key in b), batch)
-
-    def on_epoch_end(self, net, **kwargs):
-        for key in ("train_loss", "valid_loss"):
-            losses = [b[key] for b in net.history[-1]["batches"] if key in b]
-            bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
-            if bad:  # the batch itself is gone: the cause is named from the weights
-                self._raise(net, key, losses[bad[0]], bad[0] + 1, None)
-
-    @staticmethod
-    def _raise(net, key, loss, n_batch, batch):
-        phase = "training" if key == "train_loss" else "validation"
-        raise TrainingDivergedError(
-            f"training diverged: the {phase} loss is {loss} at epoch "
-            f"{net.history[-1]['epoch']}, batch {n_batch}; likely cause: "
-            f"{_likely_cause(net, batch)}")
-
-
-def _likely_cause(net, batch):
-    X, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-    if isinstance(X, torch.Tensor) and not torch.isfinite(X).all():
-        return "the input: images of this batch contain NaN or inf"
-    weight = getattr(getattr(net, "criterion_", None), "weight", None)
-    if weight is not None and isinstance(y, torch.Tensor) and y.numel():
-        if float(weight.cpu()[y.long().cpu()].sum()) == 0:
-            return ("the class weights: every image of this batch is of a class with "
-                    "weight 0 (class_weight), so the loss is 0/0")
-    lr = net.optimizer_.param_groups[0]["lr"] if hasattr(net, "optimizer_") else net.lr
-    opt = getattr(net.optimizer, "__name__", str(net.optimizer))
-    broken = not all(torch.isfinite(p).all() for p in net.module_.parameters())
-    return (f"the learning rate: lr={lr:g} ({opt}) is too high"
-            + (" — the weights have become NaN or inf" if broken else "")
-            + "; try a learning rate 10 to 100 times smaller")
-
-
+# ---------------------------------------------------------------------------- one class
 class OneClassWarning(UserWarning):
     """A fit whose model predicted a single class for every image at every epoch while
     its labels hold several: what it learned separates nothing, and ``best_epoch_`` (or

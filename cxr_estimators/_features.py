@@ -8,15 +8,21 @@ skorch or sklearn shares such work across fits, hence this module.
 Keys are (backbone, a digest of the trunk's weights and pooling, a digest of the input); values are float32
 feature arrays. ``memory=True`` keeps them in a small in-process LRU; a directory path
 stores each as a safetensors file (``features-<key hash>.safetensors``) that survives
-processes. Those files hold raw float32 bytes, the full key and a SHA-256 of the array:
-reading one never unpickles (a file replaced by a pickle payload cannot run code), and a
-file whose key or digest does not match (bit rot, tampering, a hash collision) is
-recomputed and rewritten, with a warning. Writes are atomic.
+processes. Those files hold raw float32 bytes, the full key, a SHA-256 of key and array
+and an HMAC-SHA256 of both under a random key kept in this user's cache folder
+(``~/.cache/cxr_estimators/feature-cache.key``, mode 0600, made on first use): reading
+one never unpickles (a file replaced by a pickle payload cannot run code), and a file
+whose key, digest or HMAC does not match (bit rot; an edit, even one that recomputed the
+SHA-256; a file written by another user or machine), or whose row count differs from
+the images', is recomputed and rewritten, with a warning. Someone who can read your
+cache key can still forge a file; where the user cache folder cannot be written there is
+no key, and the SHA-256 detects accidents only. Writes are atomic.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import warnings
 from collections import OrderedDict
@@ -25,7 +31,9 @@ import numpy as np
 import torch
 
 from . import _feed, _runtime
-from ._safefile import SafeFileError, atomic_write, read_safetensors, tensor_digest
+from ._safefile import (
+    SafeFileError, atomic_write, read_safetensors, tensor_digest, user_key,
+)
 
 __all__ = ["features_digest", "trunk_digest", "trunk_features", "clear_cache", "cache_info"]
 
@@ -135,25 +143,28 @@ def trunk_features(module, X, backbone, device, batch_size, memory=True, runtime
             _memory_cache.popitem(last=False)
         return feats
     return _disk_cached(os.fspath(memory), repr(key),
-                        lambda: _compute(module, X, device, batch_size, runtime))
+                        lambda: _compute(module, X, device, batch_size, runtime), len(X))
 
 
-def _disk_cached(directory, key, compute):
-    """The array stored under ``key`` in ``directory``, else ``compute()``, stored."""
+def _disk_cached(directory, key, compute, n_rows):
+    """The array stored under ``key`` in ``directory``, else ``compute()``, stored. A
+    stored array is used only if its HMAC (under this user's key, see the module
+    docstring) matches and it has ``n_rows`` finite rows."""
     from safetensors.torch import save as save_tensors
 
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "features-"
                         + hashlib.sha256(key.encode()).hexdigest()[:32] + ".safetensors")
+    secret = user_key("feature-cache")
     if os.path.exists(path):
         try:
             tensors, meta = read_safetensors(path, what="feature cache file")
             feats = tensors["features"].numpy()
-            if meta.get("key") == key and meta.get("sha256") == tensor_digest(tensors):
+            reason = _invalid_features(feats, meta, key, tensors, secret, n_rows)
+            if reason is None:
                 _stats["hits"] += 1
                 feats.setflags(write=False)
                 return feats
-            reason = "its key or digest does not match its content"
         except (SafeFileError, KeyError) as exc:
             reason = str(exc)
         warnings.warn(f"feature cache file {path!r} is not valid ({reason}); "
@@ -161,9 +172,25 @@ def _disk_cached(directory, key, compute):
     _stats["misses"] += 1
     feats = np.ascontiguousarray(compute(), dtype=np.float32)
     tensors = {"features": torch.from_numpy(feats)}
-    atomic_write(path, save_tensors(tensors, metadata={"key": key,
-                                                       "sha256": tensor_digest(tensors)}))
+    atomic_write(path, save_tensors(tensors, metadata={
+        "key": key, "sha256": tensor_digest(tensors, key),
+        "hmac": "" if secret is None else tensor_digest(tensors, key, key=secret)}))
     return feats
+
+
+def _invalid_features(feats, meta, key, tensors, secret, n_rows):
+    """Why a stored feature array may not be used, or None."""
+    if meta.get("key") != key or meta.get("sha256") != tensor_digest(tensors, key):
+        return "its key or digest does not match its content"
+    if secret is not None and not hmac.compare_digest(
+            str(meta.get("hmac", "")), tensor_digest(tensors, key, key=secret)):
+        return ("its HMAC does not match this user's cache key: written by another user, "
+                "or forged")
+    if feats.ndim != 2 or len(feats) != n_rows:
+        return f"it holds features of shape {feats.shape} for {n_rows} images"
+    if not np.isfinite(feats).all():
+        return "it holds NaN or inf"
+    return None
 
 
 def clear_cache():

@@ -10,6 +10,7 @@ scaling of each Pillow mode and of DICOM values to float32 in [0, 1]; and the er
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 
@@ -169,7 +170,11 @@ def dicom_to_unit(ds, arr):
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         bits = int(ds.get("BitsStored", 8))
         return np.clip(arr / (2**bits - 1), 0, 1).astype(np.float32)
-    arr = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    slope = ds.get("RescaleSlope")
+    slope = 1.0 if slope is None or str(slope).strip() == "" else float(slope)
+    if not (math.isfinite(slope) and slope != 0):  # 0 would make every pixel one value
+        raise ValueError(f"RescaleSlope is {slope!r}: it must be a finite, non-zero number")
+    arr = arr * slope + float(ds.get("RescaleIntercept", 0) or 0)
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is not None and width is not None:
         center, width = _first(center), _first(width)

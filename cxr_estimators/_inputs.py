@@ -18,7 +18,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, column_or_1d
 
-from . import _feed
+from . import _feed, _targets
 from ._validation import (check_flattened, check_image_batch, check_labels, check_memory,
                           check_not_paths, warn_unnormalised)
 from .preprocessing import CompactImages
@@ -58,6 +58,11 @@ def as_images(X, name="X"):
     if hasattr(X, "__len__") and len(X) == 0:
         raise ValueError(f"{name} is empty (0 images)")
     raw_dtype = getattr(X, "dtype", None)
+    if isinstance(X, (list, tuple)):
+        shapes = sorted({np.shape(x) for x in X}, key=str)
+        if len(shapes) > 1:
+            raise ValueError(f"{name} is a list of images of different shapes {shapes[:4]}; "
+                             "make them one size first (ImageLoader(size=...) resizes)")
     X = check_array(X, allow_nd=True, dtype=np.float32, ensure_min_samples=1,
                     input_name=name)
     warn_unnormalised(X, raw_dtype, name)
@@ -112,10 +117,24 @@ def encode_targets(y, estimator="CXRClassifier", sampling=None):
     return encoder.classes_, encoder.transform(y).astype(np.int64)
 
 
-def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
-    """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked."""
-    classes, y_enc = encode_targets(y, estimator, sampling)
+def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None,
+                   uncertain=None):
+    """``(X as images, classes, y encoded, groups as 1-D or None)``, lengths checked.
+
+    A multilabel ``y`` (n, k) gives the finding names as ``classes`` and a float32
+    ``y`` (n, k) with NaN for labels left out (:mod:`cxr_estimators._targets`)."""
+    if _targets.is_multilabel(y):
+        if sampling is not None:
+            raise ValueError(f"sampling={sampling!r} balances the classes of a 1-D y; with "
+                             "multilabel y use class_weight='balanced' (a positive weight "
+                             "per finding)")
+        classes, y_enc = _targets.multilabel_targets(y, uncertain)
+        _targets.check_training_findings(classes, y_enc)
+    else:
+        classes, y_enc = encode_targets(y, estimator, sampling)
+    kind = getattr(getattr(X, "dtype", None), "kind", "f")
     X = as_images(X)
+    check_float_scale(X, None, estimator, kind=kind)
     if len(X) != len(y_enc):
         raise ValueError(f"X has {len(X)} images but y has {len(y_enc)} labels")
     if groups is not None:
@@ -123,14 +142,19 @@ def training_input(X, y, groups=None, estimator="CXRClassifier", sampling=None):
         if len(groups) != len(y_enc):
             raise ValueError(f"groups has {len(groups)} entries but y has "
                              f"{len(y_enc)} labels")
+        missing = [i for i, g in enumerate(groups.tolist()) if g is None or g != g]
+        if missing:  # NaN != NaN; all missing ids would become one shared "patient"
+            raise ValueError(f"groups has missing patient ids (None or NaN) at rows "
+                             f"{missing[:10]}; give every image its patient id, or "
+                             "groups=None")
     return X, classes, y_enc, groups
 
 
 def validation_set(X_val, y_val, classes, fit_shape, normalization,
-                   estimator="CXRClassifier", X=None):
+                   estimator="CXRClassifier", X=None, uncertain=None, multilabel=False):
     """``(X_val, y_val encoded)`` checked against the training data ``X`` (images of
     the same shape, compact ones normalised as X, float ones on a similar scale), or
-    None."""
+    None. ``multilabel``: ``classes`` are the findings ``y_val``'s columns must be."""
     if X_val is None and y_val is None:
         return None
     if X_val is None or y_val is None:
@@ -139,21 +163,39 @@ def validation_set(X_val, y_val, classes, fit_shape, normalization,
     kind = getattr(getattr(X_val, "dtype", None), "kind", None)
     X_val = _feed.match_normalization(as_images(X_val, "X_val"), kind, normalization,
                                       estimator, "X_val")
+    check_float_scale(X_val, normalization, estimator, "X_val", kind or "f")
     shape = image_shape(X_val)
     if shape != fit_shape:
         raise ValueError(f"X_val has images of shape {shape} but X has {fit_shape}; "
                          "preprocess both the same way (in a Pipeline: "
                          "transform_input=['X_val'])")
+    if multilabel:
+        if not _targets.is_multilabel(y_val):
+            raise ValueError(f"y_val has shape {np.shape(y_val)} but y has "
+                             f"{len(classes)} findings {list(classes)}; pass y_val with the "
+                             "same columns")
+        _, y_val = _targets.multilabel_targets(y_val, uncertain, "y_val", findings=classes)
+        if len(y_val) != len(X_val):
+            raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
+                             "rows")
+        warn_other_scale(X, X_val)
+        return X_val, y_val
     y_val = column_or_1d(y_val, warn=True)
     if len(y_val) != len(X_val):
         raise ValueError(f"X_val has {len(X_val)} images but y_val has {len(y_val)} "
                          "labels")
-    unseen = sorted(set(y_val.tolist()) - set(classes.tolist()), key=str)
-    if unseen:
-        raise ValueError(f"y_val has labels {unseen} not in y's classes "
-                         f"{classes.tolist()}")
+    check_known_labels(y_val, classes, "y_val", "y's classes")
     warn_other_scale(X, X_val)
     return X_val, np.searchsorted(classes, y_val).astype(np.int64)
+
+
+def check_known_labels(y, classes, name, where="classes_ (the labels seen in fit)"):
+    """Refuse labels of ``y`` that are not among ``classes``."""
+    y = column_or_1d(y, warn=True)
+    unseen = sorted(set(y.tolist()) - set(np.asarray(classes).tolist()), key=str)
+    if unseen:
+        raise ValueError(f"{name} has labels {unseen[:10]} not in {where} "
+                         f"{np.asarray(classes).tolist()}")
 
 
 #: Images per set whose pixels :func:`warn_other_scale` compares.
@@ -166,7 +208,7 @@ def warn_other_scale(X, X_val):
     deviations by more than a factor of two ([0, 1] against [-1, 1] does both). Two
     samples of one preprocessing stay far inside these bounds."""
     if not (isinstance(X, np.ndarray) and isinstance(X_val, np.ndarray)) \
-            or isinstance(X, CompactImages) or isinstance(X_val, CompactImages):
+            or isinstance(X_val, CompactImages):
         return
     (m, s), (m_val, s_val) = (_pixel_stats(a) for a in (X, X_val))
     if s > 0 and s_val > 0 and (abs(m_val - m) > 0.5 * s or not 0.5 <= s_val / s <= 2):
@@ -180,8 +222,50 @@ def warn_other_scale(X, X_val):
 
 def _pixel_stats(images):
     step = max(1, len(images) // SCALE_SAMPLE)
-    sample = images[::step][:SCALE_SAMPLE].astype(np.float64)
+    sample = images[::step][:SCALE_SAMPLE]
+    if isinstance(sample, CompactImages):  # compared as the model sees them: normalised
+        sample = sample.to_float32()
+    sample = sample.astype(np.float64)
     return float(sample.mean()), float(sample.std())
+
+
+#: Normalised images stay within a few units of 0 (ImageNet's normalisation spans about
+#: [-2.1, 2.6]); 0-255 pixels held as floats reach tens or hundreds.
+RAW_PEAK, NORMALISED_PEAK = 20.0, 5.0
+
+
+def check_float_scale(X, fitted, estimator="CXRClassifier", input_name="X", kind="f"):
+    """Refuse float images on the 0-255 pixel scale where normalised ones are expected:
+    for a model fitted on compact images (``fitted``: their normalisation), which takes
+    float input as already normalised; and a float array mixing both scales (e.g.
+    ``np.concatenate`` of compact and float images). Warn about 0-255 floats otherwise.
+    ``kind``: the dtype kind X came with (integer input has its own warning)."""
+    if kind != "f" or not isinstance(X, np.ndarray) or isinstance(X, CompactImages) \
+            or X.dtype.kind != "f" or X.ndim != 4 or min(X.shape[2:]) < 2 or not X.size:
+        return
+    peaks = np.abs(X.reshape(len(X), -1)).max(axis=1)
+    raw, normalised = peaks > RAW_PEAK, peaks <= NORMALISED_PEAK
+    if raw.any() and normalised.any():
+        raise ValueError(
+            f"{input_name} mixes two scales: images {np.flatnonzero(raw)[:5].tolist()} have "
+            f"values up to {peaks[raw].max():.4g} (0-255 pixels) and images "
+            f"{np.flatnonzero(normalised)[:5].tolist()} are normalised (within "
+            f"±{NORMALISED_PEAK:g}), e.g. np.concatenate of CompactImages and float "
+            "images; convert all of them the same way (CompactImages.to_float32(), or one "
+            "ImageLoader)")
+    if fitted is None and raw.all():
+        warnings.warn(
+            f"{input_name} is float with values up to {peaks.max():.4g}: 0-255 pixels, not "
+            "normalised images, reach the network; use ImageLoader (or scale "
+            f"{input_name}) first, the same way for fit and predict", UserWarning,
+            stacklevel=4)
+    if fitted is not None and raw.all():
+        raise ValueError(
+            f"{estimator} was fitted on compact images (uint8/uint16, normalised inside the "
+            f"model with (mean, std) = {fitted}), but {input_name} is float with values up "
+            f"to {peaks.max():.4g}: 0-255 pixels, which the model would take as already "
+            f"normalised. Pass the compact images themselves (not .astype('float32')), or "
+            f"CompactImages(X.astype(np.uint8), *clf.input_normalization_)")
 
 
 def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):
@@ -191,6 +275,7 @@ def prediction_input(X, fit_shape, normalization, estimator="CXRClassifier"):
         check_image_batch(X.shape, fit_shape)
     kind = getattr(getattr(X, "dtype", None), "kind", None)
     X = _feed.match_normalization(as_images(X), kind, normalization, estimator)
+    check_float_scale(X, normalization, estimator, kind=kind or "f")
     shape = image_shape(X)
     if shape != fit_shape:
         raise ValueError(

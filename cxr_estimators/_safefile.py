@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import stat
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 __all__ = ["SafeFileError", "atomic_write", "file_size", "read_metadata", "read_safetensors",
-           "tensor_digest"]
+           "tensor_digest", "signing_key", "user_key"]
 
 #: Largest JSON header accepted (safetensors' own limit is 100 MB).
 _MAX_HEADER_BYTES = 100_000_000
@@ -223,10 +224,54 @@ def read_safetensors(path, *, what="file"):
     return tensors, metadata
 
 
-def tensor_digest(tensors, *extra):
+def signing_key(key, where="key"):
+    """``key`` (bytes, or a str encoded as UTF-8) as the bytes of an HMAC key."""
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"{where} must be bytes or a str; got {type(key).__name__}")
+    if not key:
+        raise ValueError(f"{where} is empty; an HMAC with an empty key proves nothing")
+    return bytes(key)
+
+
+def user_key(name):
+    """A random 32-byte key kept in this user's cache folder (``$XDG_CACHE_HOME`` or
+    ``~/.cache``, ``cxr_estimators/<name>.key``, mode 0600), made on first use; None when
+    that folder cannot be written."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".cache")
+    path = os.path.join(root, "cxr_estimators", f"{name}.key")
+    try:
+        with open(path, "rb") as fh:
+            key = fh.read()
+        if len(key) == 32:
+            return key
+    except OSError:
+        pass
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))  # mode 0600
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(32))
+        try:
+            os.link(tmp, path)  # atomic, and the first process to get there wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        with open(path, "rb") as fh:
+            key = fh.read()
+    except OSError:
+        return None
+    return key if len(key) == 32 else None
+
+
+def tensor_digest(tensors, *extra, key=None):
     """SHA-256 (hex) of ``extra`` strings and of every tensor's name, dtype, shape and
-    bytes, in name order: independent of how the file lays the tensors out."""
-    h = hashlib.sha256()
+    bytes, in name order: independent of how the file lays the tensors out. With ``key``
+    (bytes), the HMAC-SHA256 of the same content: only a holder of the key can make it."""
+    h = hashlib.sha256() if key is None else hmac.new(key, digestmod=hashlib.sha256)
     for text in extra:
         h.update(text.encode())
         h.update(b"\0")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 from skorch.callbacks import LRScheduler
 from torch.optim import lr_scheduler as torch_lr
@@ -63,8 +64,28 @@ def check_lr_schedule(lr_schedule, max_epochs, lr=1e-3):
     """
     parsed = _parse(lr_schedule, max_epochs)
     if parsed is not None:
+        eta_min = parsed[1].get("eta_min", 0.0)
+        min_lr = parsed[1].get("min_lr", 0.0)
+        if parsed[0] == "plateau" and is_finite_number(lr) and is_finite_number(min_lr) \
+                and min_lr > lr:
+            raise ValueError(f"lr_schedule min_lr={min_lr!r} is above lr={lr!r}: the plateau "
+                             "schedule would raise the learning rate when the loss stalls; "
+                             "give min_lr <= lr")
+        if parsed[0] == "cosine" and is_finite_number(lr) and eta_min > lr:
+            raise ValueError(f"lr_schedule eta_min={eta_min!r} is above lr={lr!r}: the "
+                             "cosine schedule would raise the learning rate instead of "
+                             "decaying it; give eta_min <= lr")
         _try_schedule(lr_schedule, *parsed, max_epochs, lr)
     return parsed
+
+
+def _default(policy, key):
+    """The default of ``key`` in the torch scheduler of ``policy`` (None if unknown)."""
+    if policy == "cosine":
+        return None
+    cls = torch_lr.ReduceLROnPlateau if policy == "plateau" else torch_lr.OneCycleLR
+    param = inspect.signature(cls).parameters.get(key)
+    return None if param is None else param.default
 
 
 def _parse(lr_schedule, max_epochs):
@@ -86,6 +107,11 @@ def _parse(lr_schedule, max_epochs):
             raise ValueError(
                 f"lr_schedule {policy!r} has no argument {key!r}; known: {sorted(allowed)}"
                 f"{did_you_mean(key, allowed)}")
+    flags = [k for k, v in kwargs.items()
+             if isinstance(v, (bool, np.bool_)) and not isinstance(_default(policy, k), bool)]
+    if flags:  # torch reads patience=True as 1
+        raise ValueError(f"lr_schedule {flags[0]}={kwargs[flags[0]]!r} must be a number, not "
+                         "a boolean")
     warmup = kwargs.get("warmup_epochs", 0)
     if not (is_finite_number(warmup) and 0 <= warmup < max_epochs):
         raise ValueError(f"lr_schedule warmup_epochs={warmup!r} must be >= 0 and below "
@@ -94,6 +120,15 @@ def _parse(lr_schedule, max_epochs):
     if not (is_finite_number(eta_min) and eta_min >= 0):  # torch would train at a negative lr
         raise ValueError(f"lr_schedule eta_min={eta_min!r} must be a number >= 0: the "
                          "learning rate the cosine decays to")
+    threshold = kwargs.get("threshold", 0.0)
+    if policy == "plateau" and is_finite_number(threshold) and threshold < 0:
+        raise ValueError(f"lr_schedule threshold={threshold!r} must be >= 0: a negative "
+                         "threshold counts a worse loss as an improvement, so the rate is "
+                         "never cut")
+    if policy == "plateau" and kwargs.get("mode", "min") != "min":
+        raise ValueError(f"lr_schedule mode={kwargs['mode']!r}: the plateau schedule watches "
+                         "the loss, where lower is better, so mode must be 'min' (mode="
+                         "'max' would cut the learning rate while the loss improves)")
     return policy, kwargs
 
 
@@ -120,7 +155,8 @@ def _try_schedule(lr_schedule, policy, kwargs, max_epochs, lr):
 
 def _cosine(optimizer, steps_per_epoch, n_epochs, warmup_epochs=0, eta_min=0.0):
     total = n_epochs * steps_per_epoch
-    warm = round(warmup_epochs * steps_per_epoch)
+    # at least one batch of cosine decay, whatever the rounding of a fractional warm-up
+    warm = min(round(warmup_epochs * steps_per_epoch), total - 1)
     cosine = torch_lr.CosineAnnealingLR(optimizer, T_max=total - warm, eta_min=eta_min)
     if warm == 0:
         return cosine

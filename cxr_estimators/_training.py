@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 import warnings
 
 import numpy as np
@@ -29,9 +30,9 @@ from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
-from . import _feed, _runtime, distributed
+from . import _feed, _runtime, _targets, distributed
 from ._callbacks import make_callbacks, mark_interrupted
-from ._validation import check_class_weights, did_you_mean
+from ._validation import check_class_weights, did_you_mean, is_finite_number
 from .backbones.heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
@@ -103,6 +104,24 @@ class _Net(NeuralNetClassifier):
         super().on_train_begin(net, X, y, **kwargs)
         self._folded_inference = None  # holds the previous weights and their copy
 
+    def load_params(self, f_params=None, **kwargs):
+        """skorch's, with the reason named when ``f_params`` holds only the head's weights
+        (a checkpoint of a fit on cached features, ``cache=``)."""
+        try:
+            return super().load_params(f_params=f_params, **kwargs)
+        except RuntimeError as exc:
+            head = getattr(self.module_, "head", None)
+            if f_params is None or head is None or "Missing key" not in str(exc):
+                raise
+            state = torch.load(f_params, map_location="cpu", weights_only=True)
+            if set(state) != set(head.state_dict()):
+                raise
+            raise RuntimeError(
+                f"{f_params!r} holds only the head's weights: it is a checkpoint of a fit on "
+                "cached backbone features (cache=...), where only the head trains. Load it "
+                "into the head: net.module_.head.load_state_dict(torch.load(f_params, "
+                "weights_only=True))") from exc
+
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("compiled_module_", None)  # compiled code does not pickle
@@ -131,7 +150,18 @@ class _Net(NeuralNetClassifier):
             ddp, rng = getattr(self, "ddp_", None), getattr(self, "fit_rng_", None)
             module = module if ddp is None else ddp.wrapped(module, self.device)
         with rng.global_stream() if rng is not None else contextlib.nullcontext():
-            return self._forward(module, x, **fit_params)
+            try:
+                return self._forward(module, x, **fit_params)
+            except ValueError as exc:
+                if module.training and "Expected more than 1 value per channel" in str(exc):
+                    raise ValueError(
+                        "a BatchNorm layer (head_batch_norm=True, or a trainable block of "
+                        "the trunk) cannot train on a batch of one image, and this "
+                        "training batch holds one: the training images (after any "
+                        "validation split) leave a last batch of 1 with "
+                        f"batch_size={self.batch_size}; choose a batch_size that leaves at "
+                        "least 2, or one image more or fewer") from exc
+                raise
 
     def _forward(self, module, x, **fit_params):
         # After a GPU-trained model is loaded on a CPU-only machine, skorch moves it to the
@@ -185,7 +215,12 @@ class _Net(NeuralNetClassifier):
         """Cross-entropy; with ``sample_weight`` the weighted mean over the batch,
         ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
         as torch's own class-weighted mean), as sklearn's ``MLPClassifier`` weights its
-        batches. A batch whose weights are all 0 has loss 0."""
+        batches. A batch whose weights are all 0 has loss 0. Multilabel targets: the
+        criterion's own masked, weighted mean (:class:`_targets.MaskedBCEWithLogitsLoss`).
+        The validation loss leaves class weights out unless ``valid_class_weight``."""
+        if getattr(self.criterion_, "masks_missing", False):
+            weight = X.get("sample_weight") if isinstance(X, dict) else None
+            return self.criterion_(y_pred, to_tensor(y_true, device=y_pred.device), weight)
         if not training and not getattr(self, "valid_class_weight_", True) and getattr(
                 self.criterion_, "weight", None) is not None:
             return self._unweighted_loss(y_pred, y_true, X)
@@ -200,7 +235,6 @@ class _Net(NeuralNetClassifier):
         norm = w if class_weight is None else w * class_weight[
             to_tensor(y_true, device=per_image.device)]
         return (w * per_image).sum() / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
-
 
     def _unweighted_loss(self, y_pred, y_true, X):
         """The validation loss without class weights (``valid_class_weight=False``),
@@ -228,7 +262,7 @@ def _predict_batches(net, X, batch_size):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def stream_proba(net, X, n_classes, batch_size):
+def stream_proba(net, X, n_classes, batch_size, multilabel=False):
     """Softmax probabilities (n, n_classes), float64, of ``net`` on ``X``, written batch by
     batch into one array allocated up front; written by hand for two reasons.
 
@@ -242,6 +276,7 @@ def stream_proba(net, X, n_classes, batch_size):
     run under ``inference_mode`` with its own batch size (``predict_batch_size``), and
     each batch's probabilities are copied once, into the float64 output. On CPU the
     batches run on a copy with BatchNorm folded (:meth:`_Net.inference_module`).
+    ``multilabel``: a sigmoid per output (finding) instead of the softmax.
     """
     proba = np.empty((len(X), n_classes), dtype=np.float64)
     out = torch.from_numpy(proba)
@@ -252,7 +287,9 @@ def stream_proba(net, X, n_classes, batch_size):
     with torch.inference_mode():
         for xb in _predict_batches(net, X, batch_size):
             logits = net._forward(module, xb)
-            out[start:start + len(logits)].copy_(torch.softmax(logits.float(), dim=1))
+            out[start:start + len(logits)].copy_(
+                torch.sigmoid(logits.float()) if multilabel
+                else torch.softmax(logits.float(), dim=1))
             start += len(logits)
     return proba
 
@@ -284,8 +321,8 @@ def _training_data(X, y, sample_weight):
 
 
 def _check_sample_weight(sample_weight, n):
-    """float32 (n,) weights, or None when absent or all equal (the weighted mean is
-    then the plain mean, so the unweighted path gives the same model)."""
+    """float32 (n,) weights scaled to mean 1, or None when absent or all equal (the
+    weighted mean is then the plain mean, so the unweighted path gives the same model)."""
     if sample_weight is None:
         return None
     try:
@@ -306,7 +343,9 @@ def _check_sample_weight(sample_weight, n):
         raise ValueError(f"sample_weight is zero for all {n} images; nothing to train on")
     if np.all(w == w[0]):
         return None
-    return w.astype(np.float32)
+    # to mean 1: the weighted mean loss does not change, and huge weights (1e38) cannot
+    # overflow float32 in its sums
+    return (w / w.mean()).astype(np.float32)
 
 
 class _GroupedValidSplit:
@@ -349,6 +388,10 @@ def class_weights(class_weight, classes, y_enc):
                 f"class_weight has labels {sorted(map(str, unknown))} not in y's classes "
                 f"{classes.tolist()}"
             )
+        flags = {k: v for k, v in class_weight.items() if isinstance(v, (bool, np.bool_))}
+        if flags:
+            raise ValueError(f"class_weight values must be numbers, not booleans; got "
+                             f"{flags!r} (a bool is not taken as a weight)")
         try:
             weights = np.array([float(class_weight.get(c, 1.0)) for c in classes])
         except (TypeError, ValueError):
@@ -378,6 +421,8 @@ def train_split(validation_fraction, y_enc, groups=None, seed=None, valid=None):
     frac = validation_fraction
     if frac == 0:
         return None
+    if y_enc.ndim == 2:  # multilabel: stratified on findings (_targets)
+        return _targets.FindingsValidSplit(frac, groups, seed)
     counts = np.bincount(y_enc)
     n_valid = int(np.ceil(frac * len(y_enc)))
     too_few = counts.min() < 2 or n_valid < len(counts) or len(y_enc) - n_valid < len(counts)
@@ -420,8 +465,34 @@ def optimizer_kwargs(optimizer, kwargs):
             raise ValueError(
                 f"optimizer_kwargs has {key!r}, not an argument of {cls.__name__} "
                 f"(optimizer={optimizer!r}); known: {known}{did_you_mean(key, known)}")
+    _check_kinds(cls, optimizer, kwargs)
     _try_optimizer(cls, optimizer, kwargs)
     return {f"optimizer__{key}": value for key, value in kwargs.items()}
+
+
+def _check_kinds(cls, optimizer, kwargs):
+    """Each value of the kind of its torch default: a flag must be a bool (torch reads
+    ``amsgrad="no"`` as True), a number a number, a tuple a tuple of as many numbers
+    (``betas=(0.9,)`` fails mid-step in torch)."""
+    defaults = inspect.signature(cls).parameters
+    for key, value in kwargs.items():
+        default = defaults[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, (bool, np.bool_))
+            kind = "True or False"
+        elif isinstance(default, numbers.Real):
+            ok = is_finite_number(value)
+            kind = "a finite number"
+        elif isinstance(default, tuple):
+            ok = (isinstance(value, (tuple, list)) and len(value) == len(default)
+                  and all(is_finite_number(v) for v in value))
+            kind = f"a tuple of {len(default)} numbers"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"optimizer_kwargs={{{key!r}: {value!r}}} is not valid for "
+                             f"{cls.__name__} (optimizer={optimizer!r}): {key} must be "
+                             f"{kind}, like its default {default!r}")
 
 
 def _try_optimizer(cls, optimizer, kwargs):
@@ -457,18 +528,24 @@ def balanced_loader(dataset, *, shuffle=True, generator=None, **kwargs):
 
 
 def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rng,
-             weighted=False, predict_batch_size=None, writes_files=None):
+             weighted=False, predict_batch_size=None, writes_files=None, findings=None):
     """The skorch net for one fit of ``est`` (a :class:`CXRClassifier`) on labels
     ``classes[y_enc]``, drawing its randomness from ``rng`` (:class:`_rng.FitRandomness`),
     with the layout and precision of ``runtime`` (:class:`_runtime.Runtime`);
     ``weighted``: the data will carry ``sample_weight``; ``predict_batch_size``: of the
     validation pass (default ``batch_size``); ``writes_files``: whether its callbacks
-    write checkpoints (default: on the main process; a net built to predict writes none)."""
+    write checkpoints (default: on the main process; a net built to predict writes none);
+    ``findings``: the names of a multilabel fit's outputs (a masked BCE per finding)."""
     n_classes = len(classes)
     kwargs = {}
-    weights = class_weights(est.class_weight, classes, y_enc)
-    if weights is not None:
-        kwargs["criterion__weight"] = weights
+    if findings is not None:
+        kwargs.update(_multilabel_net_kwargs(est, findings, y_enc))
+    else:
+        weights = class_weights(est.class_weight, classes, y_enc)
+        if weights is not None:
+            kwargs["criterion__weight"] = weights
+        kwargs.update(criterion=nn.CrossEntropyLoss,
+                      criterion__label_smoothing=float(est.label_smoothing))
     if weighted:  # per-image losses, weighted in _Net.get_loss
         kwargs["criterion__reduction"] = "none"
     if not est.verbose:
@@ -482,13 +559,12 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
                                average_weights=est.average_weights,
                                checkpoint_dir=est.checkpoint_dir, verbose=est.verbose,
                                extra=est.callbacks, sync_ranks=distributed.is_active(),
-                               labels=(classes, y_enc),
+                               findings=findings,
+                               labels=None if findings is not None else (classes, y_enc),
                                writes_files=(distributed.is_main_process()
                                              if writes_files is None else writes_files))
     net = _Net(
         module=module,
-        criterion=nn.CrossEntropyLoss,
-        criterion__label_smoothing=float(est.label_smoothing),
         optimizer=OPTIMIZERS[est.optimizer],
         optimizer__weight_decay=est.weight_decay,
         lr=est.lr,
@@ -526,11 +602,27 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
     return net
 
 
-def warm_start_module(est, classes, image_shape):
+def _multilabel_net_kwargs(est, findings, Y):
+    """skorch arguments of a multilabel net: the masked BCE with per-finding positive
+    weights (``Y`` is None when the net is rebuilt to predict), no accuracy scoring."""
+    kwargs = {"criterion": _targets.MaskedBCEWithLogitsLoss,
+              "criterion__label_smoothing": float(est.label_smoothing),
+              "callbacks__valid_acc": None}
+    if Y is not None and np.ndim(Y) == 2:
+        kwargs["criterion__pos_weight"] = _targets.positive_weights(est.class_weight,
+                                                                    findings, Y)
+    return kwargs
+
+
+def warm_start_module(est, classes, image_shape, multilabel=False):
     """The fitted module ``est`` continues from (``warm_start=True``), or None; the classes
-    and image shape must be those it was fitted on."""
+    (findings, when ``multilabel``) and image shape must be those it was fitted on."""
     if not (est.warm_start and hasattr(est, "net_")):
         return None
+    fitted = getattr(est, "findings_", None)
+    if multilabel or fitted is not None:
+        _targets.check_warm_start(fitted, classes if multilabel else None)
+        classes = est.classes_  # the findings' output indices, equal by the check
     if not np.array_equal(classes, est.classes_):
         raise ValueError(f"warm_start=True: y has classes {classes.tolist()} but the "
                          f"fitted model has {est.classes_.tolist()}; fit a new model "

@@ -17,6 +17,7 @@ in for the fitted module while the prediction loop runs. Grad-CAM
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 
 import torch
@@ -58,10 +59,12 @@ def check_tta(tta, augment):
 
 class _AveragedViews(nn.Module):
     """Log of the mean softmax over the image and ``views`` augmented copies: a softmax
-    of this output is the averaged probability."""
+    of this output is the averaged probability (``multilabel``: the logit of the mean
+    sigmoid per finding)."""
 
-    def __init__(self, model, augmenter, views):
+    def __init__(self, model, augmenter, views, multilabel=False):
         super().__init__()
+        self.multilabel = multilabel
         self.model = model
         self.augmenter = augmenter
         self.views = views
@@ -70,19 +73,23 @@ class _AveragedViews(nn.Module):
         norm = getattr(self.model, "input_norm", None)
         if norm is not None:  # compact images: augment them normalised, as in training
             x = norm(x)
-        proba = torch.softmax(self.model(x).float(), dim=1)
+        link = torch.sigmoid if self.multilabel else functools.partial(torch.softmax,
+                                                                           dim=1)
+        proba = link(self.model(x).float())
         for _ in range(self.views):
-            proba = proba + torch.softmax(self.model(self.augmenter(x)).float(), dim=1)
-        return torch.log(proba / (self.views + 1))
+            proba = proba + link(self.model(self.augmenter(x)).float())
+        proba = proba / (self.views + 1)
+        # multilabel: the logit of the mean, so that a sigmoid of it is the mean again
+        return torch.logit(proba, eps=1e-7) if self.multilabel else torch.log(proba)
 
 
 @contextlib.contextmanager
-def tta_context(net, augmenter, views, seed):
+def tta_context(net, augmenter, views, seed, multilabel=False):
     """Within the block, ``net.module_`` predicts the average over augmented views (of
     the module predictions run on: :meth:`_training._Net.inference_module`)."""
     model = net.module_
     net.module_ = _AveragedViews(net.inference_module(), augmenter.to(net.device),
-                                 views).eval()
+                                 views, multilabel).eval()
     try:
         with FitRandomness(0 if seed is None else seed, net.device).global_stream():
             yield

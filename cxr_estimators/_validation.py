@@ -45,11 +45,11 @@ class StrictParamsMixin:
         params = self.get_params(deep=False)
         for name, constraints in self._parameter_constraints.items():
             value = params.get(name)
-            if isinstance(value, bool) and "boolean" not in constraints and any(
-                    isinstance(c, Interval) and c.type is numbers.Integral
-                    for c in constraints):
+            kinds = {c.type for c in constraints if isinstance(c, Interval)}
+            if isinstance(value, (bool, np.bool_)) and "boolean" not in constraints and kinds:
+                kind = "an int" if numbers.Integral in kinds else "a number"
                 raise ValueError(
-                    f"The '{name}' parameter of {type(self).__name__} must be an int, not "
+                    f"The '{name}' parameter of {type(self).__name__} must be {kind}, not "
                     f"the boolean {value!r} (a bool is not taken as {int(value)})")
         for name, bound in self._param_upper_bounds.items():
             value = params.get(name)
@@ -63,8 +63,17 @@ class StrictParamsMixin:
 
 
 def available_memory():
-    """Bytes of memory available to this process now (Linux ``MemAvailable``, else
-    psutil, else None when unknown)."""
+    """Bytes of memory this process may still use now: the least of the machine's
+    available memory (Linux ``MemAvailable``, else psutil), the room left under the
+    process's address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets) and the room
+    left under its cgroup's memory limit (``memory.max`` of cgroup v2, or
+    ``memory.limit_in_bytes`` of v1: containers, CI runners); None when none is known."""
+    known = [n for n in (_machine_available(), _rlimit_room(), _cgroup_room())
+             if n is not None]
+    return min(known) if known else None
+
+
+def _machine_available():
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -77,6 +86,79 @@ def available_memory():
     except ImportError:
         return None
     return int(psutil.virtual_memory().available)
+
+
+def _proc_status_bytes(field):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _rlimit_room():
+    """Address space left under ``RLIMIT_AS`` (None: no limit, or not known here)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft - (_proc_status_bytes("VmSize") or 0), 0)
+
+
+def _read_number(path):
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _inactive_file(folder):
+    try:
+        with open(f"{folder}/memory.stat") as fh:
+            for line in fh:
+                name, _, value = line.partition(" ")
+                if name in ("inactive_file", "total_inactive_file"):
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_room(proc_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """Memory left under this process's cgroup limit (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``) less its working set; None without one."""
+    try:
+        with open(proc_file) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: the unified hierarchy
+            base = root + path.rstrip("/")
+            limit, used = "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base = root + "/memory" + path.rstrip("/")
+            limit, used = "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        root = base[:len(base) - len(path.rstrip("/"))]  # a namespaced view mounts it here
+        for folder in dict.fromkeys((base, root)):
+            cap = _read_number(f"{folder}/{limit}")
+            if cap is not None and cap < 2**60:  # v1 writes ~2**63 for "no limit"
+                # the working set, as the kubelet counts it: page cache the kernel can drop
+                # (inactive_file) is not memory the fit competes with
+                usage = (_read_number(f"{folder}/{used}") or 0) - _inactive_file(folder)
+                return max(cap - max(usage, 0), 0)
+    return None
 
 
 def format_bytes(n):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
@@ -33,7 +34,7 @@ COLOUR_SATURATION = 0.15
 def _is_paths(X):
     if isinstance(X, np.ndarray):
         return X.dtype.kind in "US" or X.dtype == object
-    return len(X) > 0 and all(isinstance(x, (str, os.PathLike)) for x in X)
+    return len(X) > 0 and all(isinstance(x, (str, bytes, os.PathLike)) for x in X)
 
 
 def _iter_images(X):
@@ -42,13 +43,38 @@ def _iter_images(X):
         raise ValueError("X must be a list of image paths or an array of images, not one path")
     if _is_paths(X):
         for i, path in enumerate(X):
-            yield i, read_image(path)
+            yield i, read_image(os.fsdecode(path))
         return
     X = X if isinstance(X, list) else np.asarray(X)
     if isinstance(X, np.ndarray) and X.ndim not in (3, 4):
-        raise ValueError(f"image array must be (n, H, W) or (n, H, W, C); got shape {X.shape}")
+        raise ValueError(f"image array must be (n, H, W), (n, H, W, C) or (n, C, H, W); got "
+                         f"shape {X.shape}")
+    scale = _float_scale(X) if isinstance(X, np.ndarray) else None
     for i, image in enumerate(X):
-        yield i, np.asarray(image)
+        image = _channels_last(np.asarray(image))
+        if scale is None and image.dtype.kind == "f":  # a list: each image on its own
+            image = image / _float_scale(image)
+        yield i, image if scale is None or scale == 1 else image / scale
+
+
+def _channels_last(image):
+    """One image as (H, W) or (H, W, C): a channels-first (C, H, W) image (C = 1 or 3,
+    its last axis not a channel count) is transposed, a single channel dropped."""
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3, 4):
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return image
+
+
+def _float_scale(X):
+    """What float pixels are divided by to lie in [0, 1]: 1 when they already do (or are
+    normalised), 255 or 65535 when their largest value says they are 8- or 16-bit
+    pixels held as floats."""
+    if X.dtype.kind != "f" or not X.size or not np.isfinite(X).any():
+        return 1
+    peak = float(np.nanmax(np.where(np.isfinite(X), X, np.nan)))
+    return 1 if peak <= 1 else 255 if peak <= 255 else 65535 if peak <= 65535 else 1
 
 
 def _exact_hash(image):
@@ -236,6 +262,8 @@ def _top(counts, k=3):
 def _odd_reasons(image):
     """Reasons the heuristics flag one image (float in [0, 1] or integer)."""
     arr = np.asarray(image)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        return ["NaN or inf pixels" if np.isfinite(arr).any() else "all pixels NaN or inf"]
     gray = _to_unit_gray(arr)
     reasons = []
     mean, std = float(gray.mean()), float(gray.std())
@@ -255,6 +283,19 @@ def _odd_reasons(image):
         if float(saturation.mean()) > COLOUR_SATURATION:
             reasons.append("colour image (likely not a radiograph)")
     return reasons
+
+
+def _patient_ids(groups, name):
+    """The patient ids as strings, without missing ones (None, NaN, ""): those are no
+    patient, and two of them are not the same patient (a warning names their rows)."""
+    missing = [i for i, g in enumerate(groups)
+               if g is None or g != g or str(g).strip() == ""]  # NaN != NaN
+    if missing:
+        warnings.warn(f"{name} has {len(missing)} missing patient ids (None, NaN or '') at "
+                      f"rows {missing[:10]}{' ...' if len(missing) > 10 else ''}; they are "
+                      "left out of the shared-patient check", UserWarning, stacklevel=3)
+    skip = set(missing)
+    return {str(g) for i, g in enumerate(groups) if i not in skip}
 
 
 def _pil_mode(path):
@@ -332,5 +373,10 @@ def audit_dataset(X, y=None, groups=None, *, X_other=None, groups_other=None):
         report.cross_duplicates = sorted(_exact_pairs(hashes, other))
     if groups is not None and groups_other is not None:
         report.shared_patients = sorted(
-            set(map(str, groups)) & set(map(str, groups_other)))
+            _patient_ids(groups, "groups") & _patient_ids(groups_other, "groups_other"))
     return report
+
+
+from ._shift import MIN_IMAGES_PER_SET, ShiftAudit, shift_audit  # noqa: E402  (re-export)
+
+__all__ += ["shift_audit", "ShiftAudit", "MIN_IMAGES_PER_SET"]

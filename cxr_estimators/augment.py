@@ -68,6 +68,9 @@ DEFAULT_AUGMENTATION = {
 
 KEYS = ("rotation", "shift", "shear", "zoom", "scale", "horizontal_flip", "fill",
         "brightness", "contrast")
+#: Largest brightness offset (image standard deviations) or factor accepted.
+MAX_BRIGHTNESS = 10.0
+
 FILLS = {"constant": "zeros", "nearest": "border", "reflect": "reflection"}
 #: Keras ImageDataGenerator (and other common) names → ours, for the did-you-mean.
 _KERAS_NAMES = {"flip": "horizontal_flip", "rotate": "rotation",
@@ -146,6 +149,12 @@ class Augmenter(nn.Module):
         self.fill = fill
         self.multiplicative = isinstance(brightness, (tuple, list))
         self.brightness = _range("brightness", brightness, around_one=False)
+        if self.brightness[1] > MAX_BRIGHTNESS:
+            raise ValueError(
+                f"augment brightness={brightness!r} is beyond {MAX_BRIGHTNESS:g} ("
+                + ("a factor" if self.multiplicative else "an offset in image standard "
+                   "deviations") + f" of up to {self.brightness[1]:g} makes images the "
+                "network never sees again); typical values are 0.1 or (0.8, 1.2)")
         self.contrast = float(contrast)
 
     def _geometric(self):
@@ -190,7 +199,8 @@ class Augmenter(nn.Module):
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode=FILLS[self.fill],
                               align_corners=False)
         lo, hi = self.brightness
-        if hi > lo or self.contrast:
+        # a fixed factor (lo == hi != 1) changes every image too; a fixed offset 0 does not
+        if hi > lo or (self.multiplicative and lo != 1) or self.contrast:
             shape = (n,) + (1,) * (x.ndim - 1)
             dims = tuple(range(1, x.ndim))
             b = torch.rand(shape, device=x.device) * (hi - lo) + lo

@@ -25,12 +25,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _feed, _features, _inputs, _runtime, distributed
+from . import _feed, _features, _inputs, _runtime, _targets, distributed
 from ._averaging import check_average_weights
 from ._callbacks import (
     best_epoch, check_checkpoint_dir, clone_callbacks, early_stopping_spec, raise_if_interrupted,
 )
-from ._inputs import prediction_input, training_input, validation_set
+from ._inputs import check_known_labels, prediction_input, training_input, validation_set
 from ._rng import FitRandomness, fit_seed
 from ._schedules import check_lr_schedule
 from ._training import (
@@ -190,6 +190,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         ``params.pt``, ``optimizer.pt``, ``criterion.pt``, ``history.json``). They are
         written to ``checkpoint_dir/.incoming`` during the fit and replace the folder's
         files when training ends, so a fit that crashes leaves the previous checkpoint.
+        With cached features (``cache``) only the head is trained, so ``params.pt``
+        holds the head's weights only: reload it with
+        ``clf.net_.module_.head.load_state_dict(torch.load(path, weights_only=True))``.
     cache : None, bool or str, default=None
         With a fully frozen backbone and no augmentation, compute backbone features once
         and train the head on them; True caches in memory across fits (CV folds, grid
@@ -264,11 +267,28 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         True: a second ``fit`` starts from the fitted weights (with a new optimizer)
         instead of a new initialisation, for ``max_epochs`` more epochs. The classes and
-        the image shape must be those of the first fit.
+        the image shape must be those of the first fit (the findings, for multilabel y).
+    uncertain : None, {"ignore", "zeros", "ones"} or dict, default=None
+        Multilabel ``y`` only (docs/multilabel.md): what an uncertain label (-1, as
+        CheXpert writes it) means. "ignore": left out of the loss and the metrics, as a
+        missing label (NaN) always is; "zeros" / "ones": absent / present; a dict gives a
+        policy per finding (``{"Atelectasis": "ones", "Edema": "ones"}``), with the key
+        ``"default"`` for the findings it does not name. A -1 without a policy is an
+        error naming the finding.
+    thresholds : None, float, array-like of shape (k,) or dict, default=None
+        Multilabel ``y`` only: the probability from which ``predict`` calls a finding
+        present, one for all, one per finding, or ``{finding: threshold}`` (others 0.5);
+        None: 0.5. Read at predict time; :func:`cxr_estimators.thresholds.tune_thresholds`
+        sets them for a target sensitivity or specificity.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        With multilabel ``y`` (n, k): ``0 .. k-1``, the output indices (as sklearn's
+        ``MLPClassifier``); ``predict_proba`` then gives (n, k) independent probabilities
+        and ``predict`` (n, k) 0/1 at ``thresholds``.
+    findings_ : ndarray of shape (k,)
+        Multilabel ``y`` only: the finding names (a DataFrame's columns, else 0 .. k-1).
     input_normalization_ : (tuple, tuple) or None
         ``(mean, std)`` of the :class:`~cxr_estimators.preprocessing.CompactImages` seen in
         fit, which the model applies to uint8/uint16 input (buffers of its ``input_norm``
@@ -347,6 +367,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         "verbose": ["verbose"],
         "callbacks": [list, None],
         "warm_start": ["boolean"],
+        "uncertain": [StrOptions(set(_targets.UNCERTAIN_POLICIES)), dict, None],
+        "thresholds": [Interval(numbers.Real, 0, 1, closed="both"), dict, "array-like",
+                       None],
     }
 
     #: Upper bounds that keep allocations sane (neurons=10**9 is a 512 GB head).
@@ -361,8 +384,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                  num_workers=0, data_device="auto", random_state=None,
                  verbose=0, callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
                  head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
-                 optimizer_kwargs=None, sampling=None, head_order="bn_act",
-                 valid_class_weight=False):
+                 optimizer_kwargs=None, sampling=None, uncertain=None, thresholds=None,
+                 head_order="bn_act", valid_class_weight=False):
         self.backbone = backbone
         self.backbone_kwargs = backbone_kwargs
         self.weights = weights
@@ -402,6 +425,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.callbacks = callbacks
         self.warm_start = warm_start
+        self.uncertain = uncertain
+        self.thresholds = thresholds
 
     # ------------------------------------------------------------------ fit helpers
     def _build_module(self, n_classes, image_shape, weights, augmenter, normalization=None):
@@ -430,7 +455,15 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             Normalised float images, or
             :class:`~cxr_estimators.preprocessing.CompactImages` (uint8/uint16 from
             ``ImageLoader(dtype="uint8")``), normalised inside the model.
-        y : array-like of shape (n,)
+        y : array-like of shape (n,), or (n, k) for k findings
+            Labels; a 2-D ``y`` (array or DataFrame, k >= 2) trains one network with k
+            sigmoid outputs and a binary cross-entropy per finding: 1 present, 0 absent,
+            NaN not labelled (masked out of the loss), -1 uncertain (see ``uncertain``).
+            ``class_weight="balanced"`` then weighs each finding's positives by its
+            negatives / positives ratio; early stopping may monitor "loss" or "roc_auc"
+            (the mean over the findings with both classes in the validation set; those
+            skipped are in ``history_`` as ``valid_roc_auc_skipped``), or one finding's
+            with ``{"monitor": "roc_auc", "finding": "Effusion"}``.
         sample_weight : array-like of shape (n,), default=None
             Non-negative weight of each image's loss, in training and in the internal
             validation loss: each batch's loss is the weighted mean of its images'
@@ -445,8 +478,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             Pipeline, ``Pipeline(..., transform_input=["X_val"])`` with metadata routing
             and ``clf.set_fit_request(X_val=True, y_val=True)`` passes it through the same
             preprocessing as ``X``.
-        y_val : array-like of shape (n_val,), default=None
-            Labels of ``X_val``, all among those of ``y``.
+        y_val : array-like of shape (n_val,) or (n_val, k), default=None
+            Labels of ``X_val``, all among those of ``y`` (the same findings, in the same
+            order, for multilabel ``y``).
         groups : array-like of shape (n,), default=None
             Patient ids. The internal validation split (early stopping, LR schedule,
             checkpoint) then keeps each patient on one side, like the outer CV should.
@@ -461,8 +495,10 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Raises
         ------
         TrainingDivergedError
-            The loss became NaN or inf; the message names the epoch, the batch and the
-            likely cause. A previously fitted model is left as it was (as for any error).
+            The loss became NaN or inf, exploded (finite but a million times its start),
+            or the model collapsed to one class with a high loss (rules:
+            :mod:`cxr_estimators._divergence`); the message names the epoch and the
+            likely cause (lr, sample or class weights, augmentation, input). A previously fitted model is left as it was (as for any error).
         KeyboardInterrupt
             Ctrl-C during training, re-raised after the estimator was left usable with the
             weights so far (early stopping's best) and ``history_[-1]["interrupted"]``
@@ -472,13 +508,21 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         """
         self._validate_params()
         name = type(self).__name__
-        X, classes, y_enc, groups = training_input(X, y, groups, name, self.sampling)
+        X, classes, y_enc, groups = training_input(X, y, groups, name, self.sampling,
+                                                   self.uncertain)
+        findings = classes if y_enc.ndim == 2 else None  # multilabel: _targets
+        if findings is not None:
+            classes = np.arange(len(findings))  # as sklearn's MLPClassifier
         image_shape = _inputs.image_shape(X)
         normalization = getattr(X, "normalization", None)
         sample_weight = _check_sample_weight(sample_weight, len(y_enc))
-        previous = warm_start_module(self, classes, image_shape)
-        valid = validation_set(X_val, y_val, classes, image_shape, normalization, name, X)
+        previous = warm_start_module(self, findings if findings is not None else classes,
+                                     image_shape, multilabel=findings is not None)
+        valid = validation_set(X_val, y_val, classes if findings is None else findings,
+                               image_shape, normalization, name, X, self.uncertain,
+                               multilabel=findings is not None)
         es_spec = early_stopping_spec(self.early_stopping, classes)
+        _targets.check_monitor(es_spec, findings)
         check_lr_schedule(self.lr_schedule, self.max_epochs, self.lr)
         check_average_weights(self.average_weights, self.max_epochs)
         check_tta(self.tta, self.augment)
@@ -523,7 +567,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             net = make_net(self, module.head if use_cache else module, classes, y_enc,
                            device=device, runtime=runtime, split=split, es_spec=es_spec,
                            rng=rng, weighted=sample_weight is not None,
-                           predict_batch_size=predict_batch_size)
+                           predict_batch_size=predict_batch_size, findings=findings)
             placed, data_device, why = _feed.place(X, y_enc, self.data_device, device,
                                                    sample_weight)
             if why and self.verbose:
@@ -539,6 +583,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         _drop_training_state(net)
         # Training succeeded: only now replace what a previous fit learned.
         self.classes_ = classes
+        self.__dict__.pop("findings_", None)
+        if findings is not None:
+            self.findings_ = findings
         self.image_shape_ = image_shape
         self.n_features_in_ = int(np.prod(image_shape))
         self.input_normalization_ = normalization
@@ -569,13 +616,18 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         net = make_net(self, module, self.classes_, np.arange(len(self.classes_)),
                        device=device, runtime=runtime, split=None, es_spec=None,
                        rng=FitRandomness(getattr(self, "_seed", 0) or 0, device),
-                       writes_files=False)
+                       writes_files=False, findings=self._findings())
         # a loaded model predicts uncompiled: compiling needs a C++ compiler on this machine
         net.set_params(compile=False)
         net.initialize()
         net.module_.eval()
         _drop_training_state(net)
         return net
+
+    def _findings(self):
+        """``findings_`` of a multilabel fit, else None (also for models fitted before
+        the attribute existed)."""
+        return getattr(self, "findings_", None)
 
     @property
     def module_(self):
@@ -645,7 +697,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         tta = check_tta(self.tta, self.augment)
         with _runtime.thread_share():
             if tta is not None:
-                with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None)):
+                with tta_context(self.net_, *tta, seed=getattr(self, "_seed", None),
+                                 multilabel=self._findings() is not None):
                     proba = self._stream_proba(X)
             elif getattr(self, "_uses_cache", False):
                 # frozen trunk: features of X come from the cache shared by all grid
@@ -658,20 +711,27 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                 with torch.inference_mode(), runtime.autocast():
                     # a copy: cached features are read-only, shared by every fit
                     logits = head(torch.tensor(features, device=self.device_))
-                proba = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(
+                proba = (torch.sigmoid(logits.float()) if self._findings() is not None
+                         else torch.softmax(logits.float(), dim=1)).cpu().numpy().astype(
                     np.float64)
             else:
                 proba = self._stream_proba(X)
+        if self._findings() is not None:  # one probability per finding, (n, k)
+            return proba
         return proba / proba.sum(axis=1, keepdims=True)
 
     def _stream_proba(self, X):
         """Probabilities (n, n_classes) of the whole model, batch by batch into one array
         (:func:`cxr_estimators._training.stream_proba`)."""
-        return stream_proba(self.net_, X, len(self.classes_), self._predict_batch_size())
+        return stream_proba(self.net_, X, len(self.classes_), self._predict_batch_size(),
+                            multilabel=self._findings() is not None)
 
     def decision_function(self, X):
         """Log-odds of ``classes_[1]`` for binary problems, else per-class log-probabilities."""
         proba = np.clip(self.predict_proba(X), 1e-12, 1.0)
+        if self._findings() is not None:  # multilabel: the log-odds of each finding
+            proba = np.clip(proba, 1e-12, 1 - 1e-12)
+            return np.log(proba) - np.log1p(-proba)
         if len(self.classes_) == 2:
             return np.log(proba[:, 1]) - np.log(proba[:, 0])
         return np.log(proba)
@@ -679,7 +739,17 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """Predicted labels, shape (n,), values from ``classes_``."""
         proba = self.predict_proba(X)
+        if self._findings() is not None:  # multilabel: (n, k) 0/1 at per-finding thresholds
+            cut = _targets.check_thresholds(self.thresholds, self._findings())
+            return (proba >= cut[None, :]).astype(np.int64)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy on ``(X, y)``, as sklearn's; labels not in ``classes_`` are an error
+        (no prediction can match them, so the score would be silently low)."""
+        check_is_fitted(self, "net_")
+        check_known_labels(y, self.classes_, "score: y")
+        return super().score(X, y, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -10,20 +10,27 @@ of a split (:class:`sklearn.model_selection.StratifiedGroupKFold`).
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import os
 import re
 import warnings
+import zipfile
 
 import numpy as np
 from sklearn.utils import Bunch
 
+from ._chest_datasets import (
+    checked_csv, label_matrix, load_chestxray14, load_chexpert, make_findings,
+)
 from .io import ImageReadError, check_image_file, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "load_image_folder",
     "load_image_csv",
+    "load_chestxray14",
+    "load_chexpert",
+    "make_findings",
     "load_medmnist",
     "parse_kermany_filename",
     "sample_data_dir",
@@ -209,7 +216,7 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
     _check_on_error(on_error)
     if label_from not in ("folder", "kermany"):
         raise ValueError(f"label_from must be 'folder' or 'kermany', got {label_from!r}")
-    root = os.fspath(root)
+    root = os.fsdecode(os.fspath(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"root {root!r} is not a directory")
     exts = tuple(e.lower() for e in extensions)
@@ -266,14 +273,7 @@ def load_image_folder(root, *, extensions=IMAGE_EXTENSIONS, label_from="folder",
 
 
 def _read_csv_rows(csv_path, required):
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"CSV {csv_path!r} lacks column(s) {missing}; "
-                             f"columns found: {columns}")
-        reader.fieldnames = columns
+    with checked_csv(csv_path, required) as (reader, columns):
         rows = []
         for row in reader:
             if all(not (v or "").strip() for k, v in row.items() if k is not None):
@@ -285,11 +285,12 @@ def _read_csv_rows(csv_path, required):
 
 
 def _row_problem(row, n_extra, n_columns, path_column, label_column):
-    """Why a CSV row cannot be used, or None."""
+    """Why a CSV row cannot be used, or None (``label_column`` None: several label
+    columns, whose blank cells are missing labels)."""
     if n_extra:
         return (f"{n_extra} field(s) more than the header's {n_columns} columns (an "
                 "unquoted comma in a path or label?)")
-    if not row[path_column] or not row[label_column]:
+    if not row[path_column] or (label_column is not None and not row[label_column]):
         return "empty path or label"
     return None
 
@@ -306,7 +307,10 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     image_dir : str or os.PathLike, optional
         Relative paths are resolved against it (default: the CSV's folder).
     path_column, label_column : str, default="path", "label"
-        Column names of the image path and the class label.
+        Column names of the image path and the class label. A list of label columns
+        reads multilabel targets (one column per finding: 1, 0, -1 uncertain, blank
+        missing): ``target`` is then float (n, k) with NaN for blank cells and
+        ``target_names`` the columns, ready for ``CXRClassifier.fit``.
     group_column : str, optional
         Column with patient ids, returned as ``groups``.
     on_error : {"raise", "skip"}, default="raise"
@@ -345,17 +349,23 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
     _check_on_error(on_error)
     csv_path = os.fspath(csv_path)
     base = os.fspath(image_dir) if image_dir is not None else os.path.dirname(csv_path)
-    required = [path_column, label_column] + ([group_column] if group_column else [])
+    findings = list(label_column) if isinstance(label_column, (list, tuple)) else None
+    required = ([path_column] + (findings or [label_column])
+                + ([group_column] if group_column else []))
     rows, columns = _read_csv_rows(csv_path, required)
+    if not rows:
+        raise ValueError(f"CSV {csv_path!r} has a header {columns} but no rows of images")
     seen, entries, skipped, dupes = {}, [], [], []
     for line, row, n_extra in rows:
         path = os.path.normpath(os.path.join(base, row[path_column]))
         where = f"CSV {csv_path!r} line {line}"
-        problem = _row_problem(row, n_extra, len(columns), path_column, label_column)
+        problem = _row_problem(row, n_extra, len(columns), path_column,
+                               None if findings else label_column)
         if problem:
             _bad_file(on_error, skipped, path, f"{where}: {problem}")
             continue
-        record = (row[label_column], row[group_column] if group_column else None)
+        record = (tuple(row[c] for c in findings) if findings else row[label_column],
+                  row[group_column] if group_column else None)
         if path in seen:
             first_line, first_record = seen[path]
             if first_record != record:
@@ -374,11 +384,20 @@ def load_image_csv(csv_path, *, image_dir=None, path_column="path", label_column
         warnings.warn(f"CSV {csv_path!r}: {len(dupes)} duplicate row(s) with agreeing labels "
                       f"removed (first line, repeat line): {dupes[:10]}", UserWarning,
                       stacklevel=2)
-    _check_label_case([e[1] for e in entries], [e[3] for e in entries], f"CSV {csv_path!r}",
-                      "line")
+    if not findings:
+        _check_label_case([e[1] for e in entries], [e[3] for e in entries],
+                          f"CSV {csv_path!r}", "line")
     _warn_skipped(skipped, f"CSV {csv_path!r}")
     entries.sort(key=lambda e: e[0])
     filenames = np.asarray([e[0] for e in entries], dtype=str)
+    if findings:
+        target = label_matrix([e[1] for e in entries], [e[3] for e in entries], findings,
+                              f"CSV {csv_path!r}")
+        return Bunch(filenames=filenames, target=target, target_names=np.asarray(findings),
+                     groups=(np.asarray([e[2] for e in entries], dtype=str)
+                             if group_column else None), skipped=skipped,
+                     DESCR=f"Image CSV {csv_path!r}: {len(filenames)} images, "
+                           f"{len(findings)} findings, {len(skipped)} skipped.")
     target = np.asarray([e[1] for e in entries], dtype=str)
     groups = np.asarray([e[2] for e in entries], dtype=str) if group_column else None
     descr = (f"Image CSV {csv_path!r}: {len(filenames)} images, {len(dupes)} duplicate rows "
@@ -414,12 +433,27 @@ def load_medmnist(npz_path, split="train"):
     npz_path = os.fspath(npz_path)
     if not os.path.isfile(npz_path):
         raise FileNotFoundError(f"MedMNIST archive {npz_path!r} does not exist")
-    with np.load(npz_path) as archive:
+    try:
+        archive = np.load(npz_path)  # allow_pickle=False: a pickle inside is refused
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{npz_path!r} is not a MedMNIST .npz archive of arrays: "
+                         f"{exc}") from None
+    if not hasattr(archive, "files"):  # a single .npy array
+        raise ValueError(f"{npz_path!r} is a single NumPy array, not a MedMNIST .npz "
+                         "archive of <split>_images / <split>_labels")
+    with archive, _named_errors(npz_path):
         splits = sorted(k[: -len("_images")] for k in archive.files if k.endswith("_images"))
         if split not in splits:
             raise ValueError(f"split {split!r} not in {npz_path!r}; available splits: {splits}")
         images = archive[f"{split}_images"]
-        target = archive[f"{split}_labels"].reshape(len(images), -1)
+        if f"{split}_labels" not in archive.files:
+            raise ValueError(f"{npz_path!r} has {split}_images but no {split}_labels")
+        target = archive[f"{split}_labels"]
+        if len(target) != len(images):
+            raise ValueError(f"{npz_path!r} split {split!r} has {len(images)} images but "
+                             f"{len(target)} labels ({split}_labels of shape "
+                             f"{target.shape}); the archive is inconsistent")
+        target = target.reshape(len(images), -1)
         all_labels = np.unique(np.concatenate(
             [archive[f"{s}_labels"].ravel() for s in splits if f"{s}_labels" in archive.files]))
     if target.shape[1] != 1:
@@ -433,6 +467,18 @@ def load_medmnist(npz_path, split="train"):
     descr = (f"MedMNIST archive {os.path.basename(npz_path)!r}, split {split!r}: "
              f"{len(images)} images of shape {images.shape[1:]}, classes {target_names}.")
     return Bunch(images=images, target=target, target_names=target_names, DESCR=descr)
+
+
+@contextlib.contextmanager
+def _named_errors(npz_path):
+    """An array of the archive NumPy refuses to read (object arrays need pickle) as an
+    error naming the file."""
+    try:
+        yield
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        if str(npz_path) in str(exc):
+            raise
+        raise ValueError(f"{npz_path!r}: {exc}") from None
 
 
 def sample_data_dir():

@@ -17,13 +17,17 @@ import warnings
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
 
 from ._callbacks import OneClassWarning
+from ._targets import StratifiedFindingGroupKFold
 from .metrics import clinical_report
+from ._thresholds import SensitivityThreshold, sensitivity_threshold
+from .report._page import report
 
-__all__ = ["best_epoch_scorer", "external_validate", "grouped_cv", "retrain_on_all"]
+__all__ = ["SensitivityThreshold", "best_epoch_scorer", "external_validate", "grouped_cv",
+           "report", "retrain_on_all", "sensitivity_threshold"]
 
 
 def grouped_cv(n_splits=5, *, random_state=None):
@@ -40,7 +44,10 @@ def grouped_cv(n_splits=5, *, random_state=None):
     cv : sklearn.model_selection.StratifiedGroupKFold
         ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)``;
         pass ``groups=`` (e.g. ``Bunch.groups`` from :mod:`cxr_estimators.datasets`) to
-        ``fit``/``split``/``cross_validate``.
+        ``fit``/``split``/``cross_validate``. A multilabel ``y`` (n, k), NaN allowed, is
+        stratified on each image's rarest positive finding (a subclass,
+        :class:`cxr_estimators._targets.StratifiedFindingGroupKFold`: a light stand-in
+        for iterative stratification, without a scikit-multilearn dependency).
 
     Examples
     --------
@@ -55,7 +62,7 @@ def grouped_cv(n_splits=5, *, random_state=None):
     >>> len(scores["test_score"])
     5
     """
-    return StratifiedGroupKFold(n_splits, shuffle=True, random_state=random_state)
+    return StratifiedFindingGroupKFold(n_splits, shuffle=True, random_state=random_state)
 
 
 def _unpack(name, data, classes):
@@ -128,11 +135,14 @@ def external_validate(estimator, datasets, *, pos_label=None, n_bootstraps=1000,
     if not isinstance(datasets, dict):
         raise ValueError(f"datasets must be a dict name -> (X, y) or Bunch; got "
                          f"{type(datasets).__name__}")
+    check_is_fitted(estimator)  # NotFittedError naming the estimator, as sklearn's
     classes = np.asarray(estimator.classes_)
     reports = {}
     for name, data in datasets.items():
         X, y = _unpack(name, data, classes)
         y = np.asarray(y)
+        if hasattr(X, "__len__") and len(X) != len(y):
+            raise ValueError(f"dataset {name!r} has {len(X)} images but {len(y)} labels")
         unknown = sorted(set(np.unique(y).tolist()) - set(classes.tolist()), key=str)
         if unknown:
             raise ValueError(f"dataset {name!r} has label(s) {unknown} that the model does "
@@ -275,7 +285,13 @@ def retrain_on_all(search, X, y, *, metric=None, **fit_params):
         raise ValueError("retrain_on_all needs metric= (the scoring key that ranks the "
                          "candidates) for a search fitted with refit=False")
     _check_chosen_candidate(results, best, metric)
-    epochs = max(1, int(round(float(results["mean_test_best_epoch"][best]))))
+    mean_epoch = float(results["mean_test_best_epoch"][best])
+    if not np.isfinite(mean_epoch):
+        raise ValueError(
+            f"candidate {best} ({results['params'][best]}) has no best epoch: its fits "
+            "failed (a NaN score, e.g. training diverged), so it cannot be retrained; see "
+            "cv_results_ and fix its parameters or rank the candidates by another metric")
+    epochs = max(1, int(round(mean_epoch)))
     prefix, _ = _classifier_step(search.estimator)
     estimator = clone(search.estimator).set_params(**results["params"][best])
     estimator.set_params(**{f"{prefix}max_epochs": epochs, f"{prefix}early_stopping": None,

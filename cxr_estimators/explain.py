@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import is_finite_number
+from ._validation import did_you_mean, is_finite_number
 
 __all__ = [
     "COARSE_MAP_CELLS",
@@ -188,8 +188,9 @@ def _rows(X, start, stop, device):
     return torch.stack([torch.as_tensor(image) for image in images]).to(device)
 
 
-def _target_indices(target, classes, n):
-    """Class indices (n,) from ``target`` (one label or one label per image), or None."""
+def _target_indices(target, classes, n, findings=False):
+    """Class indices (n,) from ``target`` (one label or one label per image), or None;
+    ``findings``: ``classes`` are a multilabel model's finding names."""
     if target is None:
         return None
     index = {c: i for i, c in enumerate(classes.tolist())}
@@ -202,7 +203,9 @@ def _target_indices(target, classes, n):
         )
     for label in labels:
         if label not in index:
-            raise ValueError(f"target {label!r} is not in classes_ {classes.tolist()}")
+            what = "findings_" if findings else "classes_"
+            raise ValueError(f"target {label!r} is not in {what} {classes.tolist()}"
+                             f"{did_you_mean(label, classes.tolist())}")
     return np.array([index[label] for label in labels], dtype=np.int64)
 
 
@@ -231,6 +234,10 @@ def _cam_batch(module, layer_module, layer, x, targets):
         handle.remove()
     targets = logits.argmax(1) if targets is None else torch.as_tensor(targets, device=x.device)
     score = logits.gather(1, targets[:, None]).sum()
+    if "A" not in captured:
+        raise ValueError(f"layer={layer!r} does not run when the model predicts (the "
+                         "augmentation runs only in training), so it has no feature map to "
+                         "explain; choose a layer of the trunk (layer=None picks one)")
     act = captured["A"]
     (grads,) = torch.autograd.grad(score, act)
     weights = grads.float().mean(dim=(2, 3), keepdim=True)
@@ -255,7 +262,10 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
         batch by batch).
     target : label, array-like of shape (n,) or None, default=None
         Class from ``classes_`` whose logit (pre-softmax score) is explained; one label for
-        all images or one per image. None explains each image's predicted class.
+        all images or one per image. None explains each image's predicted class. A
+        multilabel model takes a finding from ``findings_`` (``target="Effusion"``, its
+        sigmoid's logit; an unknown name is an error suggesting the closest); None then
+        explains each image's most probable finding.
     layer : str or None, default=None
         Dotted module name inside ``estimator.module_`` (a
         :class:`~cxr_estimators.backbones.CXRNet`), e.g. ``"trunk.layer4"``. None picks the
@@ -298,7 +308,9 @@ def grad_cam(estimator, X, *, target=None, layer=None, batch_size=32):
     device = next(module.parameters()).device
     modes = {m: m.training for m in module.modules()}
     flags = {p: p.requires_grad for p in module.parameters()}
-    targets = _target_indices(target, clf.classes_, len(X))
+    findings = getattr(clf, "findings_", None)  # multilabel: explain a finding's logit
+    targets = _target_indices(target, clf.classes_ if findings is None else findings,
+                              len(X), findings=findings is not None)
     layout = clf._runtime().layout  # a channels_last model is slow on contiguous input
     out = []
     try:
@@ -402,8 +414,16 @@ def overlay(image, heatmap, *, alpha=0.4, colormap="jet"):
     return np.round(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
-    """Write one overlay PNG per image into ``directory`` (created if needed).
+def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4,
+                  true_labels=None, predicted_labels=None, probabilities=None, grid=False,
+                  annotate=True):
+    """Write one Grad-CAM figure per image into ``directory`` (created if needed).
+
+    With matplotlib (``annotate=True``, the default) each file is a figure drawn by
+    :func:`cxr_estimators.plotting.plot_heatmap`: the image at its own resolution, the
+    heatmap in a colormap transparent where attention is low, a colour bar, and a title
+    with the true and predicted label and the probability when given. ``annotate=False``
+    (or no matplotlib) writes the bare :func:`overlay` array at the image's size.
 
     Parameters
     ----------
@@ -414,6 +434,12 @@ def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
     prefix : str, default="gradcam"
         Files are named ``{prefix}_{i:03d}.png``.
     alpha : float, default=0.4
+        Heatmap weight of the bare overlay (``annotate=False``).
+    true_labels, predicted_labels, probabilities : sequences of length n, optional
+        Shown in each figure's title.
+    grid : bool, default=False
+        Grid lines every 8 pixels.
+    annotate : bool, default=True
 
     Returns
     -------
@@ -423,12 +449,29 @@ def save_overlays(images, heatmaps, directory, *, prefix="gradcam", alpha=0.4):
 
     if len(images) != len(heatmaps):
         raise ValueError(f"{len(images)} images but {len(heatmaps)} heatmaps")
+    for name, values in (("true_labels", true_labels), ("predicted_labels", predicted_labels),
+                         ("probabilities", probabilities)):
+        if values is not None and len(values) != len(images):
+            raise ValueError(f"{name} has {len(values)} entries but there are "
+                             f"{len(images)} images")
+    try:
+        from .plotting import plot_heatmap
+    except ImportError:  # pragma: no cover - plotting itself imports without matplotlib
+        annotate = False
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (image, heatmap) in enumerate(zip(images, heatmaps)):
         path = directory / f"{prefix}_{i:03d}.png"
-        Image.fromarray(overlay(image, heatmap, alpha=alpha)).save(path)
+        try:
+            if not annotate:
+                raise ImportError
+            plot_heatmap(image, heatmap, grid=grid, path=path,
+                         **{key: None if values is None else values[i] for key, values in (
+                             ("true_label", true_labels), ("predicted_label", predicted_labels),
+                             ("probability", probabilities))})
+        except ImportError:  # no matplotlib: the bare overlay
+            Image.fromarray(overlay(image, heatmap, alpha=alpha)).save(path)
         paths.append(os.fspath(path))
     return paths
 
@@ -522,3 +565,8 @@ def shortcut_warning(heatmaps, mask=None, *, border=0.15, threshold=SHORTCUT_WAR
             stacklevel=2,
         )
     return flagged
+
+
+from ._shortcut import MIN_AUC_DROP, ShortcutTest, shortcut_test  # noqa: E402  (re-export)
+
+__all__ += ["MIN_AUC_DROP", "ShortcutTest", "shortcut_test"]

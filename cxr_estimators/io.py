@@ -9,8 +9,8 @@ decompression bombs and multi-frame files without a chosen frame, and raises
 instead of a bare traceback from deep inside Pillow.
 
 Decoded images are kept in an in-process LRU cache keyed by :func:`file_key` (path,
-inode, size, mtime, ctime and a digest of the file's first and last 64 KiB) and bounded by the bytes it holds (1 GiB by
-default, :func:`set_cache_bytes`), so a cross-validation or grid search that reloads
+inode, size, mtime, ctime and a digest of the file's content) and bounded by the bytes
+it holds (1 GiB by default, :func:`set_cache_bytes`), so a cross-validation or grid search that reloads
 the same files decodes each file once as long as they fit (see :func:`cache_info`).
 Cached arrays are returned read-only so that no caller can corrupt the cache; call
 ``.copy()`` if you need to write. Each process has its own cache (DataLoader workers
@@ -169,8 +169,8 @@ def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS, frame=None, bits=None):
     MONOCHROME1 is inverted so that bone is bright.
 
     The decode cache is keyed by the file's path, device, inode, size, modification and
-    status-change times and a digest of its first and last 64 KiB, so a file replaced
-    under the same name is decoded again even when copied with ``cp -p``.
+    status-change times and a digest of its content (:func:`file_key`), so a file
+    replaced under the same name is decoded again even with the same size and times.
 
     Examples
     --------
@@ -228,22 +228,28 @@ def _stat(name):
 
 
 _SAMPLE = 64 * 1024
+#: Files up to this size are digested in full by :func:`file_key` (a radiograph's PNG or
+#: JPEG is a few MiB: reading it costs far less than decoding it again).
+FULL_DIGEST_BYTES = 16 * 2**20
 
 
 def file_key(name, st=None):
-    """Identity of a file's current content, cheaply: (absolute path, device, inode, size,
-    mtime_ns, ctime_ns, BLAKE2 digest of the first and last 64 KiB).
+    """Identity of a file's current content: (absolute path, device, inode, size,
+    mtime_ns, ctime_ns, BLAKE2 digest of the whole file up to
+    :data:`FULL_DIGEST_BYTES`, else of its first, middle and last 64 KiB).
 
-    The status-change time cannot be set back by ``touch`` or ``cp -p``, and the sampled
-    content catches a replacement within the file system's timestamp granularity."""
+    The digest catches a file replaced in place with the same size and times (``cp -p``,
+    ``os.utime``, a file system whose timestamps are coarse), not only the times."""
     st = _stat(name) if st is None else st
     h = hashlib.blake2b(digest_size=12)
     try:
         with _open_file(name) as fh:
-            h.update(fh.read(_SAMPLE))
-            if st.st_size > 2 * _SAMPLE:
-                fh.seek(-_SAMPLE, os.SEEK_END)
-            h.update(fh.read(_SAMPLE))
+            if st.st_size <= FULL_DIGEST_BYTES:
+                h.update(fh.read(st.st_size))
+            else:
+                for at in (0, st.st_size // 2, st.st_size - _SAMPLE):
+                    fh.seek(at)
+                    h.update(fh.read(_SAMPLE))
     except OSError as exc:
         raise _os_error(name, exc) from None
     return (os.path.abspath(name), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,

@@ -5,7 +5,7 @@ scikit-learn does the work wherever it can: :func:`sensitivity_score` *is*
 from :func:`sklearn.metrics.confusion_matrix` and :func:`sklearn.metrics.roc_auc_score`;
 :func:`clinical_scorers` are built with :func:`sklearn.metrics.make_scorer`. Written here
 by hand, because scikit-learn lacks them: :func:`specificity_score`, and (in
-:mod:`cxr_estimators._report`, re-exported here) the PPV/NPV ratios and the percentile
+:mod:`cxr_estimators.report._clinical`, re-exported here) the PPV/NPV ratios and the percentile
 bootstrap, whose resampled confusion matrices and ROC AUCs are computed for all
 resamples at once (calling ``roc_auc_score`` a thousand times per class costs seconds;
 the vectorised form gives the same numbers, see ``tests/test_metrics.py``).
@@ -26,14 +26,23 @@ from sklearn.utils._param_validation import Options, StrOptions, validate_params
 from sklearn.utils.metadata_routing import _routing_enabled
 from sklearn.utils.multiclass import type_of_target, unique_labels
 
-from ._report import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
+from .report import _clinical
+from .report._clinical import (  # noqa: F401  (_check_labels_and_scores, _weighted_auc: plotting, tests)
     ClinicalReport, MetricEstimate, _check_labels_and_scores, _check_missing_labels,
-    _implicit_pos_label, _weighted_auc, clinical_report,
+    _implicit_pos_label, _weighted_auc,
 )
+from ._targets import is_multilabel
 from ._validation import did_you_mean
+from .report._findings import (
+    FindingsReport, brier_score_per_finding, findings_report, findings_scores,
+    log_loss_per_finding,
+)
 
 __all__ = [
     "ClinicalReport",
+    "FindingsReport",
+    "brier_score_per_finding",
+    "log_loss_per_finding",
     "MetricEstimate",
     "clinical_report",
     "clinical_scorers",
@@ -44,6 +53,49 @@ __all__ = [
 _AVERAGES = (None, "binary", "micro", "macro", "weighted")
 # as recall_score declares it
 _ZERO_DIVISION = [Options(Real, {0.0, 1.0}), "nan", StrOptions({"warn"})]
+
+
+def clinical_report(y_true, y_score, *, labels=None, pos_label=None, threshold=None,
+                    n_bootstraps=1000, confidence=0.95, random_state=None, groups=None,
+                    uncertain=None):
+    """Clinical report with bootstrap CIs: one label per image, or k findings per image.
+
+    1-D ``y_true``: :func:`cxr_estimators.report.clinical_report` (documented there:
+    sensitivity, specificity, PPV, NPV, F1, ROC AUC and accuracy with bootstrap CIs),
+    returning a :class:`ClinicalReport`; ``groups`` and ``uncertain`` must then be None.
+
+    2-D ``y_true`` (n, k), multilabel (1 present, 0 absent, NaN not labelled, -1
+    uncertain under ``uncertain``): a :class:`FindingsReport` with, per finding and over
+    its labelled images, sensitivity, specificity, PPV, NPV, F1, ROC AUC, PR AUC
+    (average precision), log loss, Brier score, prevalence and the number labelled, plus
+    their macro (mean over findings) and micro (pooled pairs) values. ``y_score`` is
+    ``predict_proba``'s (n, k); ``threshold`` one number, k numbers or a dict per
+    finding (default 0.5); ``groups`` (patient ids): the bootstrap resamples patients,
+    so the CIs account for several images of one patient. ``labels`` and ``pos_label``
+    do not apply.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Y = np.array([[1, 0], [0, np.nan], [1, 1], [0, 0]] * 5)
+    >>> P = np.array([[0.9, 0.2], [0.2, 0.7], [0.8, 0.6], [0.3, 0.4]] * 5)
+    >>> report = clinical_report(Y, P, groups=np.arange(20) // 2, random_state=0)
+    >>> report.per_finding[1]["roc_auc"].value, report.n_labelled[1]
+    (1.0, 15)
+    """
+    if is_multilabel(y_true):
+        if labels is not None or pos_label is not None:
+            raise ValueError("labels and pos_label are for 1-D y_true; a multilabel "
+                             "y_true names its findings by its columns")
+        return findings_report(y_true, y_score, threshold=threshold, groups=groups,
+                               n_bootstraps=n_bootstraps, confidence=confidence,
+                               random_state=random_state, uncertain=uncertain)
+    if groups is not None or uncertain is not None:
+        raise ValueError("groups= and uncertain= are supported for multilabel y_true (n, "
+                         "k); this y_true is 1-D")
+    return _clinical.clinical_report(y_true, y_score, labels=labels, pos_label=pos_label,
+                                   threshold=threshold, n_bootstraps=n_bootstraps,
+                                   confidence=confidence, random_state=random_state)
 
 
 # ----------------------------------------------------------------- sensitivity/specificity
@@ -258,6 +310,9 @@ class _ClinicalScorer(_RequestsSampleWeight):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __call__(self, estimator, X, y_true, sample_weight=None):
+        if is_multilabel(y_true):  # macro over findings, NaN labels left out
+            key = self.name if self.label is None else f"{self.name}_{self.label}"
+            return _multilabel_scores(estimator, X, y_true, sample_weight)[key]
         scorer = self._sklearn_scorer(np.asarray(estimator.classes_))
         kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
         return scorer(estimator, X, y_true, **kwargs)
@@ -336,6 +391,8 @@ class _PerClassScorers(_RequestsSampleWeight):
         return f"clinical_scorers(pos_label={self.pos_label!r}, per_class=True)"
 
     def __call__(self, estimator, X, y_true, sample_weight=None):
+        if is_multilabel(y_true):
+            return _multilabel_scores(estimator, X, y_true, sample_weight)
         classes = np.asarray(estimator.classes_)
         scorers = {name: _ClinicalScorer(name, self.pos_label)._sklearn_scorer(classes)
                    for name in _SCORER_NAMES}
@@ -345,6 +402,17 @@ class _PerClassScorers(_RequestsSampleWeight):
                     name, label=label)._sklearn_scorer(classes)
         kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
         return check_scoring(estimator, scoring=scorers)(estimator, X, y_true, **kwargs)
+
+
+def _multilabel_scores(estimator, X, y_true, sample_weight):
+    """All clinical scores of a multilabel ``estimator`` (one ``predict_proba``), at its
+    per-finding ``thresholds`` when it has them (:func:`findings_scores`)."""
+    step = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    names = getattr(step, "findings_", None)
+    names = None if names is None else list(np.asarray(names).tolist())
+    thresholds = getattr(step, "thresholds", None)
+    return findings_scores(y_true, estimator.predict_proba(X), names=names,
+                           threshold=thresholds, sample_weight=sample_weight)
 
 
 def clinical_scorers(pos_label=None, *, per_class=False):
@@ -383,6 +451,12 @@ def clinical_scorers(pos_label=None, *, per_class=False):
         five keys above plus the per-class ones; pass it as ``scoring=`` and refit by
         any of its names (``refit="sensitivity_viral"``); ``cv_results_`` then holds
         ``mean_test_sensitivity_viral`` etc.
+        Multilabel ``y`` (n, k) with NaN for missing labels: each score is the macro
+        mean over findings, each computed on the images labelled for it, at the
+        estimator's ``thresholds`` (accuracy: at 0.5); ``per_class=True`` adds
+        ``<metric>_<finding>``. sklearn's ``check_cv`` refuses NaN in ``y`` when ``cv``
+        is an int, so pass a splitter object: ``cv=grouped_cv(5)`` (stratified on
+        findings, grouped by patient) or ``GroupKFold(5)``, with ``groups=``.
 
     Examples
     --------

@@ -8,6 +8,14 @@ arrays are raw tensors, and everything else — the estimator tree, each estimat
 ``get_params()`` and fitted attributes, the training history — is JSON in the file's
 header, next to the versions of the packages that wrote it and a SHA-256 checksum.
 
+What the checksum protects against: accidental damage (bit rot, a truncated copy, a
+careless hand edit). It is not a signature: anyone who can write the file can recompute
+it, so a deliberate edit (swapped ``classes_``, changed weights) loads. Against that,
+``save(..., key=secret)`` adds an HMAC-SHA256 under a secret key and
+``load(..., key=secret)`` refuses a file whose HMAC does not match (or that has none).
+Whatever a file says, loading it never runs code and builds only the listed classes
+(:func:`cxr_estimators._trust.allowed_classes`).
+
 What can be in the tree is data only: None, bool, int, float, str, lists, tuples (tagged),
 dicts, paths, NumPy arrays and scalars, and estimators whose class is a scikit-learn or
 ``cxr_estimators`` :class:`~sklearn.base.BaseEstimator` (Pipelines, ``ImageLoader``,
@@ -54,16 +62,17 @@ from sklearn.utils import Bunch
 
 from . import distributed
 from ._safefile import (
-    SafeFileError, atomic_write, file_size, read_metadata, read_safetensors, tensor_digest,
+    SafeFileError, atomic_write, file_size, read_metadata, read_safetensors, signing_key,
+    tensor_digest,
 )
 from ._rebuild import check_rebuildable
+from ._trust import allowed_classes, check_hmac, trusted_class
 
 __all__ = ["save", "load", "ModelFileError", "VersionMismatchWarning", "FORMAT"]
 
 #: Identifies the file layout; a file of another format is refused by :func:`load`.
 FORMAT = "cxr_estimators.model.v1"
 
-_TRUSTED_ROOTS = ("sklearn", "cxr_estimators")
 _PACKAGES = ("cxr_estimators", "torch", "torchvision", "sklearn", "skorch", "numpy",
              "safetensors")
 
@@ -172,7 +181,7 @@ class _Encoder:
             return {"__ref__": self.ids[id(est)]}
         cls = type(est)
         path = f"{cls.__module__}:{cls.__qualname__}"
-        if cls.__module__.split(".")[0] not in _TRUSTED_ROOTS:
+        if cls not in allowed_classes():
             raise TypeError(
                 f"cannot save {where}: {path} is not a scikit-learn or cxr_estimators "
                 "estimator, and load() builds only those")
@@ -269,7 +278,7 @@ class _Decoder:
         return request
 
     def estimator(self, node):
-        cls = _trusted_class(node["__estimator__"], self.fail)
+        cls = trusted_class(node["__estimator__"], self.fail)
         params = {k: self.decode(v) for k, v in node["params"].items()}
         try:
             est = cls(**params)
@@ -281,11 +290,23 @@ class _Decoder:
         for key, value in fitted.items():
             if key == "net_":
                 continue
+            self._check_attribute(cls, key)
             setattr(est, key, self.decode(value))
         if "net_" in fitted:
             self._net(est, fitted["net_"]["__net__"])
         _rebuild_functions(est)
         return est
+
+    def _check_attribute(self, cls, key):
+        """A fitted attribute may not shadow a method or property of its class (a file
+        naming ``predict`` would replace the method with data)."""
+        if not (isinstance(key, str) and key.isidentifier() and not key.startswith("__")):
+            self.fail(f"fitted attribute {key!r:.80} of {cls.__name__} is not a name")
+        member = getattr(cls, key, None)
+        if callable(member) or isinstance(member, property):
+            self.fail(f"fitted attribute {key!r} of {cls.__name__} would replace its "
+                      f"{'property' if isinstance(member, property) else 'method'} "
+                      f"{key!r}; refused")
 
     def ref(self, node):
         if node["__ref__"] not in self.nodes:
@@ -302,7 +323,10 @@ class _Decoder:
                           stacklevel=4)
             device = "cpu"
         est.device_ = str(device)
-        net = est._initialize_net()
+        try:
+            net = est._initialize_net()  # the head's size is checked before allocation
+        except ValueError as exc:
+            self.fail(f"the network its parameters describe cannot be built: {exc}")
         state = {k: self.tensor(v) for k, v in node["state"].items()}
         try:
             net.module_.load_state_dict(state, strict=True)
@@ -347,25 +371,8 @@ _TAGS = {
 }
 
 
-def _trusted_class(path, fail):
-    """The class named ``module:qualname`` if it is a scikit-learn or cxr_estimators
-    estimator; anything else fails before any module outside those packages is imported."""
-    module_name, _, qualname = str(path).partition(":")
-    if module_name.split(".")[0] not in _TRUSTED_ROOTS or not qualname:
-        fail(f"class {path!r} is not a scikit-learn or cxr_estimators estimator; refused")
-    try:
-        obj = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        fail(f"class {path!r} does not exist in the installed packages")
-    if not (isinstance(obj, type) and issubclass(obj, BaseEstimator)):
-        fail(f"{path!r} is not an estimator class; refused")
-    return obj
-
-
 # ---------------------------------------------------------------------------- public API
-def save(estimator, path):
+def save(estimator, path, *, key=None):
     """Write ``estimator`` (fitted or not) to ``path`` as a safe model file.
 
     Parameters
@@ -379,6 +386,11 @@ def save(estimator, path):
         The file to write, e.g. ``"model.safetensors"``. An existing file there is
         replaced atomically, if it is a model file (or empty): if saving fails (disk
         full, an error, a crash) it keeps its old content.
+    key : bytes or str, default=None
+        A secret: the file then also records an HMAC-SHA256 of its content under this
+        key, which ``load(path, key=key)`` verifies. Without it, the file's SHA-256
+        checksum detects accidental damage (bit rot, truncation, a bad copy) but not a
+        deliberate edit: whoever edits the file can recompute the checksum.
 
     Raises
     ------
@@ -414,13 +426,16 @@ def save(estimator, path):
                         f"{type(estimator).__name__}")
     from safetensors.torch import save as save_tensors
 
-    name = os.fspath(path)
+    name = os.fsdecode(os.fspath(path))
     _check_replaceable(name)
     encoder = _Encoder()
     tree = json.dumps(encoder.encode(estimator, type(estimator).__name__), sort_keys=True)
     versions = json.dumps(_versions(), sort_keys=True)
     metadata = {"format": FORMAT, "tree": tree, "versions": versions,
                 "checksum": tensor_digest(encoder.tensors, FORMAT, tree, versions)}
+    if key is not None:
+        metadata["hmac"] = tensor_digest(encoder.tensors, FORMAT, tree, versions,
+                                         key=signing_key(key, "save: key"))
     atomic_write(name, save_tensors(encoder.tensors, metadata=metadata), what="save target")
 
 
@@ -444,7 +459,7 @@ def _check_replaceable(name):
             f"file{why}, so save() does not replace it; delete it or choose another path")
 
 
-def load(path, *, device=None):
+def load(path, *, device=None, key=None):
     """Read an estimator written by :func:`save`; no code from the file is run.
 
     Parameters
@@ -456,6 +471,12 @@ def load(path, *, device=None):
         with a warning); ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` force one (it
         must be present), ``"auto"`` picks the best present, as ``CXRClassifier(device=)``
         does. Its ``device`` parameter (used by a new ``fit``) is left as saved.
+    key : bytes or str, default=None
+        The secret the file was saved with (``save(..., key=)``): the file must then
+        carry an HMAC-SHA256 under that key, so a file edited by someone without the key
+        (its checksum recomputed or not), or saved without a key, is refused. Without
+        ``key`` only the checksum is verified, which catches accidental damage, not a
+        deliberate edit. Neither protects against someone who holds the key.
 
     Returns
     -------
@@ -468,9 +489,10 @@ def load(path, *, device=None):
     ModelFileError
         The file is not a model file (a pickle, truncated, garbage, a directory, a FIFO, a
         device such as ``/dev/zero``: these are refused before they are opened), its
-        checksum does not match (bit rot, modification), its format is unknown, or it
-        names a class other than a scikit-learn / cxr_estimators estimator. A
-        ``ValueError``.
+        checksum does not match (bit rot, a careless edit), its HMAC does not match
+        ``key``, its format is unknown, it names a class other than a scikit-learn /
+        cxr_estimators estimator, or its content does not describe a buildable model.
+        A ``ValueError``.
     ValueError
         ``device`` is not a device name, or names one that is not present.
     FileNotFoundError
@@ -482,8 +504,9 @@ def load(path, *, device=None):
         The file was written with other versions of the packages (listed) than are
         installed; the model loads, but check its predictions.
     """
-    name = os.fspath(path)
+    name = os.fsdecode(os.fspath(path))
     device = _load_device(device)
+    key = None if key is None else signing_key(key, "load: key")
     try:
         tensors, metadata = read_safetensors(name, what="model file")
     except SafeFileError as exc:
@@ -501,16 +524,26 @@ def load(path, *, device=None):
         raise ModelFileError(
             f"model file {name!r} is corrupt or was modified: its checksum is {actual[:16]}…, "
             f"the file records {str(expected)[:16]}…; restore it from a backup")
+    if key is not None:
+        check_hmac(name, metadata, tensors, key, ModelFileError)
     _warn_versions(name, versions)
     try:
         node = json.loads(tree)
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"model file {name!r}: malformed header ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"model file {name!r}: its header is nested too deeply to be "
+                             "an estimator tree") from None
     try:
         return _Decoder(tensors, name, device).decode(node)
-    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+    except ModelFileError:
+        raise
+    except RecursionError:
+        raise ModelFileError(f"model file {name!r}: its estimator tree is nested too "
+                             "deeply") from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
         raise ModelFileError(f"model file {name!r}: malformed estimator tree "
-                             f"({type(exc).__name__}: {exc})") from None
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _load_device(device):

@@ -168,8 +168,13 @@ def _is_path_list(X):
 
 
 def _frame_column(X):
-    """A one-column DataFrame (pandas, polars) → that column as an array; else X as is.
+    """A one-column DataFrame (pandas, polars) → that column as an array; a list of
+    ``bytes`` paths → str paths (``os.fsdecode``); else X as is.
     Iterating a DataFrame yields its column *names*, which would be read as paths."""
+    if isinstance(X, (list, tuple)) and X and all(isinstance(x, bytes) for x in X):
+        return [os.fsdecode(x) for x in X]
+    if isinstance(X, np.ndarray) and X.dtype.kind == "S":
+        return [os.fsdecode(x) for x in X.tolist()]
     columns, shape = getattr(X, "columns", None), getattr(X, "shape", None)
     if columns is None or shape is None or len(shape) != 2:
         return X
@@ -240,7 +245,8 @@ def _check_array_batch(X):
     if X.ndim == 2:
         raise ValueError(f"X has shape {X.shape}: a single (H, W) image, not a batch of "
                          "images; pass X[None] (a batch of one)")
-    if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] >= 8 * X.shape[-1]:
+    # (28, 28, 1) too: a batch of 28 images one pixel wide is no X-ray
+    if X.ndim == 3 and X.shape[-1] in (1, 3, 4) and X.shape[1] >= 8 * X.shape[-1]:
         raise ValueError(
             f"X has shape {X.shape}: a single (H, W, C) image, not a batch; as a batch it "
             f"would be {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} pixels. Pass "
@@ -376,6 +382,9 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(
                     f"normalize must be a preset name or (mean, std); got {self.normalize!r}"
                 ) from None
+            if any(isinstance(v, (bool, np.bool_)) for v in mean + std):
+                raise ValueError(f"normalize (mean, std) must be numbers, not booleans; got "
+                                 f"{self.normalize!r}")
             try:
                 mean, std = [float(m) for m in mean], [float(s) for s in std]
             except (TypeError, ValueError):

@@ -15,7 +15,10 @@ ATTRIBUTION.md``) it:
    held-out part;
 5. saves the best pipeline with ``cxr_estimators.save`` (safe to load, unlike a joblib
    pickle), reloads it and checks the predictions agree;
-6. writes training curves and Grad-CAM overlays next to the model.
+6. writes training curves and Grad-CAM overlays next to the model;
+7. writes the one-page evaluation report ``report.html`` (and its twin ``report.json``):
+   performance with CIs, ROC, calibration, thresholds, the shift audit of the held-out
+   part against the training part, the shortcut test and a Grad-CAM gallery.
 
 PneumoniaMNIST has no patient ids, so the split cannot be grouped by patient; with real
 Kermany file names use ``load_image_folder(..., label_from="kermany")`` and
@@ -36,6 +39,7 @@ from sklearn.pipeline import Pipeline
 
 from cxr_estimators import CXRClassifier, ImageLoader
 from cxr_estimators.datasets import load_image_folder, sample_data_dir
+from cxr_estimators.evaluation import report as write_report
 from cxr_estimators.explain import grad_cam, save_overlays
 from cxr_estimators.metrics import clinical_report, clinical_scorers
 
@@ -105,8 +109,19 @@ def main():
     test_pos = [p for p, t in zip(paths_test, y_test) if t == "pneumonia"][:4]
     heatmaps = grad_cam(model, test_pos)
     images = model[:-1].transform(test_pos)[:, 0]
-    figures += save_overlays(images, heatmaps, out / "gradcam")
+    shown = model.predict_proba(test_pos)
+    figures += save_overlays(images, heatmaps, out / "gradcam",
+                             true_labels=["pneumonia"] * len(test_pos),
+                             predicted_labels=model.classes_[shown.argmax(1)],
+                             probabilities=shown.max(1))
     print("Wrote " + ", ".join(str(f) for f in figures))
+    try:
+        write_report(model, paths_test, y_test, out / "report.html", X_train=paths_train,
+                     y_train=y_train, pos_label="pneumonia",
+                     title="Normal vs pneumonia on the bundled sample (held-out part)")
+        print(f"Wrote the evaluation report {out / 'report.html'} (+ report.json)")
+    except ImportError as exc:  # matplotlib is an optional extra
+        print(f"(no evaluation report: {exc})")
     print(f"\nTotal time {time.perf_counter() - start:.0f} s")
 
 

@@ -360,12 +360,33 @@ def test_builtin_jet_matches_matplotlib():
 def test_save_overlays(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.random((3, 1, 16, 16), dtype=np.float32)
-    paths = save_overlays(images, rng.random((3, 16, 16)), tmp_path / "out", prefix="cam")
+    paths = save_overlays(images, rng.random((3, 16, 16)), tmp_path / "out", prefix="cam",
+                          annotate=False)
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["cam_000.png", "cam_001.png", "cam_002.png"]
     with Image.open(paths[0]) as img:
         assert img.size == (16, 16) and img.mode == "RGB"
     with pytest.raises(ValueError, match="3 images but 2 heatmaps"):
         save_overlays(images, rng.random((2, 16, 16)), tmp_path)
+    with pytest.raises(ValueError, match="probabilities has 2 entries but there are 3"):
+        save_overlays(images, rng.random((3, 16, 16)), tmp_path, probabilities=[0.1, 0.2])
+
+
+def test_save_overlays_annotated_figure(tmp_path):
+    """A titled figure with a colour bar; low attention leaves the image untinted."""
+    pytest.importorskip("matplotlib")
+    image = np.tile(np.linspace(0, 1, 28, dtype=np.float32), (1, 28, 1))
+    heat = np.zeros((28, 28))
+    heat[20:, 20:] = 1.0
+    (path,) = save_overlays([image], [heat], tmp_path, true_labels=["pneumonia"],
+                            predicted_labels=["normal"], probabilities=[0.83])
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    assert rgb.shape[0] > 200 and rgb.shape[1] > 200  # a figure, not a 28x28 array
+    # the image's untinted mid-grays (R = G = B) still show where attention is 0
+    gray = (np.ptp(rgb, axis=-1) <= 2) & (rgb[..., 0] > 40) & (rgb[..., 0] < 215)
+    assert gray.sum() > 2000
+    # and the attended corner is coloured (not gray)
+    assert (np.ptp(rgb, axis=-1) > 100).sum() > 500
 
 
 # ---------------------------------------------------------------------------- shortcut check

@@ -146,6 +146,10 @@ def test_report_multiclass_matches_hand_and_sklearn():
     assert report.per_class["b"]["specificity"].value == pytest.approx(5 / 7)
     assert report.per_class["c"]["ppv"].value == pytest.approx(3 / 4)
     assert report.per_class["a"]["npv"].value == pytest.approx(8 / 9)
+    # multiclass: the per-class rows are not repeats, so the table keeps them
+    firsts = [line.split()[0] for line in str(report).splitlines()
+              if len(line.split()) > 2 and line.split()[1] == "sensitivity"]
+    assert firsts == ["overall", "a", "b", "c"]
     assert report.overall["sensitivity"].value == pytest.approx(
         recall_score(Y3, P3, average="macro"))
     assert report.overall["f1"].value == pytest.approx(f1_score(Y3, P3, average="macro"))
@@ -242,6 +246,12 @@ def test_report_str_dict_frame():
     auc = report.overall["roc_auc"]
     assert f"{auc.value:.3f}  [{auc.ci_low:.3f}, {auc.ci_high:.3f}]" in text
     assert "confusion matrix" in text
+    # binary: each figure once (the per-class rows would repeat them: 19 rows -> 7)
+    metrics = {"sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "accuracy"}
+    rows = [line for line in text.splitlines() if len(line.split()) > 1
+            and line.split()[1] in metrics]
+    assert [r.split()[0] for r in rows] == ["overall"] * 7, rows
+    assert text.count(f"{auc.value:.3f}  [") == 1
     data = json.loads(json.dumps(report.to_dict()))
     assert data["per_class"]["normal"]["sensitivity"]["value"] == pytest.approx(
         report.per_class["normal"]["sensitivity"].value)

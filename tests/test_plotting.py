@@ -133,3 +133,46 @@ def test_missing_matplotlib_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'cxr_estimators\[plot\]'"):
         plotting.plot_confusion_matrix([0, 1], [0, 1])
+
+
+def test_training_curves_mark_best_epoch(tmp_path):
+    class Fitted:
+        history_ = [{"epoch": e, "train_loss": 1 / e, "valid_loss": 1 / e + (e - 2) ** 2}
+                    for e in (1, 2, 3, 4)]
+        best_epoch_ = 2
+
+    fig = plotting.plot_training_curves(Fitted(), path=tmp_path / "best.png")
+    _check_png(fig, tmp_path / "best.png")
+    (marker,) = [line for line in fig.axes[0].get_lines() if "best epoch" in line.get_label()]
+    assert list(marker.get_xdata()) == [2, 2] and marker.get_label() == "best epoch (2, kept)"
+
+
+def test_roc_marks_operating_point_and_band(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 100)
+    score = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
+    fig = plotting.plot_roc(y, score, threshold=0.5, n_bootstraps=50, random_state=0,
+                            path=tmp_path / "roc.png")
+    _check_png(fig, tmp_path / "roc.png")
+    ax = fig.axes[0]
+    (point,) = [line for line in ax.get_lines() if "operating point" in line.get_label()]
+    sens, spec = (score[y == 1] >= 0.5).mean(), (score[y == 0] < 0.5).mean()
+    assert point.get_xdata()[0] == pytest.approx(1 - spec)
+    assert point.get_ydata()[0] == pytest.approx(sens)
+    assert f"sens {sens:.2f}, spec {spec:.2f}" in point.get_label()
+    assert any("bootstrap band" in c.get_label() for c in ax.collections)
+
+
+def test_calibration_with_brier(tmp_path):
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(0)
+    p = rng.random(300)
+    y = np.where(rng.random(300) < p, "pneumonia", "normal")
+    fig = plotting.plot_calibration(y, p, pos_label="pneumonia", path=tmp_path / "cal.png")
+    _check_png(fig, tmp_path / "cal.png")
+    brier = brier_score_loss(y == "pneumonia", p)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert f"model (Brier {brier:.3f})" in labels
+    with pytest.raises(ValueError, match="pass pos_label"):
+        plotting.plot_calibration(y, p)

@@ -131,6 +131,24 @@ def _widths(neurons):
     return widths
 
 
+#: Most weights a head may have (1 GiB of float32): each width of ``neurons`` is bounded,
+#: but their products are not (``neurons=(65536, 65536)`` is a 16 GiB layer).
+MAX_HEAD_PARAMETERS = 2**28
+
+
+def check_head_size(n_features, n_classes, widths, neurons):
+    """Refuse, before any allocation, a head with more than :data:`MAX_HEAD_PARAMETERS`
+    weights (fit builds it, and so does :func:`cxr_estimators.load` from a file's
+    header)."""
+    sizes = (int(n_features),) + tuple(int(w) for w in widths) + (int(n_classes),)
+    count = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    if count > MAX_HEAD_PARAMETERS:
+        raise ValueError(
+            f"neurons={neurons!r} on {n_features} features makes a head of {count:,} "
+            f"weights ({count * 4 / 2**30:.1f} GiB of float32), above the limit of "
+            f"{MAX_HEAD_PARAMETERS:,}; use narrower layers")
+
+
 #: Values of ``head_order``: where BatchNorm sits in a dense layer of the head.
 HEAD_ORDERS = ("bn_act", "act_bn")
 
@@ -147,11 +165,13 @@ def make_head(n_features, n_classes, neurons=128, dropout=0.5, *, batch_norm=Fal
     it). The layer indices are the same in both orders: ``head.0`` is the first Linear."""
     if order not in HEAD_ORDERS:
         raise ValueError(f"head_order={order!r} is not one of {list(HEAD_ORDERS)}")
+    widths = _widths(neurons)
+    check_head_size(n_features, n_classes, widths, neurons)
     layers = []
     if input_dropout:
         layers.append(nn.Dropout(input_dropout))
     width = n_features
-    for out in _widths(neurons):
+    for out in widths:
         layers.append(nn.Linear(width, out))
         norm_act = [nn.BatchNorm1d(out)] if batch_norm else []
         norm_act.insert(0 if order == "act_bn" else len(norm_act), nn.ReLU(inplace=True))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._validation import did_you_mean
-from .heads import conv_map_trunk
+from .heads import MAX_HEAD_PARAMETERS, conv_map_trunk
 from .registry import Trunk
 from .weights import load_local_weights, local_weights_path, looks_like_path
 
@@ -72,7 +72,7 @@ def names():
     return list(SMALL_CNNS)
 
 
-def _checked_kwargs(backbone, kwargs):
+def _checked_kwargs(backbone, kwargs, in_channels):
     for key in kwargs:
         if key not in _SMALL_CNN_KWARGS:
             raise ValueError(
@@ -88,6 +88,13 @@ def _checked_kwargs(backbone, kwargs):
     if "batch_norm" in kwargs and not isinstance(kwargs["batch_norm"], bool):
         raise ValueError(f"backbone_kwargs batch_norm must be True or False; got "
                          f"{kwargs['batch_norm']!r}")
+    if widths:  # bounded before any allocation, as the head is (heads.check_head_size)
+        chans = (in_channels, *map(int, widths))
+        count = sum(9 * a * b for a, b in zip(chans, chans[1:]))
+        if count > MAX_HEAD_PARAMETERS:
+            raise ValueError(f"backbone_kwargs widths={tuple(widths)!r} makes a {backbone} of "
+                             f"{count:,} conv weights ({count * 4 / 2**30:.1f} GiB of float32), "
+                             f"above the limit of {MAX_HEAD_PARAMETERS:,}; use narrower blocks")
     return {**kwargs, **({"widths": tuple(int(w) for w in widths)} if widths else {})}
 
 
@@ -98,7 +105,7 @@ def build(name, weights, in_channels, kwargs):
                          "use weights=None or a path to a checkpoint")
     path = local_weights_path(weights) if weights is not None else None
     model = (SimpleCNN if name == "simple_cnn" else DeepCNN)(
-        in_channels, **_checked_kwargs(name, kwargs))
+        in_channels, **_checked_kwargs(name, kwargs, in_channels))
     if path is not None:
         load_local_weights(model, path, name)
     blocks = tuple(f"features.{i}" for i in range(len(model.features)))

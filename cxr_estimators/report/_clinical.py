@@ -1,4 +1,4 @@
-"""The clinical report: :func:`clinical_report` and its :class:`ClinicalReport`.
+"""The text clinical report: :func:`clinical_report` and its :class:`ClinicalReport`.
 
 Imported by users from :mod:`cxr_estimators.metrics`. Point estimates come from
 :func:`sklearn.metrics.confusion_matrix` and :func:`sklearn.metrics.roc_auc_score`;
@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.utils import check_random_state
 
-from ._validation import check_labels, check_memory, did_you_mean, is_finite_number
+from .._validation import check_labels, check_memory, did_you_mean, is_finite_number
 
 __all__ = ["ClinicalReport", "MetricEstimate", "clinical_report"]
 
@@ -344,9 +344,7 @@ def _bootstrap(y_idx, y_pred_idx, proba, k, pos_index, n_bootstraps, rng):
     results = []
     for start in range(0, n_bootstraps, chunk):
         b = min(chunk, n_bootstraps - start)
-        draws = rng.randint(0, n, size=(b, n))
-        weights = np.bincount((draws + n * np.arange(b)[:, None]).ravel(),
-                              minlength=b * n).reshape(b, n).astype(float)
+        weights = bootstrap_weights(n, b, rng)
         cm = (weights @ cells).reshape(b, k, k)
         rates = _per_class_rates(*_counts_from_cm(cm))
         aucs = [(_weighted_auc(proba[:, c], y_idx == c, weights, order[:, c])
@@ -361,6 +359,15 @@ def _bootstrap(y_idx, y_pred_idx, proba, k, pos_index, n_bootstraps, rng):
         chunk_out[("overall", "accuracy")] = np.trace(cm, axis1=1, axis2=2) / n
         results.append(chunk_out)
     return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+
+
+def bootstrap_weights(n, n_bootstraps, rng):
+    """Case multiplicities (n_bootstraps, n) of resamples drawn with replacement: the
+    form in which the vectorised metrics here (and in the shift audit, the shortcut
+    test and the HTML report) take a bootstrap."""
+    draws = rng.randint(0, n, size=(n_bootstraps, n))
+    return np.bincount((draws + n * np.arange(n_bootstraps)[:, None]).ravel(),
+                       minlength=n_bootstraps * n).reshape(n_bootstraps, n).astype(float)
 
 
 def _weighted_auc(score, positive, weights, order):
@@ -444,9 +451,14 @@ class ClinicalReport:
         self.per_class = per_class
         self.confusion_matrix = confusion_matrix
 
-    def _rows(self):
+    def _rows(self, once=False):
+        """(class, metric, estimate) rows. ``once``: a binary report's per-class rows
+        repeat the overall ones (the negative class's sensitivity is the specificity, ...),
+        so they are left out and each figure is printed once."""
         for metric, est in self.overall.items():
             yield "overall", metric, est
+        if once and self.pos_label is not None:
+            return
         for label, metrics in self.per_class.items():
             for metric, est in metrics.items():
                 yield label, metric, est
@@ -467,7 +479,7 @@ class ClinicalReport:
                  f"{pct} CI: percentile bootstrap, {self.n_bootstraps} resamples of cases",
                  "",
                  f"{'class':<14}{'metric':<13}{'value':>7}  {pct + ' CI':<17}{'resamples':>9}"]
-        for group, metric, est in self._rows():
+        for group, metric, est in self._rows(once=True):
             ci = f"[{est.ci_low:.3f}, {est.ci_high:.3f}]" if est.n_resamples else "-"
             lines.append(f"{str(group)[:13]:<14}{metric:<13}{est.value:>7.3f}  {ci:<17}"
                          f"{est.n_resamples:>9}")
