@@ -16,6 +16,7 @@ from ._callbacks import OneClassWarning, TrainingDivergedError
 from ._runtime import tune_cpu_malloc
 from .classifier import CXRClassifier
 from .persistence import load, save
+from .backbones import WeightsUnavailableError
 from .preprocessing import CompactImages, ImageDataset, ImageLoader
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "load",
     "TrainingDivergedError",
     "OneClassWarning",
+    "WeightsUnavailableError",
     "tune_cpu_malloc",
     "audit",
     "augment",

@@ -102,8 +102,10 @@ def trunk_digest(module):
 
 def features_digest(module):
     """:func:`trunk_digest` of a :class:`~cxr_estimators.backbones.CXRNet`'s trunk plus
-    its pooling: the same trunk pooled another way gives other features."""
-    return f"{trunk_digest(module.trunk)}/{getattr(module, 'pool', None)!r}"
+    its pooling and what the trunk outputs (its ``extra_repr``, e.g. torchxrayvision's
+    features or pathology logits): the same weights used another way give other features."""
+    return (f"{trunk_digest(module.trunk)}/{getattr(module, 'pool', None)!r}/"
+            f"{module.trunk.extra_repr()}")
 
 
 def check_cache(cache):

@@ -30,7 +30,7 @@ __all__ = ["check_rebuildable"]
 #: single one can be pinned down). Any parameter that makes building the net fail counts
 #: too (``optimizer_kwargs``, ``class_weight``, ``freeze``, ...).
 _NETWORK_PARAMS = ("backbone", "backbone_kwargs", "pooling", "neurons", "head_batch_norm",
-                   "input_dropout", "precision")
+                   "head_order", "input_dropout", "precision")
 _SMALL_CNN_NAMES = {SimpleCNN: "simple_cnn", DeepCNN: "deep_cnn"}
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from . import _feed, _runtime, _targets, distributed
 from ._callbacks import make_callbacks, mark_interrupted
 from ._validation import check_class_weights, did_you_mean, is_finite_number
-from .heads import decay_param_groups
+from .backbones.heads import decay_param_groups
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 
@@ -216,10 +216,14 @@ class _Net(NeuralNetClassifier):
         ``sum(w_i c_i l_i) / sum(w_i c_i)`` (``c_i``: the class weight of image i's label,
         as torch's own class-weighted mean), as sklearn's ``MLPClassifier`` weights its
         batches. A batch whose weights are all 0 has loss 0. Multilabel targets: the
-        criterion's own masked, weighted mean (:class:`_targets.MaskedBCEWithLogitsLoss`)."""
+        criterion's own masked, weighted mean (:class:`_targets.MaskedBCEWithLogitsLoss`).
+        The validation loss leaves class weights out unless ``valid_class_weight``."""
         if getattr(self.criterion_, "masks_missing", False):
             weight = X.get("sample_weight") if isinstance(X, dict) else None
             return self.criterion_(y_pred, to_tensor(y_true, device=y_pred.device), weight)
+        if not training and not getattr(self, "valid_class_weight_", True) and getattr(
+                self.criterion_, "weight", None) is not None:
+            return self._unweighted_loss(y_pred, y_true, X)
         per_image = super().get_loss(y_pred, y_true, X=X, training=training)
         if per_image.ndim == 0:  # trained without sample_weight: torch's own mean
             return per_image
@@ -231,6 +235,16 @@ class _Net(NeuralNetClassifier):
         norm = w if class_weight is None else w * class_weight[
             to_tensor(y_true, device=per_image.device)]
         return (w * per_image).sum() / norm.sum().clamp_min(torch.finfo(norm.dtype).tiny)
+
+    def _unweighted_loss(self, y_pred, y_true, X):
+        """The validation loss without class weights (``valid_class_weight=False``),
+        sample-weighted where the validation data carries ``sample_weight``."""
+        y_true = to_tensor(y_true, device=y_pred.device)
+        per_image = nn.functional.cross_entropy(
+            y_pred, y_true, reduction="none", label_smoothing=self.criterion_.label_smoothing)
+        w = (to_tensor(X["sample_weight"], device=per_image.device).to(per_image.dtype)
+             if isinstance(X, dict) and "sample_weight" in X else torch.ones_like(per_image))
+        return (w * per_image).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
 
 def _predict_batches(net, X, batch_size):
@@ -583,6 +597,7 @@ def make_net(est, module, classes, y_enc, *, device, runtime, split, es_spec, rn
         **kwargs,
     )
     net.fit_rng_ = rng  # not a skorch parameter: training only (_drop_training_state)
+    net.valid_class_weight_ = bool(est.valid_class_weight)
     distributed.begin_fit(net, rng.seed)
     return net
 

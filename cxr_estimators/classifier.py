@@ -42,7 +42,7 @@ from ._tta import check_tta, tta_context
 from ._validation import StrictParamsMixin, check_fit_memory
 from .augment import make_augmenter
 from .backbones import build_model, check_frozen_features
-from .heads import POOLINGS
+from .backbones.heads import POOLINGS
 
 __all__ = ["CXRClassifier"]
 
@@ -55,21 +55,31 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
     backbone : str, default="resnet18"
         Any torchvision classification model name (``torchvision.models.list_models``),
         e.g. "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vgg16",
-        "inception_v3"; or a small from-scratch CNN, "simple_cnn" (3 conv blocks) or
-        "deep_cnn" (5 conv blocks with BatchNorm).
+        "inception_v3"; "timm:<name>" (any timm model, extra ``[timm]``);
+        "xrv:<name>" (torchxrayvision's chest-X-ray models, e.g.
+        "xrv:densenet121-res224-all", extra ``[xrv]``); "resnet50v2" (Keras'); or a small
+        from-scratch CNN, "simple_cnn" (3 conv blocks) or "deep_cnn" (5 conv blocks with
+        BatchNorm). :func:`~cxr_estimators.backbones.list_backbones` lists them;
+        docs/backbones.md describes the registry.
     backbone_kwargs : dict or None, default=None
         Passed to the backbone's builder. Small CNNs: ``widths`` (channels per conv
         block, one block each, e.g. ``(64, 128, 256)``) and ``batch_norm``; torchvision
-        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet).
+        models: arguments of their builder (e.g. ``{"dropout": 0.3}`` for EfficientNet);
+        timm: of ``timm.create_model``; torchxrayvision: ``{"outputs": "pathologies"}``
+        makes its 18 pathology logits the head's input.
     weights : None, str or path, default=None
         None: random init. A torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...):
-        loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``).
-        A path to a local ``state_dict`` / checkpoint of the backbone (or of a whole model
-        saved from this package).
+        loaded through torchvision's Weights API (downloaded once into ``$TORCH_HOME``);
+        "DEFAULT" or a pretrained tag for timm; "DEFAULT" for torchxrayvision (its cache
+        folder). A path to a local ``state_dict`` / checkpoint of the backbone (or of a
+        whole model saved from this package). Weights that cannot be had raise
+        :class:`~cxr_estimators.WeightsUnavailableError` before any training, naming the
+        file to place.
     freeze : bool or int, default=False
         True: train only the head; False: fine-tune everything; int k: train the head and
-        the last k blocks of the backbone (0 = True). Blocks are the trunk's top-level
-        children with parameters (:func:`~cxr_estimators.backbones.trunk_blocks`): a
+        the last k blocks of the backbone (0 = True). Blocks are the registry's (for
+        torchvision, the trunk's top-level children with parameters,
+        :func:`~cxr_estimators.backbones.trunk_blocks`; for timm, ``feature_info``): a
         resnet's ``layer1``–``layer4`` after its stem, a densenet's dense blocks and
         transitions, a VGG's ``features`` and ``classifier`` (with ``pooling`` set, the
         layers of its conv base); k above their number is an error. Frozen BatchNorm
@@ -87,15 +97,22 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         Width of the dense layer of the head; a tuple gives several dense layers.
     head_batch_norm : bool, default=False
         BatchNorm after each dense layer (``Linear → BatchNorm → ReLU → Dropout``).
+    head_order : {"bn_act", "act_bn"}, default="bn_act"
+        With ``head_batch_norm``: "bn_act" is ``Linear → BatchNorm → ReLU`` (Keras'
+        ``Dense → BatchNormalization → Activation``); "act_bn" is ``Linear → ReLU →
+        BatchNorm`` (Keras' ``Dense(activation="relu") → BatchNormalization``).
     dropout : float in [0, 1), default=0.5
         Dropout after each dense layer.
     input_dropout : float in [0, 1), default=0.0
         Dropout on the head's input, before the first dense layer.
     weight_decay : float, default=0.0
         L2 penalty passed to the optimizer.
-    weight_decay_scope : {"all", "head"}, default="all"
+    weight_decay_scope : {"all", "head"} or list of str, default="all"
         "all": ``weight_decay`` on every parameter (torch's behaviour); "head": only on
-        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them).
+        the weights of the head's dense layers (Keras' ``kernel_regularizer`` on them);
+        a list of fnmatch patterns of parameter names (``module_.named_parameters()``):
+        only on those, e.g. ``["head.0.weight"]`` for the first dense layer only; a
+        pattern matching no parameter is an error.
     optimizer : {"adam", "rmsprop", "sgd"}, default="adam"
     optimizer_kwargs : dict or None, default=None
         Further arguments of the torch optimizer, e.g. ``{"betas": (0.9, 0.999)}``,
@@ -141,6 +158,11 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         checkpoints and the history, when ``fit`` is not given ``X_val``. 0 disables it.
     class_weight : None, "balanced" or dict, default=None
         Class weights of the cross-entropy loss, as in sklearn.
+    valid_class_weight : bool, default=False
+        Whether the validation loss (``valid_loss`` in ``history_``, which early
+        stopping and checkpoints watch) applies ``class_weight``. False, as Keras'
+        ``val_loss``: class weights correct the training gradients; the validation loss
+        estimates the loss on images as they come.
     sampling : None or "balanced", default=None
         "balanced": every epoch draws as many training images as there are, each class
         equally often, with replacement (torch's ``WeightedRandomSampler``), so minority
@@ -316,7 +338,9 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "input_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "weight_decay_scope": [StrOptions({"all", "head"})],
+        "weight_decay_scope": [StrOptions({"all", "head"}), list, tuple],
+        "head_order": [StrOptions({"bn_act", "act_bn"})],
+        "valid_class_weight": ["boolean"],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "optimizer_kwargs": [dict, None],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -360,7 +384,8 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
                  num_workers=0, data_device="auto", random_state=None,
                  verbose=0, callbacks=None, warm_start=False, backbone_kwargs=None, pooling=None,
                  head_batch_norm=False, input_dropout=0.0, weight_decay_scope="all",
-                 optimizer_kwargs=None, sampling=None, uncertain=None, thresholds=None):
+                 optimizer_kwargs=None, sampling=None, uncertain=None, thresholds=None,
+                 head_order="bn_act", valid_class_weight=False):
         self.backbone = backbone
         self.backbone_kwargs = backbone_kwargs
         self.weights = weights
@@ -368,6 +393,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.pooling = pooling
         self.neurons = neurons
         self.head_batch_norm = head_batch_norm
+        self.head_order = head_order
         self.dropout = dropout
         self.input_dropout = input_dropout
         self.weight_decay = weight_decay
@@ -384,6 +410,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
         self.average_weights = average_weights
         self.validation_fraction = validation_fraction
         self.class_weight = class_weight
+        self.valid_class_weight = valid_class_weight
         self.augment = augment
         self.tta = tta
         self.checkpoint_dir = checkpoint_dir
@@ -412,6 +439,7 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
             augment=augmenter, pooling=self.pooling, head_batch_norm=self.head_batch_norm,
             input_dropout=self.input_dropout, backbone_kwargs=self.backbone_kwargs,
             image_size=tuple(image_shape[1:]), normalization=normalization,
+            head_order=self.head_order,
         )
 
     # ------------------------------------------------------------------ public API

@@ -32,10 +32,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from ._validation import did_you_mean, is_finite_number
-from .backbones import find_last_conv, trunk_blocks
 
 __all__ = [
     "COARSE_MAP_CELLS",
@@ -115,19 +113,19 @@ def _too_small(shape, minimum=2):
 
 
 def _default_layer(module, x, shapes=None):
-    """Last top-level trunk block whose output is a 4-D feature map of at least 2x2,
-    checked by forward hooks on one image (in a VGG-style stack: its last activation
-    before the final pooling). A block, not the last ``nn.Conv2d``: in multi-branch blocks
-    (inception's Mixed_7c) the last convolution is one branch only. A deeper block whose
-    map is smaller than 2x2 (resnet18's layer4 at 32 px is 1x1) is passed over with a
-    warning: the Grad-CAM of a 1x1 map is one constant. ``shapes``: :func:`_map_shapes`
-    of ``x``, when the caller has it."""
-    prefix = {m: n for n, m in module.named_modules()}
+    """The deepest of the registry's Grad-CAM layers (``module.cam_layers``, see
+    :mod:`cxr_estimators.backbones.registry`) whose output is a 4-D map of at least 2x2,
+    checked by forward hooks on one image. A deeper one whose map is smaller (resnet18's
+    layer4 at 32 px is 1x1) is passed over with a warning: the Grad-CAM of a 1x1 map is
+    one constant. ``shapes``: :func:`_map_shapes` of ``x``, when the caller has it."""
     shapes = _map_shapes(module, x) if shapes is None else shapes
     skipped = []
-    name = _last_big_enough(trunk_blocks(module.trunk), prefix, shapes, skipped)
+    name = _last_big_enough(module, shapes, skipped)
     if name is None:
-        return find_last_conv(module)
+        raise ValueError(
+            f"Grad-CAM: none of the layers the backbone registry names "
+            f"({list(module.cam_layers)}) outputs a 4-D map of at least 2x2 at this input "
+            f"size ({tuple(x.shape[-2:])}); use larger images or pass layer=")
     if skipped:
         small = shapes[skipped[0]]
         warnings.warn(
@@ -138,22 +136,15 @@ def _default_layer(module, x, shapes=None):
     return name
 
 
-def _last_big_enough(blocks, prefix, shapes, skipped, minimum=2):
-    """Name of the last of ``blocks`` with a 4-D output of at least ``minimum`` cells per
-    side; if none is, the same search inside the too-small ones (recorded in
-    ``skipped``), deepest first."""
-    blocks = [b for b in reversed(blocks) if b in prefix and prefix[b] in shapes]
-    too_small = []
-    for block in blocks:
-        name = _before_final_pool(block, prefix[block])
-        if not _too_small(shapes.get(name), minimum):
+def _last_big_enough(module, shapes, skipped, minimum=2):
+    """The deepest of ``module.cam_layers`` with a 4-D output of at least ``minimum``
+    cells per side (the deeper ones recorded in ``skipped``), or None."""
+    for name in reversed(getattr(module, "cam_layers", ())):
+        if name not in shapes:
+            continue
+        if not _too_small(shapes[name], minimum):
             return name
-        skipped.append(name if name in shapes else prefix[block])
-        too_small.append(block)
-    for block in too_small:
-        found = _last_big_enough(list(block.children()), prefix, shapes, skipped, minimum)
-        if found is not None:
-            return found
+        skipped.append(name)
     return None
 
 
@@ -172,9 +163,7 @@ def _check_layer_size(module, layer, x, shapes):
             f"layer={layer!r} outputs a {shape[0]}x{shape[1]} map at this input size "
             f"({size}): its Grad-CAM is one constant value. Use an earlier "
             f"layer, e.g. layer={better!r}, or larger images")
-    prefix = {m: n for n, m in module.named_modules()}
-    finer = _last_big_enough(trunk_blocks(module.trunk), prefix, shapes, [],
-                             COARSE_MAP_CELLS)
+    finer = _last_big_enough(module, shapes, [], COARSE_MAP_CELLS)
     hint = (f"pass layer={finer!r} ({shapes[finer][0]}x{shapes[finer][1]}) or use larger "
             "images" if finer is not None else "use larger images")
     warnings.warn(
@@ -183,24 +172,6 @@ def _check_layer_size(module, layer, x, shapes):
         "a quadrant at best, and attention_outside / shortcut_warning cannot tell the "
         f"border band from the chest at this resolution; {hint}",
         UserWarning, stacklevel=3)
-
-
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-
-
-def _before_final_pool(block, name):
-    """In a flat VGG-style stack (an ``nn.Sequential`` holding several ``nn.Conv2d``
-    directly and ending in pooling), the layer just before the final pooling: the
-    activation after the last convolution. That pooling halves the map (1x1 for vgg at
-    32 px) and adds nothing to explain. Any other block: ``name`` unchanged."""
-    layers = list(block.named_children()) if isinstance(block, nn.Sequential) else []
-    convs = [i for i, (_, layer) in enumerate(layers) if isinstance(layer, nn.Conv2d)]
-    if len(convs) < 2 or not isinstance(layers[-1][1], _POOLS):
-        return name
-    last = convs[-1]
-    while last + 1 < len(layers) and not isinstance(layers[last + 1][1], _POOLS):
-        last += 1  # past BatchNorm to the activation
-    return f"{name}.{layers[last][0]}"
 
 
 def _rows(X, start, stop, device):

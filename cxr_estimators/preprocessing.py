@@ -31,6 +31,8 @@ NORMALIZATION_PRESETS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    # torchxrayvision's models take [-1024, 1024]: (x - 0.5) * 2048 on [0, 1] images
+    "xrv": ((0.5, 0.5, 0.5), (1 / 2048, 1 / 2048, 1 / 2048)),
 }
 
 #: Compact pixel types → the value that means 1.0 (white).
@@ -260,6 +262,19 @@ def _warn_uint16_8bit(arr, what):
             "X.astype(np.uint8) if it holds 8-bit data", UserWarning, stacklevel=4)
 
 
+def _resize(img, size, interpolation):
+    """Resize a float (C, H, W) image in [0, 1]; bicubic / lanczos overshoot is clipped."""
+    if interpolation == "lanczos":  # torchvision resizes tensors without it: Pillow's
+        from PIL import Image
+
+        planes = [np.asarray(Image.fromarray(c.numpy()).resize(
+            (size[1], size[0]), Image.Resampling.LANCZOS)) for c in img]
+        return torch.from_numpy(np.stack(planes)).clamp_(0, 1)
+    mode = F.InterpolationMode(interpolation)
+    out = F.resize(img, size, interpolation=mode, antialias=mode != F.InterpolationMode.NEAREST)
+    return out.clamp_(0, 1) if interpolation == "bicubic" else out
+
+
 class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
     """Load chest X-rays from paths or arrays into a normalised batch for the classifier.
 
@@ -276,7 +291,14 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
         the shoulders and text markers at the border).
     normalize : {"imagenet", "minus_one_one", "unit"} or (mean, std), default="imagenet"
         "imagenet": torchvision's ImageNet mean/std; "minus_one_one": scale to [-1, 1];
-        "unit": keep [0, 1]; or per-channel sequences ``(mean, std)``.
+        "unit": keep [0, 1]; "xrv": torchxrayvision's [-1024, 1024] (for
+        ``backbone="xrv:..."``, with ``channels=1``); or per-channel sequences
+        ``(mean, std)``. :func:`cxr_estimators.backbones.loader_params` gives the ones a
+        backbone's weights expect.
+    interpolation : {"bilinear", "bicubic", "nearest", "lanczos"}, default="bilinear"
+        The resize filter (antialiased when shrinking; bicubic and lanczos results are
+        clipped to [0, 1]): EfficientNet's weights were trained on bicubic resizes.
+        torchvision's resize; "lanczos" is Pillow's (on float32 images).
     lazy : bool, default=False
         False: ``transform`` returns one array. True: it returns an
         :class:`ImageDataset` that decodes and preprocesses each image when a batch asks
@@ -321,18 +343,20 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
         "channels": [Interval(numbers.Integral, 1, 3, closed="both")],
         "center_crop": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "normalize": [StrOptions(set(NORMALIZATION_PRESETS)), tuple, list],
+        "interpolation": [StrOptions({"bilinear", "bicubic", "nearest", "lanczos"})],
         "lazy": ["boolean"],
         "dtype": [StrOptions({"float32", "uint8", "uint16"})],
     }
 
     def __init__(self, size=224, channels=3, center_crop=None, normalize="imagenet",
-                 lazy=False, dtype="float32"):
+                 lazy=False, dtype="float32", interpolation="bilinear"):
         self.size = size
         self.channels = channels
         self.center_crop = center_crop
         self.normalize = normalize
         self.lazy = lazy
         self.dtype = dtype
+        self.interpolation = interpolation
 
     def fit(self, X, y=None):
         """Validate the parameters; nothing is learned. Returns self."""
@@ -406,7 +430,7 @@ class ImageLoader(StrictParamsMixin, TransformerMixin, BaseEstimator):
             img = F.center_crop(img, [max(1, round(h * self.center_crop)),
                                       max(1, round(w * self.center_crop))])
         if size is not None and list(img.shape[-2:]) != size:
-            img = F.resize(img, size, antialias=True)
+            img = _resize(img, size, self.interpolation)
         return img
 
     def _normalized(self, img, mean, std):

@@ -219,7 +219,8 @@ def test_weights_file_for_wrong_model(tmp_path, toy_binary, small_clf_params):
     path = tmp_path / "other.pt"
     torch.save({"foo.weight": torch.zeros(3)}, path)
     X, y = toy_binary
-    with pytest.raises(ValueError, match="has no parameter matching"):
+    with pytest.raises(ValueError, match="other.pt' does not fit backbone 'simple_cnn': the "
+                                         "first mismatched tensor 'features.0.0.weight'"):
         CXRClassifier(**small_clf_params, weights=str(path)).fit(X, y)
 
 

@@ -805,8 +805,14 @@ PARAMS = [
     _p("dropout", 1.0, r"'dropout' parameter.*\[0.0, 1.0\)"),
     _p("weight_decay", -0.1, r"'weight_decay' parameter"),
     _p("optimizer", "adamw", r"'optimizer' parameter.*'adam'"),
-    _p("backbone", "resnet1", r"backbone='resnet1' is not a torchvision.*did you mean "
-                              r"\['resnet18'"),
+    _p("backbone", "resnet1", r"backbone='resnet1' is not a known backbone; did you mean "
+                              r"'resnet18'"),
+    _p("backbone", "timm:resnet_18", r"'timm:resnet_18' is not a timm model; did you mean "
+                                     r"'resnet18'"),
+    _p("backbone", "xrv:densenet121-all", r"'xrv:densenet121-all' is not a torchxrayvision "
+                                          r"model; did you mean 'densenet121-res224-all'"),
+    _p("weight_decay_scope", ["head.9.weight"], r"weight_decay_scope pattern 'head.9.weight' "
+                                                r"matches no parameter"),
     _p("backbone", 18, r"'backbone' parameter"),
     _p("weights", "IMAGENET", r"weights='IMAGENET' is not a known weights name for "
                               r"'simple_cnn'|has no pretrained weights"),
@@ -821,7 +827,8 @@ PARAMS = [
                 after=lambda ws: not (ws.root / "markers/weights").exists())),
     Case("weights file of another architecture", "parameters",
          lambda ws: _fit(ws, weights=_other_arch_weights(ws)),
-         Raises(ValueError, r"other_arch\.pt' has no parameter matching")),
+         Raises(ValueError, r"other_arch\.pt' does not fit backbone 'simple_cnn': the first "
+                            r"mismatched tensor 'features\.0\.0\.weight' is not in the file")),
     _p("freeze", 99, r"freeze=99 asks to train the last 99 blocks"),
     _p("freeze", -1, r"'freeze' parameter"),
     _p("validation_fraction", 1.0, r"'validation_fraction' parameter"),

@@ -232,3 +232,61 @@ def test_new_head_and_augmentation_survive_save_and_load(tmp_path, toy_binary,
     assert loaded.get_params()["neurons"] == (16, 8)
     assert loaded.best_epoch_ == clf.best_epoch_
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def _decays(clf):
+    return {id(p): g["weight_decay"] for g in clf.net_.optimizer_.param_groups
+            for p in g["params"]}
+
+
+def test_weight_decay_scope_patterns_pick_the_layers(toy_binary, small_clf_params):
+    """Study D: L2 on five of six conv layers; study E: the dense layer, not the output."""
+    X, y = toy_binary
+    params = {**small_clf_params, "backbone_kwargs": {"widths": (4, 4, 4, 4, 4, 4)},
+              "max_epochs": 1}
+    clf = CXRClassifier(**params, weight_decay=2e-3,
+                        weight_decay_scope=["trunk.features.[1-5].0.weight"]).fit(X, y)
+    decay = _decays(clf)
+    decayed = {f"trunk.features.{i}.0.weight" for i in range(1, 6)}
+    for name, p in clf.module_.named_parameters():
+        assert decay[id(p)] == (2e-3 if name in decayed else 0.0), name
+    cached = CXRClassifier(**params, freeze=True, cache=True, head_batch_norm=True,
+                           weight_decay=1e-3, weight_decay_scope=["head.0.weight"]).fit(X, y)
+    head, decay = cached.module_.head, _decays(cached)
+    assert [decay[id(p)] for p in (head[0].weight, head[4].weight)] == [1e-3, 0.0]
+
+
+def test_weight_decay_scope_pattern_matching_nothing(toy_binary, small_clf_params):
+    X, y = toy_binary
+    clf = CXRClassifier(**small_clf_params, weight_decay=1e-3,
+                        weight_decay_scope=["head.0.weight", "head.O.weight"])
+    with pytest.raises(ValueError, match=r"pattern 'head.O.weight' matches no parameter.*"
+                                         r"did you mean 'head\.\d\.weight'"):
+        clf.fit(X, y)
+
+
+def test_head_order_places_batchnorm_after_the_relu():
+    bn_act = make_head(8, 2, 4, batch_norm=True)
+    act_bn = make_head(8, 2, 4, batch_norm=True, order="act_bn")
+    assert [type(m).__name__ for m in bn_act] == [
+        "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert [type(m).__name__ for m in act_bn] == [
+        "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
+    with pytest.raises(ValueError, match="head_order='relu_bn' is not one of"):
+        make_head(8, 2, 4, batch_norm=True, order="relu_bn")
+
+
+def test_scope_patterns_and_head_order_survive_save_and_load(toy_binary, small_clf_params,
+                                                             tmp_path):
+    from cxr_estimators import load, save
+
+    X, y = toy_binary
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, head_batch_norm=True,
+                        head_order="act_bn", weight_decay=1e-3,
+                        weight_decay_scope=["head.0.weight"]).fit(X, y)
+    save(clf, tmp_path / "m.cxr")
+    again = load(tmp_path / "m.cxr")
+    assert again.weight_decay_scope == ["head.0.weight"] and again.head_order == "act_bn"
+    assert isinstance(again.module_.head[1], nn.ReLU)
+    np.testing.assert_allclose(again.predict_proba(X[:4]), clf.predict_proba(X[:4]),
+                               atol=1e-6)

@@ -208,3 +208,28 @@ def test_set_output_default_and_frames_refused():
             pipe.set_output(transform=frame)
     with pytest.raises(ValueError, match="transform='numpy'"):
         loader.set_output(transform="numpy")
+
+
+def test_interpolation_filters():
+    """bicubic (EfficientNet's) and lanczos differ from bilinear, stay in [0, 1] before
+    normalisation; nearest keeps only source values; the default is unchanged."""
+    rng = np.random.default_rng(0)
+    X = (rng.random((2, 45, 37)) * 255).astype(np.uint8)
+    out = {mode: ImageLoader(size=24, channels=1, normalize="unit",
+                             interpolation=mode).fit_transform(X)
+           for mode in ("bilinear", "bicubic", "nearest", "lanczos")}
+    np.testing.assert_array_equal(out["bilinear"],
+                                  ImageLoader(size=24, channels=1,
+                                              normalize="unit").fit_transform(X))
+    for mode in ("bicubic", "lanczos"):
+        assert 0 <= out[mode].min() and out[mode].max() <= 1
+        assert np.abs(out[mode] - out["bilinear"]).max() > 1e-3
+    assert set(np.unique(np.rint(out["nearest"] * 255))) <= set(np.unique(X))
+    with pytest.raises(ValueError, match="interpolation"):
+        ImageLoader(interpolation="area").fit_transform(X)
+
+
+def test_xrv_normalization_preset():
+    X = np.array([[[0, 255]]], dtype=np.uint8)
+    out = ImageLoader(size=None, channels=1, normalize="xrv").fit_transform(X)
+    np.testing.assert_allclose(out.ravel(), [-1024, 1024])

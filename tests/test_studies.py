@@ -19,7 +19,7 @@ EXPECTED_GAPS = {
     "a": "ResNet50 pretrained",
     "b": "three classes normal / viral / bacterial",
     "c": "DenseNet-169 and ResNet-18 tried first",
-    "d": "ResNet50V2",
+    "d": "ImageNet weights for ResNet50V2",
     "e": "two T4 GPUs",
 }
 

@@ -142,12 +142,15 @@ def test_weighted_batch_loss_is_the_weighted_mean(toy_binary, small_clf_params):
     net = clf.net_
     logits = net.module_(torch.as_tensor(X[:16]))
     y_enc = torch.as_tensor((y[:16] == "pneumonia").astype(np.int64))
-    got = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": w[:16]})
+    # training=True: the training loss (valid_loss leaves class weights out by default)
+    got = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": w[:16]},
+                       training=True)
     per_image = torch.nn.functional.cross_entropy(logits, y_enc, reduction="none")
     c = torch.where(y_enc == 1, 3.0, 1.0)
     expected = (torch.as_tensor(w[:16]) * c * per_image).sum() / (torch.as_tensor(w[:16]) * c).sum()
     torch.testing.assert_close(got, expected)
-    zero = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": np.zeros(16)})
+    zero = net.get_loss(logits, y_enc, X={"X": X[:16], "sample_weight": np.zeros(16)},
+                        training=True)
     assert float(zero.detach()) == 0.0
 
 
@@ -311,3 +314,25 @@ def test_warm_start_continues_from_the_fitted_weights(toy_binary, small_clf_para
 
 
 # Bad sample weights, callbacks, devices and warm starts: tests/test_errors.py
+
+
+@pytest.mark.parametrize("valid_class_weight", [False, True])
+def test_validation_loss_class_weights_only_when_asked(toy_binary, small_clf_params,
+                                                       valid_class_weight):
+    """Keras' val_loss ignores class_weight: so does valid_loss by default; with
+    valid_class_weight=True it is the class-weighted mean, like the training loss."""
+    from sklearn.metrics import log_loss
+
+    X, y = toy_binary
+    weights = {"normal": 1.0, "pneumonia": 4.0}
+    clf = CXRClassifier(**{**small_clf_params, "max_epochs": 1}, class_weight=weights,
+                        valid_class_weight=valid_class_weight, precision="float32",
+                        early_stopping=None).fit(X[:32], y[:32], X_val=X[32:], y_val=y[32:])
+    proba = clf.predict_proba(X[32:])
+    w = np.array([weights[label] for label in y[32:]]) if valid_class_weight else None
+    expected = log_loss(y[32:], proba, labels=clf.classes_, sample_weight=w)
+    assert clf.history_[-1, "valid_loss"] == pytest.approx(expected, abs=1e-4)
+    other = log_loss(y[32:], proba, labels=clf.classes_,
+                     sample_weight=None if valid_class_weight else
+                     np.array([weights[label] for label in y[32:]]))
+    assert abs(clf.history_[-1, "valid_loss"] - other) > 1e-3

@@ -11,11 +11,15 @@ optimistic); best ResNet50-L2 test ACC 0.915, sensitivity 0.92, specificity 0.90
 AUC 0.971.
 
 In ``CXRClassifier`` terms: each backbone's preprocessing is the one its torchvision
-weights declare (``weights.transforms()``: input size, centre crop, mean and std) given
-to ``ImageLoader``; ``pooling="avg", head_batch_norm=True``; ``weight_decay=...,
-weight_decay_scope="head"`` for the L2 variant; ``class_weight="balanced"``; and
-``cache=True``, so the frozen trunk's features are computed once and shared by both
-variants of a backbone.
+weights declare (``backbones.loader_params``, from ``weights.transforms()``: input size,
+centre crop, mean and std, and the resize filter: bicubic for EfficientNet-B4) given to
+``ImageLoader``; ``pooling="avg", head_batch_norm=True, head_order="bn_act"`` (Dense →
+BatchNorm → activation); ``weight_decay=..., weight_decay_scope=["head.0.weight"]`` (the
+dense layer only, not the output layer) for the L2 variant; ``class_weight="balanced"``,
+with the validation loss that early stopping and the checkpoint watch left unweighted
+(``valid_class_weight=False``, the default: Keras' ``val_loss``); and ``cache=True``, so
+the frozen trunk's features are computed once and shared by both variants of a
+backbone.
 
 Run from the repository root::
 
@@ -37,10 +41,10 @@ import os
 import sys
 
 import sklearn
-import torchvision
 from sklearn.pipeline import Pipeline
 
 from cxr_estimators import CXRClassifier, ImageLoader, distributed
+from cxr_estimators.backbones import loader_params
 from cxr_estimators.metrics import clinical_report
 
 from _shared import binary, load_splits, not_met, parse_args, summary
@@ -66,9 +70,6 @@ if args.weights is None:
     not_met("frozen ImageNet backbones", "weights=None, random init: pretrained weights "
             "need a download (full size uses --weights DEFAULT); a frozen random trunk "
             "only warns, or is refused where its features are constant")
-not_met("L2 on the hidden Dense layer only", "weight_decay_scope='head' decays the "
-        "weights of both head Linear layers, the output one too (biases, BatchNorm and "
-        "trunk spared)")
 if not LAUNCHED:
     not_met("two T4 GPUs", "one process, one device (the GPU if there is one); "
             "'torchrun --standalone --nproc_per_node 2 <this script>' trains each fit "
@@ -76,13 +77,13 @@ if not LAUNCHED:
 
 
 def preprocessing(backbone):
-    """The ImageLoader of a backbone's own torchvision preprocessing (its DEFAULT
-    weights' ``transforms()``: metadata only, nothing is downloaded)."""
-    t = torchvision.models.get_model_weights(backbone).DEFAULT.transforms()
-    crop, resize = t.crop_size[0], t.resize_size[0]
-    size = max(MIN_SIZE.get(backbone, 32), round(crop * 64 / 224)) if args.quick else crop
-    return ImageLoader(size=size, channels=3, center_crop=crop / resize,
-                       normalize=(tuple(t.mean), tuple(t.std)))
+    """The ImageLoader of a backbone's own preprocessing (what its DEFAULT torchvision
+    weights declare: metadata only, nothing is downloaded)."""
+    params = loader_params(backbone)  # size, normalize, interpolation, center_crop
+    params["size"] = params["size"][0]  # square crops
+    if args.quick:
+        params["size"] = max(MIN_SIZE.get(backbone, 32), round(params["size"] * 64 / 224))
+    return ImageLoader(**params)
 
 
 def make_model(backbone, l2, name):
@@ -91,10 +92,10 @@ def make_model(backbone, l2, name):
         ("clf", CXRClassifier(
             backbone=backbone, weights=args.weights, freeze=True,  # frozen
             pooling="avg",  # GlobalAveragePooling
-            neurons=256, head_batch_norm=True,  # -> Dense -> BatchNorm
+            neurons=256, head_batch_norm=True, head_order="bn_act",  # Dense -> BatchNorm
             dropout=0.0,  # -> Dense(2, softmax); no dropout in the card
-            weight_decay=l2, weight_decay_scope="head",  # L2 on the head only
-            class_weight="balanced",  # class weights
+            weight_decay=l2, weight_decay_scope=["head.0.weight"],  # L2 on that Dense only
+            class_weight="balanced",  # class weights (valid_loss unweighted, as Keras')
             optimizer="adam", max_epochs=EPOCHS,  # Adam, cross-entropy
             precision=args.precision,  # float32 in quick runs: the same on every CPU
             early_stopping=5,  # on the validation loss, best weights restored
