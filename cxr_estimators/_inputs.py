@@ -243,8 +243,11 @@ def check_float_scale(X, fitted, estimator="CXRClassifier", input_name="X", kind
     if kind != "f" or not isinstance(X, np.ndarray) or isinstance(X, CompactImages) \
             or X.dtype.kind != "f" or X.ndim != 4 or min(X.shape[2:]) < 2 or not X.size:
         return
-    peaks = np.abs(X.reshape(len(X), -1)).max(axis=1)
-    raw, normalised = peaks > RAW_PEAK, peaks <= NORMALISED_PEAK
+    flat = X.reshape(len(X), -1)
+    peaks = np.abs(flat).max(axis=1)
+    # 0-255 pixels are never negative: torchxrayvision's [-1024, 1024] input is not raw
+    raw = (peaks > RAW_PEAK) & (flat.min(axis=1) >= 0)
+    normalised = peaks <= NORMALISED_PEAK
     if raw.any() and normalised.any():
         raise ValueError(
             f"{input_name} mixes two scales: images {np.flatnonzero(raw)[:5].tolist()} have "

@@ -119,3 +119,19 @@ def test_feature_cache_keeps_features_and_pathologies_apart(toy_binary):
                                     backbone_kwargs={"outputs": "pathologies"}).fit(images, y)
     assert features.module_.head[0].in_features == 1024
     assert pathologies.module_.head[0].in_features == 18
+
+
+def test_xrv_input_range_is_not_taken_for_raw_pixels():
+    """torchxrayvision's [-1024, 1024] input is wide but signed: the 0-255 check (whose
+    pixels are never negative) stays quiet for it and still fires for raw pixels."""
+    import warnings
+
+    from cxr_estimators._inputs import check_float_scale
+
+    rng = np.random.default_rng(0)
+    xrv_scaled = rng.uniform(-1024, 1024, (4, 1, 8, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_float_scale(xrv_scaled, None)
+    with pytest.warns(UserWarning, match="0-255 pixels"):
+        check_float_scale(np.abs(xrv_scaled) / 4, None)
