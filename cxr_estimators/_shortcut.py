@@ -71,7 +71,7 @@ class ShortcutTest:
     def __str__(self):
         verdict = ("FIRES: the model loses discrimination when only the outside of the "
                    "chest is hidden; it may rely on markers, borders or positioning there"
-                   if self.fires else "does not fire: hiding the outside of the chest "
+                   if self.fires else "Does not fire: hiding the outside of the chest "
                    "leaves the model's discrimination (nearly) intact")
         return (f"Shortcut test on {self.n_images} images, {self.region} blanked: ROC AUC "
                 f"{self.auc:.3f} -> {self.auc_masked:.3f} (drop {self.auc_drop:.3f} "

@@ -49,7 +49,7 @@ def test_fires_on_the_marker_model_not_on_the_clean_one(models):
     assert fired.fires and fired.auc > 0.95 and fired.auc_drop_ci[0] > 0.03
     assert not quiet.fires and abs(quiet.auc_drop) < 0.02
     assert fired.mean_change > 5 * quiet.mean_change
-    assert "FIRES" in str(fired) and "does not fire" in str(quiet)
+    assert "FIRES" in str(fired) and "Does not fire" in str(quiet)
     assert fired.to_dict()["fires"] is True
 
 
