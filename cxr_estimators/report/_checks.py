@@ -120,12 +120,13 @@ def gradcam_section(ctx, finding):
     images = ctx.model[:-1].transform(X_sel) if hasattr(ctx.model, "steps") and len(
         ctx.model) > 1 else np.asarray(X_sel)
     cells, data = [], []
-    for (i, kind), image, heat in zip(chosen, images, heatmaps):
-        truth = finding.positive if finding.y_true[i] else finding.negative
-        pred = finding.positive if finding.y_pred[i] else finding.negative
-        p = float(finding.score[i])
+    for (j, kind), image, heat in zip(chosen, images, heatmaps):
+        i = j if finding.rows is None else int(finding.rows[j])
+        truth = finding.positive if finding.y_true[j] else finding.negative
+        pred = finding.positive if finding.y_pred[j] else finding.negative
+        p = float(finding.score[j])
         fig = plot_heatmap(np.asarray(image), heat, true_label=truth, predicted_label=pred,
-                           probability=p if finding.y_pred[i] else 1 - p)
+                           probability=p if finding.y_pred[j] else 1 - p)
         cells.append(f"<figure>{figure_html(fig, f'image {i}: {kind}', 'gallery')}"
                      f"<figcaption>image {i}: {escape(kind)}</figcaption></figure>")
         data.append({"index": i, "kind": kind, "true": str(truth), "predicted": str(pred),

@@ -20,7 +20,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._safefile import atomic_write
-from . import _checks, _sections
+from . import _checks, _multilabel, _sections
 from ._template import GENERATOR, PAGE, escape
 
 #: Test images the report needs: the shift audit's minimum and enough for CIs.
@@ -81,19 +81,20 @@ def _classifier(model):
                         f"{type(clf).__name__}")
     check_is_fitted(clf, "net_")
     classes = np.asarray(clf.classes_)
-    if classes.ndim != 1 or len(classes) != 2:
+    if clf._findings() is None and (classes.ndim != 1 or len(classes) != 2):
         raise NotImplementedError(
-            f"report covers binary models; this one has classes {classes.tolist()}. "
-            "One section per finding (multi-label) or per class is not implemented yet: "
-            "use metrics.clinical_report for it")
+            f"report covers binary models and multi-label models; this one has classes "
+            f"{classes.tolist()}. One section per class is not implemented yet: use "
+            "metrics.clinical_report for it")
     return clf
 
 
-def _check_data(X_test, y_test, X_train, y_train, groups, patients, patients_train):
-    if np.ndim(y_test) == 2:
+def _check_data(X_test, y_test, X_train, y_train, groups, patients, patients_train,
+                multilabel=False):
+    if np.ndim(y_test) == 2 and not multilabel:
         raise NotImplementedError(
-            f"y_test is 2-D {np.shape(y_test)}: a multi-label report (one section per "
-            "finding) is not implemented yet; use metrics.clinical_report per finding")
+            f"y_test is 2-D {np.shape(y_test)} but the model is binary: a multi-label report "
+            "(one section per finding) needs a model fitted on multi-label targets (n, k)")
     if len(X_test) < MIN_TEST_IMAGES:
         raise ValueError(f"report needs at least {MIN_TEST_IMAGES} test images; X_test has "
                          f"{len(X_test)}")
@@ -164,10 +165,20 @@ def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=No
     gallery led by the most confident errors; and the CLAIM / STARD items the study team
     must complete.
 
+    A multi-label model (fitted on ``Y`` of shape (n, k), ``findings_``) gets the
+    performance, threshold, subgroup and Grad-CAM sections once per finding, each on the
+    test images labelled for that finding (NaN labels left out), keyed
+    ``performance.<finding>``... as a binary report is keyed by its positive class; the
+    data section counts labelled, positive and missing labels per finding, the shift
+    audit runs without per-class labels, and the shortcut test is not run (the page says
+    so).
+
     Parameters
     ----------
-    model : fitted CXRClassifier or Pipeline ending in one (binary)
+    model : fitted CXRClassifier or Pipeline ending in one (binary or multi-label)
     X_test, y_test : the test images (as ``model`` takes them) and labels
+        For a multi-label model ``y_test`` is (n, k), an array or a DataFrame with the
+        model's findings as columns: 1, 0 or NaN (not labelled).
     path : str or os.PathLike
         The HTML file; the JSON goes to the same name with ``.json``. An existing file
         there is replaced only if it is a report written by this function.
@@ -181,9 +192,12 @@ def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=No
         both sets are reported as leaks, and the shift audit keeps each patient on one
         side of its folds.
     threshold : float in [0, 1], default=None (0.5)
-        Predicted positive when the positive class's probability is at least this.
+        Predicted positive when the positive class's probability is at least this. For
+        a multi-label model it applies to every finding; None: the model's own
+        ``thresholds`` per finding, as ``predict`` applies them (0.5 when unset).
     pos_label : object, default=None
-        Positive class; None only for classes {0, 1} or {-1, 1}.
+        Positive class; None only for classes {0, 1} or {-1, 1}. Must be None for a
+        multi-label model (each finding's positive is label 1).
     title : str, default="Evaluation report"
     n_bootstraps : int, default=1000
     n_gradcam : int, default=8
@@ -204,28 +218,41 @@ def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=No
     sklearn.exceptions.NotFittedError
         ``model`` is not fitted.
     NotImplementedError
-        A model with more than two classes or a multi-label model.
+        A (single-label) model with more than two classes; a 2-D ``y_test`` for a binary
+        model.
     ValueError
         Fewer than ``MIN_TEST_IMAGES`` (10) test images, mismatched lengths, labels the
-        model does not know, a threshold outside [0, 1].
+        model does not know, a threshold outside [0, 1]; for a multi-label model a 1-D
+        ``y_test``, other findings (columns) than the model's, a label other than 1 / 0 /
+        NaN, a ``pos_label``.
     """
     path, twin = _check_path(path)
     clf = _classifier(model)
-    _check_data(X_test, y_test, X_train, y_train, groups, patients, patients_train)
-    y_test = np.asarray(y_test)
-    finding = _finding(clf, model.predict_proba(X_test), y_test, pos_label, threshold)
+    multilabel = clf._findings() is not None
+    _check_data(X_test, y_test, X_train, y_train, groups, patients, patients_train,
+                multilabel)
+    if multilabel:
+        names, y_test, y_train, cuts = _multilabel.targets(clf, y_test, y_train, threshold,
+                                                           pos_label)
+        findings = _multilabel.per_finding(model.predict_proba(X_test), y_test, names, cuts)
+    else:
+        y_test = np.asarray(y_test)
+        finding = _finding(clf, model.predict_proba(X_test), y_test, pos_label, threshold)
     ctx = _Context(model=model, clf=clf, X_test=X_test, y_test=y_test, X_train=X_train,
                    y_train=None if y_train is None else np.asarray(y_train), groups=groups,
                    patients=patients, patients_train=patients_train,
                    n_bootstraps=int(n_bootstraps), n_gradcam=int(n_gradcam),
                    random_state=random_state, rng=check_random_state(random_state))
-    sections = [_sections.data_section(ctx), _sections.model_section(ctx),
-                _sections.performance_section(ctx, finding),
-                _sections.threshold_section(ctx, finding)]
-    if groups is not None:
-        sections.append(_sections.subgroup_section(ctx, finding))
-    sections += [_checks.shift_section(ctx), _checks.shortcut_section(ctx, finding),
-                 _checks.gradcam_section(ctx, finding), _checks.study_team_section(ctx)]
+    if multilabel:
+        sections = _multilabel.sections(ctx, findings)
+    else:
+        sections = [_sections.data_section(ctx), _sections.model_section(ctx),
+                    _sections.performance_section(ctx, finding),
+                    _sections.threshold_section(ctx, finding)]
+        if groups is not None:
+            sections.append(_sections.subgroup_section(ctx, finding))
+        sections += [_checks.shift_section(ctx), _checks.shortcut_section(ctx, finding),
+                     _checks.gradcam_section(ctx, finding), _checks.study_team_section(ctx)]
     data = {"generator": GENERATOR, "title": title,
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"), **_nest(sections)}

@@ -3,7 +3,7 @@
 A section returns its HTML and the JSON-ready numbers it shows; every number in the HTML
 is a :func:`~._template.number_cell` naming its JSON key, so the page and its JSON twin
 cannot disagree. The performance sections take one binary *finding* (a positive label and
-its scores), so a multi-label model can later get one set per finding.
+its scores), so a multi-label model gets one set per finding (:mod:`._multilabel`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Finding:
     y_true: np.ndarray  # bool: is the case positive
     score: np.ndarray   # probability of positive
     threshold: float
+    rows: np.ndarray = None  # test-set index of each case, when only some are labelled
 
     @property
     def y_pred(self):
@@ -77,8 +78,6 @@ def _channels_last(X):
 
 # ---------------------------------------------------------------------------- data
 def data_section(ctx):
-    from ..audit import audit_dataset
-
     rows, data = [], {"splits": {}}
     for split, X, y, groups in (("train", ctx.X_train, ctx.y_train, ctx.patients_train),
                                 ("test", ctx.X_test, ctx.y_test, ctx.patients)):
@@ -94,7 +93,17 @@ def data_section(ctx):
                     + [", ".join(f"{k}: {v}" for k, v in counts.items()) or "-",
                        "-" if groups is None else number_cell(
                            entry["patients"], f"data.splits.{split}.patients")])
-    audit = audit_dataset(_channels_last(ctx.X_test), ctx.y_test, ctx.patients,
+    audit_html, data["audit"] = audit_of_test_images(ctx, ctx.y_test)
+    html = table(["split", "images", "classes", "patients"], rows) + audit_html
+    return Section("data", "Data", html, data)
+
+
+def audit_of_test_images(ctx, y):
+    """The audit of the test images (duplicates, label conflicts when ``y`` is given,
+    leaks from training, odd images): its HTML and its JSON-ready numbers."""
+    from ..audit import audit_dataset
+
+    audit = audit_dataset(_channels_last(ctx.X_test), y, ctx.patients,
                           X_other=_channels_last(ctx.X_train), groups_other=ctx.patients_train)
     found = {"duplicate_groups_in_test": len(audit.duplicate_groups),
              "label_conflicts_in_test": len(audit.label_conflicts),
@@ -102,9 +111,8 @@ def data_section(ctx):
              "odd_test_images": len(audit.odd_images)}
     if ctx.patients is not None and ctx.patients_train is not None:
         found["patients_in_train_and_test"] = len(audit.shared_patients)
-    data["audit"] = {**found, "odd_images": {str(k): v for k, v in audit.odd_images.items()},
-                     "cross_duplicates": audit.cross_duplicates,
-                     "shared_patients": audit.shared_patients}
+    data = {**found, "odd_images": {str(k): v for k, v in audit.odd_images.items()},
+            "cross_duplicates": audit.cross_duplicates, "shared_patients": audit.shared_patients}
     audit_rows = [[k.replace("_", " "), number_cell(v, f"data.audit.{k}")]
                   for k, v in found.items()]
     leaks = found["test_images_identical_to_train"] + found.get("patients_in_train_and_test", 0)
@@ -114,10 +122,8 @@ def data_section(ctx):
                "No test image is identical to a training image." if ctx.X_train is not None
                else "No training images given: leakage into the test set not checked.")
             + "</p>")
-    html = (table(["split", "images", "classes", "patients"], rows)
-            + "<h3>Audit of the test images</h3>" + table(["check", "count"], audit_rows)
-            + note)
-    return Section("data", "Data", html, data)
+    return ("<h3>Audit of the test images</h3>" + table(["check", "count"], audit_rows)
+            + note), data
 
 
 # ---------------------------------------------------------------------------- model
@@ -154,8 +160,11 @@ def model_section(ctx):
             "best_epoch": getattr(clf, "best_epoch_", None),
             "epochs_run": len(getattr(clf, "history_", []) or []),
             "params": params, "versions": _versions()}
+    labels = "classes"
+    if clf._findings() is not None:  # multi-label: its findings, not the indices 0 .. k-1
+        labels, data["findings"] = "findings", [str(f) for f in clf._findings()]
     rows = [["backbone", data["backbone"]], ["initial weights", data["weights"]],
-            ["weights SHA-256", data["weights_sha256"]], ["classes", ", ".join(data["classes"])],
+            ["weights SHA-256", data["weights_sha256"]], [labels, ", ".join(data[labels])],
             ["epochs run", number_cell(data["epochs_run"], "model.epochs_run")],
             ["best epoch (weights kept)", number_cell(data["best_epoch"], "model.best_epoch")]]
     versions = table(["package", "version"], data["versions"].items())
