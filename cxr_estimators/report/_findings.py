@@ -22,7 +22,9 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from .._targets import check_thresholds, multilabel_targets
-from ._clinical import MetricEstimate, _estimate, _per_class_rates, _weighted_auc
+from ._clinical import (
+    MetricEstimate, _estimate, _per_class_rates, _weighted_auc, bootstrap_weights,
+)
 
 __all__ = ["FindingsReport", "brier_score_per_finding", "findings_report",
            "findings_scores", "log_loss_per_finding"]
@@ -120,14 +122,9 @@ def _resample_weights(groups, n, b, rng):
     """(b, n) multiplicity of each image: its patient's draw count (each image its own
     patient without groups)."""
     if groups is None:
-        codes, n_groups = np.arange(n), n
-    else:
-        _, codes = np.unique(np.asarray(groups), return_inverse=True)
-        n_groups = codes.max() + 1
-    draws = rng.randint(0, n_groups, size=(b, n_groups))
-    counts = np.zeros((b, n_groups))
-    np.add.at(counts, (np.arange(b)[:, None], draws), 1.0)
-    return counts[:, codes]
+        return bootstrap_weights(n, b, rng)
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return bootstrap_weights(codes.max() + 1, b, rng)[:, codes]
 
 
 def findings_report(y_true, y_score, *, threshold=None, groups=None, n_bootstraps=1000,
