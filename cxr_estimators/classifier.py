@@ -746,10 +746,20 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None):
         """Accuracy on ``(X, y)``, as sklearn's; labels not in ``classes_`` are an error
-        (no prediction can match them, so the score would be silently low)."""
+        (no prediction can match them, so the score would be silently low). Multilabel:
+        subset accuracy (every finding right), with missing labels an error."""
         check_is_fitted(self, "net_")
-        check_known_labels(y, self.classes_, "score: y")
-        return super().score(X, y, sample_weight=sample_weight)
+        if self._findings() is None:
+            check_known_labels(y, self.classes_, "score: y")
+            return super().score(X, y, sample_weight=sample_weight)
+        # multilabel: sklearn's subset accuracy, on labels checked against the findings
+        _, Y = _targets.multilabel_targets(y, self.uncertain, "score: y",
+                                           findings=self._findings(), against="the model")
+        if np.isnan(Y).any():
+            raise ValueError("score: y has missing (NaN) or ignored uncertain labels; "
+                             "subset accuracy needs every label of every image. Use "
+                             "metrics.clinical_report(y, predict_proba(X)) per finding")
+        return super().score(X, Y.astype(np.int64), sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

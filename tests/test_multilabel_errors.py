@@ -125,3 +125,14 @@ def test_report_and_tuner_bad_input(fitted):
         tune_thresholds(fitted, X, Y, sensitivity=1.5)
     with pytest.warns(UserWarning, match="finding 'Edema' has no positive labelled image"):
         tune_thresholds(fitted, X, with_column("Edema", 0.0), sensitivity=0.9)
+
+
+def test_score_is_subset_accuracy_and_names_missing_labels(fitted):
+    """score() of a multilabel model: sklearn's subset accuracy; missing labels or other
+    findings are errors naming them (the single-label unseen-labels check does not apply)."""
+    expected = float(np.mean((fitted.predict(X) == Y.to_numpy()).all(axis=1)))
+    assert fitted.score(X, Y) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"score: y has missing \(NaN\)"):
+        fitted.score(X, with_column("Edema", np.r_[np.nan, Y["Edema"].to_numpy()[1:]]))
+    with pytest.raises(ValueError, match="Edema"):
+        fitted.score(X, Y.drop(columns="Edema"))
