@@ -728,10 +728,11 @@ class CXRClassifier(StrictParamsMixin, ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X):
         """Log-odds of ``classes_[1]`` for binary problems, else per-class log-probabilities."""
-        proba = np.clip(self.predict_proba(X), 1e-12, 1.0)
+        proba = self.predict_proba(X)
         if self._findings() is not None:  # multilabel: the log-odds of each finding
             proba = np.clip(proba, 1e-12, 1 - 1e-12)
             return np.log(proba) - np.log1p(-proba)
+        proba = np.clip(proba, 1e-12, 1.0)
         if len(self.classes_) == 2:
             return np.log(proba[:, 1]) - np.log(proba[:, 0])
         return np.log(proba)
