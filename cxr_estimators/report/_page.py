@@ -256,9 +256,10 @@ def report(model, X_test, y_test, path, *, X_train=None, y_train=None, groups=No
     data = {"generator": GENERATOR, "title": title,
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"), **_nest(sections)}
-    atomic_write(twin, json.dumps(data, indent=1, default=_plain).encode(), what="report")
+    text = json.dumps(data, indent=1, default=_plain)
+    atomic_write(twin, text.encode(), what="report")
     atomic_write(path, _page(data, sections, twin.name).encode("utf-8"), what="report")
-    return json.loads(json.dumps(data, default=_plain))
+    return json.loads(text)
 
 
 def _plain(value):
